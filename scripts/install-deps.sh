@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages dsv4 needs, only those that are missing.
+# Shared by `make run`, `make test` and CI so a fresh Debian 12 machine needs no manual step.
+set -eu
+need=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+for p in build-essential libopenblas-openmp-dev libcjson-dev python3 python3-numpy ${DSV4_EXTRA_PKGS:-}; do
+  have "$p" || need+=("$p")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "dsv4: installing missing Debian packages: ${need[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

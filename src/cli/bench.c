@@ -1,0 +1,127 @@
+/* `dsv4 bench`: the machine's limits (memory read bandwidth, sgemm rate) and dsv4's prefill
+ * and decode speed on a ~1B-parameter random FP8 model, measured in the same run so that the
+ * ratios mean something on any machine. */
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static double measure_read_gbps(void) {
+    const size_t n = (size_t)1 << 28;   /* 1 GiB of floats */
+    float *buf = xmalloc(n * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 1023);
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now_sec(), s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+        for (size_t i = 0; i < n; i += 8)
+            s += buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3] + buf[i + 4] + buf[i + 5] + buf[i + 6] + buf[i + 7];
+        double dt = now_sec() - t0;
+        if (s == -1) fprintf(stderr, "?");
+        double g = n * sizeof(float) / dt / 1e9;
+        if (g > best) best = g;
+    }
+    free(buf);
+    return best;
+}
+
+static double measure_sgemm_gflops(void) {
+    const int n = 2048;
+    float *a = xmalloc(sizeof(float) * n * n), *b = xmalloc(sizeof(float) * n * n), *c = xmalloc(sizeof(float) * n * n);
+    for (int i = 0; i < n * n; i++) { a[i] = (float)((i % 97) - 48) / 97; b[i] = (float)((i % 89) - 44) / 89; }
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_sec();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        double g = 2.0 * n * n * n / (now_sec() - t0) / 1e9;
+        if (g > best) best = g;
+    }
+    free(a); free(b); free(c);
+    return best;
+}
+
+static const char *BENCH_HELP =
+    "usage: dsv4 bench [--json] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
+    "  Measures read bandwidth and sgemm rate, then prefill and decode speed of a random model\n"
+    "  (default configs/bench-1b.json, FP8 + FP4 experts, created once in DIR).\n";
+
+int cmd_bench(int argc, char **argv) {
+    const char *cfgp = "configs/bench-1b.json", *mdir = "bench/model-1b";
+    int json = 0;
+    int64_t n_pre = 512, n_dec = 32;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(BENCH_HELP, stdout); return 0; }
+        else if (!strcmp(a, "--json")) json = 1;
+        else if (!v) return cli_error("bench", "option %s needs a value", a);
+        else if (!strcmp(a, "--config")) cfgp = argv[++i];
+        else if (!strcmp(a, "--model-dir")) mdir = argv[++i];
+        else if (!strcmp(a, "--prefill")) n_pre = cli_int("bench", a, argv[++i], 1, 1 << 20);
+        else if (!strcmp(a, "--decode")) n_dec = cli_int("bench", a, argv[++i], 1, 1 << 20);
+        else return cli_error("bench", "unknown option '%s'", a);
+    }
+    Config c;
+    if (config_load(&c, cfgp)) return cli_error("bench", "%s", dsv4_last_error());
+    char marker[4200];
+    snprintf(marker, sizeof marker, "%s/config.json", mdir);
+    if (access(marker, F_OK) != 0) {
+        fprintf(stderr, "bench: creating the random FP8 model in %s (once)\n", mdir);
+        char *args[] = {"init", "--config", (char *)cfgp, "--seed", "1", "--out", (char *)mdir, "--dtype", "fp8", NULL};
+        if (cmd_init(9, args)) return 1;
+    }
+    const int threads = omp_get_max_threads();
+    fprintf(stderr, "bench: measuring memory read bandwidth and sgemm (%d threads)\n", threads);
+    const double gbps = measure_read_gbps(), gflops = measure_sgemm_gflops();
+
+    dsv4_open_options o = {.quant_rounding = 0};
+    dsv4_model *m = dsv4_model_open(mdir, &o);
+    if (!m) return cli_error("bench", "%s", dsv4_last_error());
+    PlanStats p;
+    plan_compute(&m->cfg, &p);
+    dsv4_session *s = dsv4_session_new(m, n_pre + n_dec + 1);
+    const int64_t V = m->cfg.vocab_size;
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(n_pre + n_dec));
+    for (int64_t i = 0; i < n_pre + n_dec; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    float *logits = xmalloc(sizeof(float) * (size_t)V);
+    fprintf(stderr, "bench: prefill %lld tokens\n", (long long)n_pre);
+    double t0 = now_sec();
+    int rc = dsv4_forward(s, ids, n_pre, logits, NULL);
+    const double t_pre = now_sec() - t0;
+    fprintf(stderr, "bench: decode %lld tokens\n", (long long)n_dec);
+    t0 = now_sec();
+    for (int64_t i = 0; rc == 0 && i < n_dec; i++) {
+        rc = dsv4_forward(s, ids + n_pre + i, 1, logits, NULL);
+        progress("decode", i + 1, n_dec, t0);
+    }
+    const double t_dec = now_sec() - t0;
+    if (rc) { dsv4_session_free(s); dsv4_model_close(m); return cli_error("bench", "%s", dsv4_last_error()); }
+    const double pre_tps = n_pre / t_pre, dec_tps = n_dec / t_dec;
+    const double pre_gflops = 2.0 * p.active_params * pre_tps / 1e9;
+    const double dec_gbps = p.decode_weight_bytes_per_token * dec_tps / 1e9;
+    if (json)
+        printf("{\"config\": \"%s\", \"threads\": %d, \"read_gbps\": %.2f, \"sgemm_gflops\": %.1f, \"total_params\": %.0f, "
+               "\"active_params\": %.0f, \"prefill_tokens\": %lld, \"prefill_tok_s\": %.2f, \"prefill_gflops\": %.2f, "
+               "\"decode_tokens\": %lld, \"decode_tok_s\": %.3f, \"decode_weight_bytes_per_token\": %.0f, "
+               "\"decode_gbps\": %.2f}\n",
+               cfgp, threads, gbps, gflops, p.total_params, p.active_params, (long long)n_pre, pre_tps, pre_gflops,
+               (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token, dec_gbps);
+    else {
+        printf("machine     %d threads, memory read %.1f GB/s, sgemm %.1f GFLOP/s\n", threads, gbps, gflops);
+        printf("model       %s: %.2fB parameters, %.0fM active, FP8 + FP4 experts\n", cfgp, p.total_params / 1e9,
+               p.active_params / 1e6);
+        printf("prefill     %lld tokens: %.1f tok/s = %.1f GFLOP/s (%.0f%% of sgemm)\n", (long long)n_pre, pre_tps, pre_gflops,
+               100 * pre_gflops / gflops);
+        printf("decode      %lld tokens: %.2f tok/s, %.1f MB of weights per token = %.1f GB/s (%.0f%% of read bandwidth)\n",
+               (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token / 1e6, dec_gbps, 100 * dec_gbps / gbps);
+    }
+    free(ids); free(logits);
+    dsv4_session_free(s);
+    dsv4_model_close(m);
+    return 0;
+}

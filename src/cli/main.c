@@ -1,0 +1,115 @@
+/* dsv4: the command-line interface. Each subcommand is a thin layer over the library. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <errno.h>
+
+#include "cli.h"
+
+int cli_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dsv4 %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int64_t cli_int(const char *cmd, const char *flag, const char *v, int64_t lo, int64_t hi) {
+    char *end;
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || errno || end == v || *end || x < lo || x > hi) {
+        cli_error(cmd, "%s needs an integer in [%lld, %lld], got '%s'", flag, (long long)lo, (long long)hi, v ? v : "");
+        exit(2);
+    }
+    return x;
+}
+
+int32_t *parse_token_list(const char *text, const char *what, int64_t *n) {
+    int64_t cap = 256, cnt = 0;
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)cap);
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || errno || v < 0 || v > 2147483647LL ||
+            (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r' && *end != ',')) {
+            dsv4_fail("%s: token %lld is not a non-negative integer id (at '%.12s')", what, (long long)cnt, p);
+            free(ids);
+            return NULL;
+        }
+        if (cnt == cap) { cap *= 2; ids = realloc(ids, sizeof(int32_t) * (size_t)cap); }
+        ids[cnt++] = (int32_t)v;
+        p = end;
+    }
+    *n = cnt;
+    return ids;
+}
+
+int32_t *read_token_file(const char *path, int64_t *n) {
+    char *txt = read_file(path, NULL);
+    if (!txt) return NULL;
+    int32_t *ids = parse_token_list(txt, path, n);
+    free(txt);
+    return ids;
+}
+
+void progress(const char *label, int64_t done, int64_t total, double t0) {
+    static int tty = -1;
+    if (tty < 0) tty = isatty(2) || getenv("DSV4_PROGRESS") != NULL;
+    if (!tty || total <= 0) return;
+    double el = now_sec() - t0, frac = (double)done / total;
+    double eta = frac > 0 ? el / frac - el : 0;
+    int w = 30, fill = (int)(frac * w);
+    char bar[64];
+    for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+    bar[w] = 0;
+    fprintf(stderr, "\r%-10s [%s] %5.1f%% %lld/%lld  %.1fs  ETA %.1fs ", label, bar, 100 * frac, (long long)done,
+            (long long)total, el, eta);
+    if (done >= total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "dsv4 — DeepSeek V4 on the CPU\n"
+            "usage: dsv4 <command> [options]   (dsv4 <command> --help for details)\n\n"
+            "  run      generate token ids greedily from a model (load, prefill, decode, speed)\n"
+            "  logits   write the logits of a token sequence (prefill, then decode)\n"
+            "  init     write a randomly initialised model directory in the official format\n"
+            "  info     parameters, bytes and KV-cache size of a model directory\n"
+            "  plan     the same from a config.json alone\n"
+            "  bench    prefill/decode speed against the machine's measured limits\n");
+}
+
+static int dispatch(const char *c, int argc, char **argv) {
+    if (!strcmp(c, "logits")) return cmd_logits(argc, argv);
+    if (!strcmp(c, "run")) return cmd_run(argc, argv);
+    if (!strcmp(c, "init")) return cmd_init(argc, argv);
+    if (!strcmp(c, "info")) return cmd_info(argc, argv);
+    if (!strcmp(c, "plan")) return cmd_plan(argc, argv);
+    if (!strcmp(c, "bench")) return cmd_bench(argc, argv);
+    fprintf(stderr, "dsv4: unknown command '%s'\n", c);
+    usage(stderr);
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { usage(stderr); return 2; }
+    const char *c = argv[1];
+    if (!strcmp(c, "-h") || !strcmp(c, "--help")) { usage(stdout); return 0; }
+    if (!strcmp(c, "help")) {
+        if (argc < 3) { usage(stdout); return 0; }
+        char *hv[] = {argv[2], "--help", NULL};
+        return dispatch(argv[2], 2, hv);
+    }
+    /* argv[0] of a subcommand is its name */
+    return dispatch(c, argc - 1, argv + 1);
+}

@@ -1,0 +1,304 @@
+/* Internal types shared by io/, kernels/, model/ and the CLI. Not installed. */
+#ifndef DSV4_INTERNAL_H
+#define DSV4_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dsv4.h"
+
+#define DSV4_MAX_LAYERS 512
+#define DSV4_MAX_MTP 8
+
+/* ---- errors ------------------------------------------------------------------------------ */
+/* Sets the thread's error message (printf format) and returns -1, so that callers can write
+ * `return dsv4_fail("...")`. */
+int dsv4_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- dtypes (io/dtype.c) ------------------------------------------------------------------ */
+typedef enum {
+    DT_F32, DT_F16, DT_BF16, DT_F8_E4M3, DT_F8_E8M0, DT_I8, DT_U8, DT_I16, DT_I32, DT_I64,
+    DT_F64, DT_BOOL, DT_COUNT
+} DType;
+
+const char *dtype_name(DType t);          /* safetensors spelling, e.g. "F8_E4M3" */
+int dtype_from_name(const char *s);       /* -1 if unknown */
+size_t dtype_size(DType t);
+
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);            /* round to nearest even */
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);             /* round to nearest even */
+float e4m3_to_f32(uint8_t b);             /* e4m3fn: bias 7, no inf, 0x7f/0xff NaN */
+uint8_t f32_to_e4m3(float f);             /* round to nearest even, saturating at ±448 */
+float e8m0_to_f32(uint8_t b);             /* 2^(b-127); 0xff NaN */
+uint8_t f32_to_e8m0(float f);             /* exact for powers of two; others round the exponent up */
+float e2m1_to_f32(uint8_t nibble);        /* {0,.5,1,1.5,2,3,4,6}, bit 3 = sign */
+uint8_t f32_to_e2m1(float f);             /* round to nearest, ties to even code, saturating at ±6 */
+extern float dsv4_e4m3_table[256];   /* filled at start-up */
+extern const float dsv4_e2m1_table[16];
+
+/* ---- configuration (io/config.c) ---------------------------------------------------------- */
+typedef enum { SCORE_SOFTMAX, SCORE_SIGMOID, SCORE_SQRTSOFTPLUS } ScoreFunc;
+
+typedef struct Config {
+    int64_t vocab_size, dim, moe_inter_dim;
+    int n_layers, n_hash_layers, n_mtp_layers;
+    int n_heads, head_dim, rope_head_dim;
+    int q_lora_rank, o_groups, o_lora_rank;
+    int n_routed_experts, n_shared_experts, n_activated_experts;
+    ScoreFunc score_func;
+    double route_scale, swiglu_limit;
+    int window_size;
+    int64_t original_seq_len, max_seq_len;
+    double rope_theta, compress_rope_theta, rope_factor, beta_fast, beta_slow;
+    int index_n_heads, index_head_dim, index_topk;
+    int hc_mult, hc_sinkhorn_iters;
+    double hc_eps, norm_eps;
+    int compress_ratios[DSV4_MAX_LAYERS + DSV4_MAX_MTP]; /* n_layers + n_mtp_layers entries */
+    /* Storage format announced by the config (for plan; the loader trusts the tensors). */
+    int weights_fp8;      /* dtype fp8 / quantization_config fp8 */
+    int experts_fp4;      /* expert_dtype fp4 */
+    int hf_form;          /* 1 = Hugging Face field names, 0 = official inference names */
+} Config;
+
+/* Parses config.json text in either form. `what` names the source in messages. */
+int config_parse(Config *c, const char *json_text, const char *what);
+int config_load(Config *c, const char *path);
+int config_validate(const Config *c, const char *what);
+/* ratio of layer L (0..n_layers-1) or of MTP layer n_layers+i */
+static inline int config_ratio(const Config *c, int layer) { return c->compress_ratios[layer]; }
+
+/* ---- safetensors (io/safetensors.c) ------------------------------------------------------- */
+typedef struct StTensor {
+    char *name;
+    DType dtype;
+    int ndim;
+    int64_t shape[8];
+    const uint8_t *data;   /* points into the mapping */
+    uint64_t nbytes;
+    int file;              /* index into StSet.files */
+} StTensor;
+
+typedef struct StFile {
+    char *path;
+    int fd;
+    uint8_t *map;
+    uint64_t size;
+} StFile;
+
+typedef struct StSet {
+    StFile *files;
+    int n_files;
+    StTensor *tensors;
+    int64_t n_tensors, cap_tensors;
+    int64_t *hash;          /* open addressing: index+1, 0 = empty */
+    int64_t hash_cap;
+} StSet;
+
+int st_open_file(StSet *set, const char *path);
+/* Opens every shard of a model directory (per model.safetensors.index.json when present). */
+int st_open_dir(StSet *set, const char *dir);
+const StTensor *st_find(const StSet *set, const char *name);
+void st_close(StSet *set);
+
+/* A writer: tensors are described, then written in one go to a temp file renamed into place. */
+typedef struct StWriteTensor {
+    char *name;
+    DType dtype;
+    int ndim;
+    int64_t shape[4];
+    void *data;            /* owned; NULL in sparse mode */
+    uint64_t nbytes;
+} StWriteTensor;
+typedef struct StWriter {
+    StWriteTensor *t;
+    int64_t n, cap;
+    uint64_t bytes;
+} StWriter;
+void st_writer_add(StWriter *w, const char *name, DType dt, int ndim, const int64_t *shape,
+                   void *data_owned);
+/* sparse: write the header and leave the data as a hole (ftruncate). */
+int st_writer_save(StWriter *w, const char *path, int sparse);
+void st_writer_free(StWriter *w);
+
+/* ---- weights as the kernels see them ------------------------------------------------------ */
+typedef enum { W_F32, W_BF16, W_F16, W_FP8, W_FP4 } WKind;
+
+/* A [rows, cols] linear weight in its stored precision. FP8: e4m3 bytes with one scale per
+ * 128x128 block; FP4: e2m1 nibbles (low first) with one scale per 1x32 block. Scales are E8M0
+ * bytes (scale_f32 == 0) or float32 (scale_f32 == 1). */
+typedef struct Mat {
+    WKind kind;
+    int64_t rows, cols;
+    const void *w;
+    const void *scale;
+    int scale_f32;
+    int64_t scale_cols;    /* row length of the scale grid */
+    const char *name;
+} Mat;
+
+uint64_t mat_bytes(const Mat *m);          /* weight + scale bytes */
+
+/* ---- kernels (kernels/) -------------------------------------------------------------------- */
+/* y[t, 0..nr) (row stride ldy) = x[t, 0..cols) (row stride ldx) · W[r0 .. r0+nr)ᵀ, t < T. */
+void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W,
+            int64_t r0, int64_t nr);
+/* Decodes rows r0..r0+nr of W to f32 (dst row stride = W->cols). */
+void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst);
+void rmsnorm(float *out, const float *x, const float *w, int64_t n, double eps);
+float dot_f32(const float *a, const float *b, int64_t n);
+void axpy_f32(float *y, float a, const float *x, int64_t n);
+float silu_f(float x);
+float sigmoid_f(float x);
+float softplus_f(float x);
+/* Indices of the k largest scores (NaN counts as -inf), ties to the lower index, returned in
+ * increasing index order. */
+void topk_indices(const float *s, int64_t n, int64_t k, int64_t *idx);
+/* RoPE frequencies (official precompute_freqs_cis: YaRN ramp when original_seq_len > 0). */
+void rope_freqs(double *freq, int rope_dim, double base, int64_t original_seq_len, double factor,
+                double beta_fast, double beta_slow);
+/* Rotates interleaved pairs of x[0..rope_dim) by position pos (inverse: by -pos). */
+void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int inverse);
+/* mHC split + Sinkhorn (spec "Residual stream: mHC"): mixes[n(n+2)] -> pre[n], post[n], comb[n,n]. */
+void hc_split_sinkhorn(const float *mixes, const float *scale, const float *base, int n, int iters,
+                       double eps, float *pre, float *post, float *comb);
+/* In-place normalised Walsh–Hadamard transform, n a power of two. */
+void hadamard_f32(float *x, int64_t n);
+/* Official fake quantisation (kernel.py act_quant / fp4_act_quant with power-of-two scales). */
+void fake_quant_fp8(float *x, int64_t n, int64_t block);
+void fake_quant_fp4(float *x, int64_t n, int64_t block);
+
+/* ---- the model (model/) -------------------------------------------------------------------- */
+typedef struct CompressorW {
+    int ratio, coff, width;        /* width = head_dim (attention) or index_head_dim */
+    Mat wkv, wgate;                /* [coff*width, dim] */
+    float *ape;                    /* [ratio, coff*width] */
+    float *norm;                   /* [width] */
+} CompressorW;
+
+typedef struct IndexerW {
+    Mat wq_b;                      /* [H_I * I, q_lora_rank] */
+    Mat weights_proj;              /* [H_I, dim] */
+    CompressorW comp;
+} IndexerW;
+
+typedef struct ExpertW { Mat w1, w2, w3; } ExpertW;
+
+typedef struct LayerW {
+    int id;                        /* 0..n_layers-1, or n_layers+i for MTP layer i */
+    int ratio;
+    /* mHC, one set per sublayer */
+    Mat hc_attn_fn, hc_ffn_fn;     /* [n(n+2), n*d] */
+    float *hc_attn_base, *hc_ffn_base, *hc_attn_scale, *hc_ffn_scale;
+    float *attn_norm, *ffn_norm;
+    /* attention */
+    Mat wq_a, wq_b, wkv, wo_a, wo_b;
+    float *q_norm, *kv_norm, *attn_sink;
+    int has_compressor, has_indexer;
+    CompressorW comp;
+    IndexerW idx;
+    /* MoE */
+    Mat gate;                      /* [E, d] */
+    float *gate_bias;              /* [E] or NULL */
+    int32_t *tid2eid;              /* [vocab, k] for hash layers, else NULL */
+    ExpertW *experts;              /* [E] */
+    ExpertW shared;
+    /* MTP-only parts (NULL/zero in main layers) */
+    Mat e_proj, h_proj;
+    float *enorm, *hnorm, *mtp_norm;
+    Mat hc_head_fn;
+    float *hc_head_base, *hc_head_scale;
+    double *rope_freq;             /* [rope_dim/2] for this layer's type */
+} LayerW;
+
+struct dsv4_model {
+    Config cfg;
+    StSet st;
+    char *dir;
+    int quant;                     /* quantisation-aware rounding on */
+    int has_quantized;             /* any FP8/FP4 weight */
+    Mat embed, head;               /* [vocab, d] */
+    float *norm;
+    Mat hc_head_fn;
+    float *hc_head_base, *hc_head_scale;
+    LayerW *layers;                /* n_layers */
+    LayerW *mtp;                   /* n_mtp_layers */
+    void **owned;                  /* decoded small vectors, freed on close */
+    int64_t n_owned, cap_owned;
+};
+
+typedef struct LayerCache {
+    float *ring;                   /* [W, D] window kv, slot t mod W */
+    float *comp;                   /* [ctx/ratio, D] compressed entries */
+    float *comp_a, *comp_z;        /* [coff*ratio, coff*D] compressor decode state */
+    float *idx_keys;               /* [ctx/4, I] indexer keys (ratio-4 layers) */
+    float *idx_a, *idx_z;          /* indexer compressor state */
+    int64_t cap_comp;
+} LayerCache;
+
+struct dsv4_session {
+    dsv4_model *m;
+    int64_t max_ctx;
+    int64_t pos, mtp_pos;
+    int chunk;
+    LayerCache *cache;             /* n_layers */
+    LayerCache *mtp_cache;         /* n_mtp_layers */
+};
+
+/* One V4 block (both mHC sublayers) over T tokens at positions t0.. (model/model.c). X is
+ * [T, n*d] and is updated in place. */
+int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
+                  const int32_t *tokens, int64_t T, int64_t t0);
+
+/* mhc.c */
+void mhc_pre(const Config *c, const Mat *fn, const float *base, const float *scale,
+             const float *X, int64_t T, float *y, float *post, float *comb);
+void mhc_post(const Config *c, float *X, const float *f, const float *post, const float *comb,
+              int64_t T);
+void hc_head(const Config *c, const Mat *fn, const float *base, const float *scale,
+             const float *X, int64_t T, float *y);
+
+/* attention.c */
+int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
+                      int64_t T, int64_t t0, float *out);
+/* compressor.c: consumes T tokens, emits entries into `entries` (count grows to (t0+T)/ratio). */
+void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq,
+                        int rotate_fp4, const float *h, int64_t T, int64_t t0, float *state_a,
+                        float *state_z, float *entries);
+/* indexer.c */
+void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
+                     const float *cq, int64_t T, int64_t t0, float *q_idx, float *w_idx);
+int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
+                     const float *q_idx_t, const float *w_idx_t, int64_t n_visible,
+                     int64_t *selected, float *scratch);
+/* moe.c */
+void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens,
+                 int64_t T, float *out);
+/* linear with the optional FP8 activation rounding in front of FP8/FP4 weights */
+void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
+                  int64_t T, const Mat *W, int64_t r0, int64_t nr);
+
+/* loader (model/load.c) */
+int model_bind(dsv4_model *m);
+
+/* ---- parameter accounting (model/plan.c) --------------------------------------------------- */
+typedef struct PlanStats {
+    double total_params, active_params, mtp_params, mtp_active_params;
+    double weight_bytes, mtp_weight_bytes;
+    double bytes_by_dtype[5];     /* F32, BF16, FP8(+scales), FP4(+scales), other */
+    double kv_bytes_per_token, kv_bytes_fixed, kv_bytes_1m;
+    double decode_weight_bytes_per_token;
+} PlanStats;
+void plan_compute(const Config *c, PlanStats *p);
+
+/* ---- utilities ------------------------------------------------------------------------------ */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t sz);
+double now_sec(void);
+char *read_file(const char *path, size_t *len);  /* NUL-terminated; NULL + error on failure */
+/* Writes data to path atomically (temp file in the same directory, fsync, rename). */
+int write_file_atomic(const char *path, const void *data, size_t len);
+
+#endif

@@ -1,0 +1,147 @@
+/* Linear layers on weights in their stored precision (F32, BF16, F16, FP8 e4m3 with 128x128
+ * E8M0 block scales, FP4 e2m1 with 1x32 scales). This is the hot spot of inference.
+ * Small batches (decode) decode one weight row at a time into a thread-local buffer and take
+ * dot products; large batches (prefill) decode a block of rows and hand it to OpenBLAS sgemm,
+ * so the decode cost is paid once per block and amortised over all tokens. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#include "../dsv4_internal.h"
+
+static inline float scale_at(const Mat *W, int64_t i) {
+    return W->scale_f32 ? ((const float *)W->scale)[i] : e8m0_to_f32(((const uint8_t *)W->scale)[i]);
+}
+
+uint64_t mat_bytes(const Mat *m) {
+    uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols, s = 0;
+    switch (m->kind) {
+    case W_F32: return n * 4;
+    case W_BF16: case W_F16: return n * 2;
+    case W_FP8: s = (uint64_t)((m->rows + 127) / 128) * (uint64_t)m->scale_cols; return n + s * (m->scale_f32 ? 4 : 1);
+    case W_FP4: s = (uint64_t)m->rows * (uint64_t)m->scale_cols; return n / 2 + s * (m->scale_f32 ? 4 : 1);
+    }
+    return 0;
+}
+
+static void dequant_row(const Mat *W, int64_t r, float *dst) {
+    const int64_t cols = W->cols;
+    switch (W->kind) {
+    case W_F32:
+        memcpy(dst, (const float *)W->w + r * cols, sizeof(float) * (size_t)cols);
+        break;
+    case W_BF16: {
+        const uint16_t *p = (const uint16_t *)W->w + r * cols;
+        for (int64_t c = 0; c < cols; c++) dst[c] = bf16_to_f32(p[c]);
+        break;
+    }
+    case W_F16: {
+        const uint16_t *p = (const uint16_t *)W->w + r * cols;
+        for (int64_t c = 0; c < cols; c++) dst[c] = f16_to_f32(p[c]);
+        break;
+    }
+    case W_FP8: {
+        const uint8_t *p = (const uint8_t *)W->w + r * cols;
+        const int64_t srow = (r / 128) * W->scale_cols;
+        for (int64_t c0 = 0; c0 < cols; c0 += 128) {
+            const float s = scale_at(W, srow + c0 / 128);
+            const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
+            for (int64_t c = c0; c < c1; c++) dst[c] = dsv4_e4m3_table[p[c]] * s;
+        }
+        break;
+    }
+    case W_FP4: {
+        const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
+        const int64_t srow = r * W->scale_cols;
+        for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+            const float s = scale_at(W, srow + c0 / 32);
+            for (int64_t c = c0; c < c0 + 32; c += 2) {
+                const uint8_t b = p[c / 2];
+                dst[c] = dsv4_e2m1_table[b & 0xf] * s;       /* low nibble first */
+                dst[c + 1] = dsv4_e2m1_table[b >> 4] * s;
+            }
+        }
+        break;
+    }
+    }
+}
+
+void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst) {
+    for (int64_t i = 0; i < nr; i++) dequant_row(W, r0 + i, dst + i * W->cols);
+}
+
+float dot_f32(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float acc = _mm_cvtss_f32(h);
+#else
+    float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+    for (; i + 4 <= n; i += 4) {
+        acc0 += a[i] * b[i]; acc1 += a[i + 1] * b[i + 1];
+        acc2 += a[i + 2] * b[i + 2]; acc3 += a[i + 3] * b[i + 3];
+    }
+    float acc = (acc0 + acc1) + (acc2 + acc3);
+#endif
+    for (; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+void axpy_f32(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* Up to this many tokens, rows are decoded once and dotted with each token directly. */
+#define LINEAR_SMALL_T 4
+
+void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
+    const int64_t cols = W->cols;
+    if (T <= 0 || nr <= 0) return;
+    if (W->kind == W_F32) {
+        const float *w = (const float *)W->w + r0 * cols;
+        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nr, (blasint)cols, 1.0f, w, (blasint)cols, x, 1, 0.0f, y, 1);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)nr, (blasint)cols, 1.0f, x,
+                         (blasint)ldx, w, (blasint)cols, 0.0f, y, (blasint)ldy);
+        return;
+    }
+    if (T <= LINEAR_SMALL_T) {
+#pragma omp parallel
+        {
+            float *row = xmalloc(sizeof(float) * (size_t)cols);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < nr; i++) {
+                dequant_row(W, r0 + i, row);
+                for (int64_t t = 0; t < T; t++) y[t * ldy + i] = dot_f32(row, x + t * ldx, cols);
+            }
+            free(row);
+        }
+        return;
+    }
+    int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);   /* ~16 MB of decoded rows */
+    if (rb < 16) rb = 16;
+    if (rb > nr) rb = nr;
+    float *buf = xmalloc(sizeof(float) * (size_t)(rb * cols));
+    for (int64_t b0 = 0; b0 < nr; b0 += rb) {
+        const int64_t nb = b0 + rb <= nr ? rb : nr - b0;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < nb; i++) dequant_row(W, r0 + b0 + i, buf + i * cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)nb, (blasint)cols, 1.0f, x,
+                    (blasint)ldx, buf, (blasint)cols, 0.0f, y + b0, (blasint)ldy);
+    }
+    free(buf);
+}

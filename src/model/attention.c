@@ -1,0 +1,135 @@
+/* Attention of one V4 layer (spec "Attention"): MQA with one shared key=value vector per
+ * token, q-LoRA, per-head RMS, partial interleaved RoPE, a sliding window plus compressed
+ * entries (all visible ones for HCA, the indexer's top-k for CSA), attention sinks, inverse
+ * RoPE on the output and a grouped low-rank output projection.
+ *
+ * A call processes T tokens at positions t0..t0+T-1 (prefill chunk or one decode token).
+ * Window keys before t0 come from the ring (slot = position mod W); keys inside the chunk come
+ * from the chunk itself, so every query of the chunk can run in parallel. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../dsv4_internal.h"
+
+/* o_h = Σ_s e^{ℓ_s−M} kv_s / (Σ_s e^{ℓ_s−M} + e^{sink−M}), ℓ_s = q·kv_s / sqrt(D). */
+static void attend_head(const float *q, const float *const *keys, int64_t nk, int D, float sink, float *scores,
+                        float *o) {
+    const float scale = 1.0f / sqrtf((float)D);
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < nk; s++) {
+        scores[s] = dot_f32(q, keys[s], D) * scale;
+        if (scores[s] > mx) mx = scores[s];
+    }
+    double den = exp((double)sink - mx);
+    memset(o, 0, sizeof(float) * (size_t)D);
+    for (int64_t s = 0; s < nk; s++) {
+        const float p = expf(scores[s] - mx);
+        den += p;
+        axpy_f32(o, p, keys[s], D);
+    }
+    const float inv = (float)(1.0 / den);
+    for (int i = 0; i < D; i++) o[i] *= inv;
+}
+
+int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, int64_t T, int64_t t0,
+                      float *out) {
+    const Config *cf = &m->cfg;
+    const int H = cf->n_heads, D = cf->head_dim, r = cf->rope_head_dim, W = cf->window_size;
+    const int ratio = L->ratio, G = cf->o_groups, R = cf->o_lora_rank;
+    const int64_t qd = (int64_t)H * D;
+
+    /* q path: c_q = RMSNorm_q(x·wq_a); q_h = (c_q·wq_b)_h / rms(q_h); RoPE on the last r dims */
+    float *cq = xmalloc(sizeof(float) * (size_t)(T * cf->q_lora_rank));
+    float *q = xmalloc(sizeof(float) * (size_t)(T * qd));
+    float *kv = xmalloc(sizeof(float) * (size_t)(T * D));
+    model_linear(m, cq, cf->q_lora_rank, h, cf->dim, T, &L->wq_a, 0, cf->q_lora_rank);
+    for (int64_t t = 0; t < T; t++) rmsnorm(cq + t * cf->q_lora_rank, cq + t * cf->q_lora_rank, L->q_norm, cf->q_lora_rank, cf->norm_eps);
+    model_linear(m, q, qd, cq, cf->q_lora_rank, T, &L->wq_b, 0, qd);
+    /* kv = RMSNorm_kv(x·wkv), one vector that is both key and value */
+    model_linear(m, kv, D, h, cf->dim, T, &L->wkv, 0, D);
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        for (int hh = 0; hh < H; hh++) {
+            float *qh = q + t * qd + (int64_t)hh * D;
+            rmsnorm(qh, qh, NULL, D, cf->norm_eps);
+            rope_rotate(qh + D - r, r, L->rope_freq, t0 + t, 0);
+        }
+        float *k = kv + t * D;
+        rmsnorm(k, k, L->kv_norm, D, cf->norm_eps);
+        rope_rotate(k + D - r, r, L->rope_freq, t0 + t, 0);
+        /* official QAT: FP8 on the non-RoPE dims; the RoPE dims keep their precision */
+        if (m->quant) fake_quant_fp8(k, D - r, 64);
+    }
+
+    /* compressed entries and indexer keys for the tokens of this chunk */
+    float *q_idx = NULL, *w_idx = NULL;
+    if (L->has_compressor)
+        compressor_forward(m, &L->comp, L->rope_freq, 0, h, T, t0, c->comp_a, c->comp_z, c->comp);
+    if (L->has_indexer) {
+        q_idx = xmalloc(sizeof(float) * (size_t)(T * cf->index_n_heads * cf->index_head_dim));
+        w_idx = xmalloc(sizeof(float) * (size_t)(T * cf->index_n_heads));
+        indexer_forward(m, L, c, h, cq, T, t0, q_idx, w_idx);
+    }
+
+    /* per query: the window keys, then the compressed entries it may see */
+    const int64_t n_comp_max = ratio ? (t0 + T) / ratio : 0;
+    const int64_t sel_max = L->has_indexer ? (cf->index_topk < n_comp_max ? cf->index_topk : n_comp_max) : n_comp_max;
+    int64_t *sel = L->has_indexer ? xmalloc(sizeof(int64_t) * (size_t)(T * (sel_max ? sel_max : 1))) : NULL;
+    int64_t *n_sel = xcalloc((size_t)T, sizeof(int64_t));
+    if (L->has_indexer) {
+#pragma omp parallel
+        {
+            float *scratch = xmalloc(sizeof(float) * (size_t)(n_comp_max ? n_comp_max : 1));
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t nvis = (t0 + t + 1) / ratio;
+                n_sel[t] = indexer_topk(m, L, c, q_idx + t * cf->index_n_heads * cf->index_head_dim,
+                                        w_idx + t * cf->index_n_heads, nvis, sel + t * sel_max, scratch);
+            }
+            free(scratch);
+        }
+    } else if (ratio) {
+        for (int64_t t = 0; t < T; t++) n_sel[t] = (t0 + t + 1) / ratio;
+    }
+
+    float *o = xmalloc(sizeof(float) * (size_t)(T * qd));
+    const int64_t max_keys = W + sel_max;
+#pragma omp parallel
+    {
+        const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
+        float *scores = xmalloc(sizeof(float) * (size_t)max_keys);
+        int64_t cur_t = -1, nk = 0;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            for (int hh = 0; hh < H; hh++) {
+                if (t != cur_t) {
+                    const int64_t pos = t0 + t;
+                    nk = 0;
+                    for (int64_t s = pos - W + 1 < 0 ? 0 : pos - W + 1; s <= pos; s++)
+                        keys[nk++] = s >= t0 ? kv + (s - t0) * D : c->ring + (s % W) * D;
+                    for (int64_t i = 0; i < n_sel[t]; i++)
+                        keys[nk++] = c->comp + (L->has_indexer ? sel[t * sel_max + i] : i) * D;
+                    cur_t = t;
+                }
+                float *oh = o + t * qd + (int64_t)hh * D;
+                attend_head(q + t * qd + (int64_t)hh * D, keys, nk, D, L->attn_sink[hh], scores, oh);
+                rope_rotate(oh + D - r, r, L->rope_freq, t0 + t, 1);
+            }
+        free(keys);
+        free(scores);
+    }
+    /* the chunk's keys enter the ring once every query of the chunk has read the old ones */
+    for (int64_t t = T > W ? T - W : 0; t < T; t++)
+        memcpy(c->ring + ((t0 + t) % W) * D, kv + t * D, sizeof(float) * (size_t)D);
+
+    /* grouped low-rank output: u_g = wo_a[g] · concat_{h in g} o_h; out = wo_b · [u_1..u_G].
+     * The official code runs wo_a as a plain bf16 einsum, without activation rounding. */
+    float *u = xmalloc(sizeof(float) * (size_t)(T * G * R));
+    const int64_t gin = qd / G;
+    for (int g = 0; g < G; g++) linear(u + (int64_t)g * R, (int64_t)G * R, o + g * gin, qd, T, &L->wo_a, (int64_t)g * R, R);
+    model_linear(m, out, cf->dim, u, (int64_t)G * R, T, &L->wo_b, 0, cf->dim);
+
+    free(cq); free(q); free(kv); free(q_idx); free(w_idx); free(sel); free(n_sel); free(o); free(u);
+    return 0;
+}

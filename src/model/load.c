@@ -1,0 +1,274 @@
+/* Binding a model directory's tensors to the network (spec "Checkpoint format"): every
+ * tensor the config implies is looked up by its official name and checked for shape and
+ * dtype; large weights stay in the mapped files in their stored precision, small vectors
+ * (norms, mHC, sinks, ape, biases, tid2eid) are decoded to fp32/int32 once. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../dsv4_internal.h"
+
+static void *own(dsv4_model *m, void *p) {
+    if (m->n_owned == m->cap_owned) {
+        m->cap_owned = m->cap_owned ? m->cap_owned * 2 : 256;
+        m->owned = realloc(m->owned, sizeof(void *) * (size_t)m->cap_owned);
+    }
+    m->owned[m->n_owned++] = p;
+    return p;
+}
+
+static const char *file_of(const dsv4_model *m, const StTensor *t) { return m->st.files[t->file].path; }
+
+static void shape_str(const StTensor *t, char *buf, size_t n) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && o < n; i++) o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+static const StTensor *need(const dsv4_model *m, const char *name) {
+    const StTensor *t = st_find(&m->st, name);
+    if (!t) dsv4_fail("%s: missing tensor '%s'", m->dir, name);
+    return t;
+}
+
+/* A [rows, cols] linear weight: F32/BF16/F16 as is, F8_E4M3 with a 128x128-block scale,
+ * or FP4 (I8, two per byte) with a 1x32-block scale. */
+static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int64_t cols) {
+    const StTensor *t = need(m, name);
+    char sh[128];
+    if (!t) return -1;
+    memset(out, 0, sizeof *out);
+    out->name = t->name;
+    out->rows = rows;
+    out->cols = cols;
+    out->w = t->data;
+    int64_t want_cols = t->dtype == DT_I8 ? cols / 2 : cols;
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != want_cols || (t->dtype == DT_I8 && cols % 32)) {
+        shape_str(t, sh, sizeof sh);
+        return dsv4_fail("%s: tensor '%s' has shape %s %s; the config implies [%lld, %lld]%s", file_of(m, t), name, sh,
+                         dtype_name(t->dtype), (long long)rows, (long long)want_cols,
+                         t->dtype == DT_I8 ? " (FP4: two values per byte, in-dim a multiple of 32)" : "");
+    }
+    switch (t->dtype) {
+    case DT_F32: out->kind = W_F32; return 0;
+    case DT_BF16: out->kind = W_BF16; return 0;
+    case DT_F16: out->kind = W_F16; return 0;
+    case DT_F8_E4M3: case DT_I8: break;
+    default:
+        return dsv4_fail("%s: tensor '%s' has dtype %s; a weight matrix must be F32, BF16, F16, F8_E4M3 or FP4 (I8)",
+                         file_of(m, t), name, dtype_name(t->dtype));
+    }
+    m->has_quantized = 1;
+    out->kind = t->dtype == DT_I8 ? W_FP4 : W_FP8;
+    char sname[512];
+    size_t l = strlen(name);
+    const StTensor *s = NULL;
+    if (l > 7 && strcmp(name + l - 7, ".weight") == 0) {
+        snprintf(sname, sizeof sname, "%.*s.scale", (int)(l - 7), name);
+        s = st_find(&m->st, sname);
+        if (!s) { snprintf(sname, sizeof sname, "%s_scale_inv", name); s = st_find(&m->st, sname); }
+    }
+    if (!s) return dsv4_fail("%s: quantised tensor '%s' (%s) has no scale tensor '%.*s.scale'", file_of(m, t), name,
+                             dtype_name(t->dtype), (int)(l > 7 ? l - 7 : l), name);
+    const int64_t sr = out->kind == W_FP8 ? (rows + 127) / 128 : rows;
+    const int64_t sc = out->kind == W_FP8 ? (cols + 127) / 128 : cols / 32;
+    if (s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc || (s->dtype != DT_F8_E8M0 && s->dtype != DT_F32)) {
+        shape_str(s, sh, sizeof sh);
+        return dsv4_fail("%s: scale tensor '%s' is %s %s; expected F8_E8M0 (or F32) [%lld, %lld] for %s blocks",
+                         file_of(m, s), s->name, sh, dtype_name(s->dtype), (long long)sr, (long long)sc,
+                         out->kind == W_FP8 ? "128x128" : "1x32");
+    }
+    out->scale = s->data;
+    out->scale_f32 = s->dtype == DT_F32;
+    out->scale_cols = sc;
+    return 0;
+}
+
+/* A small float vector/matrix of n elements, decoded to fp32 (F32, BF16 or F16). */
+static int bind_f32(dsv4_model *m, float **out, const char *name, int64_t d0, int64_t d1) {
+    const StTensor *t = need(m, name);
+    if (!t) return -1;
+    const int64_t n = d0 * (d1 ? d1 : 1);
+    int ok = d1 ? (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1) : (t->ndim == 1 && t->shape[0] == d0);
+    if (!ok) {
+        char sh[128];
+        shape_str(t, sh, sizeof sh);
+        if (d1) return dsv4_fail("%s: tensor '%s' has shape %s; the config implies [%lld, %lld]", file_of(m, t), name, sh, (long long)d0, (long long)d1);
+        return dsv4_fail("%s: tensor '%s' has shape %s; the config implies [%lld]", file_of(m, t), name, sh, (long long)d0);
+    }
+    float *v = own(m, xmalloc(sizeof(float) * (size_t)n));
+    switch (t->dtype) {
+    case DT_F32: memcpy(v, t->data, sizeof(float) * (size_t)n); break;
+    case DT_BF16: for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, t->data + 2 * i, 2); v[i] = bf16_to_f32(h); } break;
+    case DT_F16: for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, t->data + 2 * i, 2); v[i] = f16_to_f32(h); } break;
+    default:
+        return dsv4_fail("%s: tensor '%s' has dtype %s; expected F32, BF16 or F16", file_of(m, t), name, dtype_name(t->dtype));
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return dsv4_fail("%s: tensor '%s' holds a non-finite value at element %lld", file_of(m, t), name, (long long)i);
+    *out = v;
+    return 0;
+}
+
+static int bind_compressor(dsv4_model *m, CompressorW *cw, const char *pre, int ratio, int width) {
+    const Config *c = &m->cfg;
+    char nm[512];
+    cw->ratio = ratio;
+    cw->coff = ratio == 4 ? 2 : 1;   /* spec: overlapping windows exactly when ratio == 4 */
+    cw->width = width;
+    const int64_t w2 = (int64_t)cw->coff * width;
+    snprintf(nm, sizeof nm, "%s.wkv.weight", pre);
+    if (bind_mat(m, &cw->wkv, nm, w2, c->dim)) return -1;
+    snprintf(nm, sizeof nm, "%s.wgate.weight", pre);
+    if (bind_mat(m, &cw->wgate, nm, w2, c->dim)) return -1;
+    snprintf(nm, sizeof nm, "%s.ape", pre);
+    if (bind_f32(m, &cw->ape, nm, ratio, w2)) return -1;
+    snprintf(nm, sizeof nm, "%s.norm.weight", pre);
+    return bind_f32(m, &cw->norm, nm, width, 0);
+}
+
+static int bind_layer(dsv4_model *m, LayerW *L, const char *pre, int id, int is_mtp) {
+    const Config *c = &m->cfg;
+    char nm[512];
+    const int n = c->hc_mult, H = c->n_heads, D = c->head_dim;
+    const int64_t d = c->dim, mix = (int64_t)n * (n + 2);
+    memset(L, 0, sizeof *L);
+    L->id = id;
+    L->ratio = c->compress_ratios[id];
+#define M(field, suffix, r, cc) do { snprintf(nm, sizeof nm, "%s.%s", pre, suffix); if (bind_mat(m, &L->field, nm, r, cc)) return -1; } while (0)
+#define V(field, suffix, a, b) do { snprintf(nm, sizeof nm, "%s.%s", pre, suffix); if (bind_f32(m, &L->field, nm, a, b)) return -1; } while (0)
+    M(hc_attn_fn, "hc_attn_fn", mix, n * d);
+    M(hc_ffn_fn, "hc_ffn_fn", mix, n * d);
+    V(hc_attn_base, "hc_attn_base", mix, 0);
+    V(hc_ffn_base, "hc_ffn_base", mix, 0);
+    V(hc_attn_scale, "hc_attn_scale", 3, 0);
+    V(hc_ffn_scale, "hc_ffn_scale", 3, 0);
+    V(attn_norm, "attn_norm.weight", d, 0);
+    V(ffn_norm, "ffn_norm.weight", d, 0);
+    M(wq_a, "attn.wq_a.weight", c->q_lora_rank, d);
+    V(q_norm, "attn.q_norm.weight", c->q_lora_rank, 0);
+    M(wq_b, "attn.wq_b.weight", (int64_t)H * D, c->q_lora_rank);
+    M(wkv, "attn.wkv.weight", D, d);
+    V(kv_norm, "attn.kv_norm.weight", D, 0);
+    M(wo_a, "attn.wo_a.weight", (int64_t)c->o_groups * c->o_lora_rank, (int64_t)H * D / c->o_groups);
+    M(wo_b, "attn.wo_b.weight", d, (int64_t)c->o_groups * c->o_lora_rank);
+    V(attn_sink, "attn.attn_sink", H, 0);
+    if (L->ratio) {
+        L->has_compressor = 1;
+        snprintf(nm, sizeof nm, "%s.attn.compressor", pre);
+        if (bind_compressor(m, &L->comp, nm, L->ratio, D)) return -1;
+    }
+    if (L->ratio == 4) {
+        L->has_indexer = 1;
+        M(idx.wq_b, "attn.indexer.wq_b.weight", (int64_t)c->index_n_heads * c->index_head_dim, c->q_lora_rank);
+        M(idx.weights_proj, "attn.indexer.weights_proj.weight", c->index_n_heads, d);
+        snprintf(nm, sizeof nm, "%s.attn.indexer.compressor", pre);
+        if (bind_compressor(m, &L->idx.comp, nm, 4, c->index_head_dim)) return -1;
+    }
+    /* MoE */
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
+    M(gate, "ffn.gate.weight", E, d);
+    if (!is_mtp && id < c->n_hash_layers) {
+        snprintf(nm, sizeof nm, "%s.ffn.gate.tid2eid", pre);
+        const StTensor *t = need(m, nm);
+        if (!t) return -1;
+        if (t->ndim != 2 || t->shape[0] != c->vocab_size || t->shape[1] != K || (t->dtype != DT_I32 && t->dtype != DT_I64))
+            return dsv4_fail("%s: tensor '%s' must be I32 or I64 [%lld, %d] (vocab x activated experts)", file_of(m, t), nm,
+                             (long long)c->vocab_size, K);
+        int32_t *tab = own(m, xmalloc(sizeof(int32_t) * (size_t)(c->vocab_size * K)));
+        for (int64_t i = 0; i < c->vocab_size * K; i++) {
+            int64_t v;
+            if (t->dtype == DT_I32) { int32_t x; memcpy(&x, t->data + 4 * i, 4); v = x; }
+            else memcpy(&v, t->data + 8 * i, 8);
+            if (v < 0 || v >= E)
+                return dsv4_fail("%s: tensor '%s' holds expert id %lld at element %lld (must be < %d)", file_of(m, t), nm,
+                                 (long long)v, (long long)i, E);
+            tab[i] = (int32_t)v;
+        }
+        L->tid2eid = tab;
+    } else {
+        snprintf(nm, sizeof nm, "%s.ffn.gate.bias", pre);
+        if (st_find(&m->st, nm) && bind_f32(m, &L->gate_bias, nm, E, 0)) return -1;
+    }
+    L->experts = own(m, xcalloc((size_t)E, sizeof(ExpertW)));
+    for (int e = 0; e < E; e++) {
+        char s1[64], s2[64], s3[64];
+        snprintf(s1, sizeof s1, "ffn.experts.%d.w1.weight", e);
+        snprintf(s2, sizeof s2, "ffn.experts.%d.w2.weight", e);
+        snprintf(s3, sizeof s3, "ffn.experts.%d.w3.weight", e);
+        M(experts[e].w1, s1, c->moe_inter_dim, d);
+        M(experts[e].w2, s2, d, c->moe_inter_dim);
+        M(experts[e].w3, s3, c->moe_inter_dim, d);
+    }
+    if (c->n_shared_experts < 1) return dsv4_fail("%s: n_shared_experts must be at least 1 (V4 has one shared expert)", m->dir);
+    const int64_t sf = c->moe_inter_dim * c->n_shared_experts;
+    M(shared.w1, "ffn.shared_experts.w1.weight", sf, d);
+    M(shared.w2, "ffn.shared_experts.w2.weight", d, sf);
+    M(shared.w3, "ffn.shared_experts.w3.weight", sf, d);
+    if (is_mtp) {
+        M(e_proj, "e_proj.weight", d, d);
+        M(h_proj, "h_proj.weight", d, d);
+        V(enorm, "enorm.weight", d, 0);
+        V(hnorm, "hnorm.weight", d, 0);
+        V(mtp_norm, "norm.weight", d, 0);
+        M(hc_head_fn, "hc_head_fn", n, n * d);
+        V(hc_head_base, "hc_head_base", n, 0);
+        V(hc_head_scale, "hc_head_scale", 1, 0);
+    }
+#undef M
+#undef V
+    /* RoPE per layer type: compressed layers use compress_rope_theta with YaRN, window-only
+     * layers rope_theta without (spec "Attention"). */
+    L->rope_freq = own(m, xmalloc(sizeof(double) * (size_t)(c->rope_head_dim / 2 + 1)));
+    if (L->ratio) rope_freqs(L->rope_freq, c->rope_head_dim, c->compress_rope_theta, c->original_seq_len, c->rope_factor, c->beta_fast, c->beta_slow);
+    else rope_freqs(L->rope_freq, c->rope_head_dim, c->rope_theta, 0, c->rope_factor, c->beta_fast, c->beta_slow);
+    return 0;
+}
+
+int model_bind(dsv4_model *m) {
+    const Config *c = &m->cfg;
+    const int n = c->hc_mult;
+    const int64_t d = c->dim;
+    if (bind_mat(m, &m->embed, "embed.weight", c->vocab_size, d)) return -1;
+    if (bind_mat(m, &m->head, "head.weight", c->vocab_size, d)) return -1;
+    if (bind_f32(m, &m->norm, "norm.weight", d, 0)) return -1;
+    if (bind_mat(m, &m->hc_head_fn, "hc_head_fn", n, n * d)) return -1;
+    if (bind_f32(m, &m->hc_head_base, "hc_head_base", n, 0)) return -1;
+    if (bind_f32(m, &m->hc_head_scale, "hc_head_scale", 1, 0)) return -1;
+    m->layers = own(m, xcalloc((size_t)c->n_layers, sizeof(LayerW)));
+    char pre[64];
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(pre, sizeof pre, "layers.%d", l);
+        if (bind_layer(m, &m->layers[l], pre, l, 0)) return -1;
+    }
+    m->mtp = own(m, xcalloc((size_t)(c->n_mtp_layers ? c->n_mtp_layers : 1), sizeof(LayerW)));
+    for (int i = 0; i < c->n_mtp_layers; i++) {
+        snprintf(pre, sizeof pre, "mtp.%d", i);
+        if (bind_layer(m, &m->mtp[i], pre, c->n_layers + i, 1)) return -1;
+    }
+    return 0;
+}
+
+dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
+    dsv4_model *m = xcalloc(1, sizeof *m);
+    m->dir = strdup(dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (config_load(&m->cfg, path) || st_open_dir(&m->st, dir) || model_bind(m)) {
+        dsv4_model_close(m);
+        return NULL;
+    }
+    const int q = opts ? opts->quant_rounding : -1;
+    m->quant = q < 0 ? m->has_quantized : q;
+    return m;
+}
+
+void dsv4_model_close(dsv4_model *m) {
+    if (!m) return;
+    for (int64_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    st_close(&m->st);
+    free(m->dir);
+    free(m);
+}

@@ -1,0 +1,207 @@
+/* Assembly of the V4 network: embedding -> n-stream residual -> blocks (attention and MoE
+ * sublayers, each wrapped in mHC) -> hc head -> logits; and the session's KV caches. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../dsv4_internal.h"
+
+void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W,
+                  int64_t r0, int64_t nr) {
+    if (!m->quant || (W->kind != W_FP8 && W->kind != W_FP4)) {
+        linear(y, ldy, x, ldx, T, W, r0, nr);
+        return;
+    }
+    /* official act_quant: FP8 e4m3 activations, one power-of-two scale per 128 inputs */
+    const int64_t cols = W->cols;
+    float *xq = xmalloc(sizeof(float) * (size_t)(T * cols));
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(xq + t * cols, x + t * ldx, sizeof(float) * (size_t)cols);
+        fake_quant_fp8(xq + t * cols, cols, 128);
+    }
+    linear(y, ldy, xq, cols, T, W, r0, nr);
+    free(xq);
+}
+
+int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T,
+                  int64_t t0) {
+    const Config *cf = &m->cfg;
+    const int n = cf->hc_mult;
+    const int64_t d = cf->dim;
+    float *y = xmalloc(sizeof(float) * (size_t)(T * d));
+    float *f = xmalloc(sizeof(float) * (size_t)(T * d));
+    float *post = xmalloc(sizeof(float) * (size_t)(T * n));
+    float *comb = xmalloc(sizeof(float) * (size_t)(T * n * n));
+    int rc;
+
+    mhc_pre(cf, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, X, T, y, post, comb);
+    for (int64_t t = 0; t < T; t++) rmsnorm(y + t * d, y + t * d, L->attn_norm, d, cf->norm_eps);
+    rc = attention_forward(m, L, c, y, T, t0, f);
+    if (rc == 0) {
+        mhc_post(cf, X, f, post, comb, T);
+        mhc_pre(cf, &L->hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, X, T, y, post, comb);
+        for (int64_t t = 0; t < T; t++) rmsnorm(y + t * d, y + t * d, L->ffn_norm, d, cf->norm_eps);
+        moe_forward(m, L, y, tokens, T, f);
+        mhc_post(cf, X, f, post, comb, T);
+    }
+    free(y); free(f); free(post); free(comb);
+    return rc;
+}
+
+/* ---- sessions ---- */
+
+static void cache_init_state(const LayerW *L, LayerCache *c, const Config *cf) {
+    /* Rows of a missing previous window pool nothing: z = -inf, a = 0. */
+    if (L->has_compressor) {
+        const int64_t n = (int64_t)L->comp.coff * L->comp.ratio * L->comp.coff * L->comp.width;
+        for (int64_t i = 0; i < n; i++) { c->comp_a[i] = 0; c->comp_z[i] = -INFINITY; }
+    }
+    if (L->has_indexer) {
+        const int64_t n = (int64_t)L->idx.comp.coff * L->idx.comp.ratio * L->idx.comp.coff * L->idx.comp.width;
+        for (int64_t i = 0; i < n; i++) { c->idx_a[i] = 0; c->idx_z[i] = -INFINITY; }
+    }
+    (void)cf;
+}
+
+static void cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
+    memset(c, 0, sizeof *c);
+    c->ring = xcalloc((size_t)cf->window_size * (size_t)cf->head_dim, sizeof(float));
+    if (L->has_compressor) {
+        c->cap_comp = ctx / L->ratio;
+        c->comp = xcalloc((size_t)(c->cap_comp ? c->cap_comp : 1) * (size_t)cf->head_dim, sizeof(float));
+        const int64_t n = (int64_t)L->comp.coff * L->comp.ratio * L->comp.coff * L->comp.width;
+        c->comp_a = xmalloc(sizeof(float) * (size_t)n);
+        c->comp_z = xmalloc(sizeof(float) * (size_t)n);
+    }
+    if (L->has_indexer) {
+        c->idx_keys = xcalloc((size_t)(ctx / 4 ? ctx / 4 : 1) * (size_t)cf->index_head_dim, sizeof(float));
+        const int64_t n = (int64_t)L->idx.comp.coff * L->idx.comp.ratio * L->idx.comp.coff * L->idx.comp.width;
+        c->idx_a = xmalloc(sizeof(float) * (size_t)n);
+        c->idx_z = xmalloc(sizeof(float) * (size_t)n);
+    }
+    cache_init_state(L, c, cf);
+}
+
+static void cache_free(LayerCache *c) {
+    free(c->ring); free(c->comp); free(c->comp_a); free(c->comp_z); free(c->idx_keys); free(c->idx_a); free(c->idx_z);
+}
+
+dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
+    if (max_ctx < 1 || max_ctx > ((int64_t)1 << 40)) { dsv4_fail("context size %lld out of range", (long long)max_ctx); return NULL; }
+    dsv4_session *s = xcalloc(1, sizeof *s);
+    s->m = m;
+    s->max_ctx = max_ctx;
+    s->chunk = 256;
+    s->cache = xcalloc((size_t)m->cfg.n_layers, sizeof(LayerCache));
+    for (int i = 0; i < m->cfg.n_layers; i++) cache_alloc(&m->layers[i], &s->cache[i], &m->cfg, max_ctx);
+    s->mtp_cache = xcalloc((size_t)(m->cfg.n_mtp_layers ? m->cfg.n_mtp_layers : 1), sizeof(LayerCache));
+    for (int i = 0; i < m->cfg.n_mtp_layers; i++) cache_alloc(&m->mtp[i], &s->mtp_cache[i], &m->cfg, max_ctx);
+    return s;
+}
+
+void dsv4_session_free(dsv4_session *s) {
+    if (!s) return;
+    for (int i = 0; i < s->m->cfg.n_layers; i++) cache_free(&s->cache[i]);
+    for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_free(&s->mtp_cache[i]);
+    free(s->cache);
+    free(s->mtp_cache);
+    free(s);
+}
+
+int64_t dsv4_session_pos(const dsv4_session *s) { return s->pos; }
+void dsv4_session_set_chunk(dsv4_session *s, int chunk) { s->chunk = chunk > 0 ? chunk : 1; }
+void dsv4_session_reset(dsv4_session *s) {
+    s->pos = s->mtp_pos = 0;
+    for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(&s->m->layers[i], &s->cache[i], &s->m->cfg);
+    for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_init_state(&s->m->mtp[i], &s->mtp_cache[i], &s->m->cfg);
+}
+
+int dsv4_vocab_size(const dsv4_model *m) { return (int)m->cfg.vocab_size; }
+int dsv4_hidden_size(const dsv4_model *m) { return (int)m->cfg.dim; }
+int dsv4_hc_mult(const dsv4_model *m) { return m->cfg.hc_mult; }
+int dsv4_n_mtp_layers(const dsv4_model *m) { return m->cfg.n_mtp_layers; }
+
+static int check_tokens(const dsv4_model *m, const int32_t *tokens, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+            return dsv4_fail("token id %d at index %lld is out of range (vocab_size %lld)", tokens[i], (long long)i,
+                             (long long)m->cfg.vocab_size);
+    return 0;
+}
+
+/* logits[T_out, vocab] from the final streams X[T_out, n*d] via hc_head_*, norm and head. */
+static void final_logits(const dsv4_model *m, const Mat *fn, const float *base, const float *scale,
+                         const float *norm, const float *X, int64_t T, float *logits) {
+    const int64_t d = m->cfg.dim;
+    float *y = xmalloc(sizeof(float) * (size_t)(T * d));
+    hc_head(&m->cfg, fn, base, scale, X, T, y);
+    for (int64_t t = 0; t < T; t++) rmsnorm(y + t * d, y + t * d, norm, d, m->cfg.norm_eps);
+    linear(logits, m->cfg.vocab_size, y, d, T, &m->head, 0, m->cfg.vocab_size);
+    free(y);
+}
+
+int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden) {
+    const dsv4_model *m = s->m;
+    const Config *cf = &m->cfg;
+    if (n <= 0) return dsv4_fail("forward: no tokens");
+    if (check_tokens(m, tokens, n)) return -1;
+    if (s->pos + n > s->max_ctx)
+        return dsv4_fail("context full: %lld + %lld tokens exceed the cache size --ctx %lld", (long long)s->pos,
+                         (long long)n, (long long)s->max_ctx);
+    const int64_t nd = (int64_t)cf->hc_mult * cf->dim;
+    for (int64_t c0 = 0; c0 < n; c0 += s->chunk) {
+        const int64_t T = c0 + s->chunk <= n ? s->chunk : n - c0;
+        float *X = xmalloc(sizeof(float) * (size_t)(T * nd));
+        /* the embedding is copied into the n streams */
+        for (int64_t t = 0; t < T; t++) {
+            mat_dequant_rows(&m->embed, tokens[c0 + t], 1, X + t * nd);
+            for (int i = 1; i < cf->hc_mult; i++) memcpy(X + t * nd + i * cf->dim, X + t * nd, sizeof(float) * (size_t)cf->dim);
+        }
+        for (int l = 0; l < cf->n_layers; l++)
+            if (block_forward(m, &m->layers[l], &s->cache[l], X, tokens + c0, T, s->pos)) { free(X); return -1; }
+        if (hidden) memcpy(hidden + c0 * nd, X, sizeof(float) * (size_t)(T * nd));
+        if (logits && c0 + T == n)
+            final_logits(m, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm, X + (T - 1) * nd, 1, logits);
+        s->pos += T;
+        free(X);
+    }
+    return 0;
+}
+
+/* MTP (spec "MTP"): e = enorm(Embed(token_{i+1})); X' = e·e_projᵀ (broadcast to the streams)
+ * + hnorm(X_i)·h_projᵀ (per stream); one full block; its own hc head and norm; shared head. */
+int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n, float *logits) {
+    const dsv4_model *m = s->m;
+    const Config *cf = &m->cfg;
+    if (cf->n_mtp_layers < 1) return dsv4_fail("this model has no MTP layer");
+    if (n <= 0) return dsv4_fail("mtp: no tokens");
+    if (check_tokens(m, next_tokens, n)) return -1;
+    if (s->mtp_pos + n > s->max_ctx) return dsv4_fail("MTP context full (--ctx %lld)", (long long)s->max_ctx);
+    const LayerW *L = &m->mtp[0];
+    const int64_t d = cf->dim, nd = (int64_t)cf->hc_mult * d;
+    for (int64_t c0 = 0; c0 < n; c0 += s->chunk) {
+        const int64_t T = c0 + s->chunk <= n ? s->chunk : n - c0;
+        float *e = xmalloc(sizeof(float) * (size_t)(T * d));
+        float *ep = xmalloc(sizeof(float) * (size_t)(T * d));
+        float *hn = xmalloc(sizeof(float) * (size_t)(T * nd));
+        float *X = xmalloc(sizeof(float) * (size_t)(T * nd));
+        for (int64_t t = 0; t < T; t++) {
+            mat_dequant_rows(&m->embed, next_tokens[c0 + t], 1, e + t * d);
+            rmsnorm(e + t * d, e + t * d, L->enorm, d, cf->norm_eps);
+            for (int i = 0; i < cf->hc_mult; i++)
+                rmsnorm(hn + t * nd + i * d, hidden + (c0 + t) * nd + i * d, L->hnorm, d, cf->norm_eps);
+        }
+        model_linear(m, ep, d, e, d, T, &L->e_proj, 0, d);
+        model_linear(m, X, d, hn, d, T * cf->hc_mult, &L->h_proj, 0, d);
+        for (int64_t t = 0; t < T; t++)
+            for (int i = 0; i < cf->hc_mult; i++) axpy_f32(X + t * nd + i * d, 1.0f, ep + t * d, d);
+        int rc = block_forward(m, L, &s->mtp_cache[0], X, next_tokens + c0, T, s->mtp_pos);
+        if (rc == 0 && logits)
+            final_logits(m, &L->hc_head_fn, L->hc_head_base, L->hc_head_scale, L->mtp_norm, X, T,
+                         logits + c0 * cf->vocab_size);
+        free(e); free(ep); free(hn); free(X);
+        if (rc) return rc;
+        s->mtp_pos += T;
+    }
+    return 0;
+}

@@ -1,0 +1,105 @@
+/* DeepSeekMoE (spec "MoE"): routed experts chosen by top-k of (score + bias) — or by the
+ * tid2eid hash table in the first n_hash_layers — weighted by their normalised scores, plus
+ * a shared expert. Tokens are grouped per expert so each expert's weights are read once per
+ * call, whatever the number of tokens routed to it. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../dsv4_internal.h"
+
+/* expert(x) = w2 · (weight · silu(min(x·w1, L)) ⊙ clamp(x·w3, −L, L)); L = 0 means no clamp. */
+static void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight,
+                           double limit, float *y) {
+    const int64_t d = m->cfg.dim, f = e->w1.rows;
+    float *g = xmalloc(sizeof(float) * (size_t)(n * f));
+    float *u = xmalloc(sizeof(float) * (size_t)(n * f));
+    model_linear(m, g, f, x, d, n, &e->w1, 0, f);
+    model_linear(m, u, f, x, d, n, &e->w3, 0, f);
+    const float L = (float)limit;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < f; i++) {
+            float gv = g[t * f + i], uv = u[t * f + i];
+            if (L > 0) {
+                gv = fminf(gv, L);
+                uv = fminf(fmaxf(uv, -L), L);
+            }
+            g[t * f + i] = silu_f(gv) * uv * (weight ? weight[t] : 1.0f);
+        }
+    model_linear(m, y, d, g, f, n, &e->w2, 0, d);
+    free(g);
+    free(u);
+}
+
+void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens, int64_t T, float *out) {
+    const Config *c = &m->cfg;
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
+    const int64_t d = c->dim;
+
+    /* gate: s_e = sqrt(softplus(x·gate_e)) (or sigmoid / softmax), in fp32 */
+    float *scores = xmalloc(sizeof(float) * (size_t)(T * E));
+    linear(scores, E, h, d, T, &L->gate, 0, E);
+    int64_t *idx = xmalloc(sizeof(int64_t) * (size_t)(T * K));
+    float *wts = xmalloc(sizeof(float) * (size_t)(T * K));
+    float *biased = xmalloc(sizeof(float) * (size_t)E);
+    for (int64_t t = 0; t < T; t++) {
+        float *s = scores + t * E;
+        if (c->score_func == SCORE_SOFTMAX) {
+            float mx = -INFINITY;
+            double sum = 0;
+            for (int e = 0; e < E; e++) mx = fmaxf(mx, s[e]);
+            for (int e = 0; e < E; e++) { s[e] = expf(s[e] - mx); sum += s[e]; }
+            for (int e = 0; e < E; e++) s[e] = (float)(s[e] / sum);
+        } else if (c->score_func == SCORE_SIGMOID) {
+            for (int e = 0; e < E; e++) s[e] = sigmoid_f(s[e]);
+        } else {
+            for (int e = 0; e < E; e++) s[e] = sqrtf(softplus_f(s[e]));
+        }
+        int64_t *it = idx + t * K;
+        if (L->tid2eid) {
+            for (int k = 0; k < K; k++) it[k] = L->tid2eid[(int64_t)tokens[t] * K + k];
+        } else {
+            /* the bias only steers selection; weights use the unbiased scores */
+            for (int e = 0; e < E; e++) biased[e] = s[e] + (L->gate_bias ? L->gate_bias[e] : 0.0f);
+            topk_indices(biased, E, K, it);
+        }
+        double sum = 0;
+        for (int k = 0; k < K; k++) sum += s[it[k]];
+        for (int k = 0; k < K; k++) {
+            double w = s[it[k]];
+            if (c->score_func != SCORE_SOFTMAX) w /= sum;
+            wts[t * K + k] = (float)(w * c->route_scale);
+        }
+    }
+    free(biased);
+
+    /* group the (token, slot) pairs by expert */
+    int64_t *count = xcalloc((size_t)E + 1, sizeof(int64_t));
+    for (int64_t i = 0; i < T * K; i++) count[idx[i] + 1]++;
+    for (int e = 0; e < E; e++) count[e + 1] += count[e];
+    int64_t *order = xmalloc(sizeof(int64_t) * (size_t)(T * K));
+    int64_t *fill = xmalloc(sizeof(int64_t) * (size_t)E);
+    memcpy(fill, count, sizeof(int64_t) * (size_t)E);
+    for (int64_t i = 0; i < T * K; i++) order[fill[idx[i]]++] = i;   /* ascending token order per expert */
+    free(fill);
+
+    /* shared expert first, then the routed ones added in expert order */
+    expert_forward(m, &L->shared, h, T, NULL, 0.0, out);
+    float *xe = xmalloc(sizeof(float) * (size_t)(T * d));
+    float *ye = xmalloc(sizeof(float) * (size_t)(T * d));
+    float *we = xmalloc(sizeof(float) * (size_t)T);
+    float *routed = xcalloc((size_t)(T * d), sizeof(float));
+    for (int e = 0; e < E; e++) {
+        const int64_t n = count[e + 1] - count[e];
+        if (!n) continue;
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t pair = order[count[e] + j];
+            memcpy(xe + j * d, h + (pair / K) * d, sizeof(float) * (size_t)d);
+            we[j] = wts[pair];
+        }
+        expert_forward(m, &L->experts[e], xe, n, we, c->swiglu_limit, ye);
+        for (int64_t j = 0; j < n; j++) axpy_f32(routed + (order[count[e] + j] / K) * d, 1.0f, ye + j * d, d);
+    }
+    for (int64_t i = 0; i < T * d; i++) out[i] += routed[i];
+    free(xe); free(ye); free(we); free(routed); free(count); free(order); free(scores); free(idx); free(wts);
+}

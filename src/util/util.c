@@ -1,0 +1,85 @@
+/* Small shared helpers: errors, allocation, time, whole-file I/O with atomic writes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../dsv4_internal.h"
+
+static _Thread_local char g_err[2048];
+
+const char *dsv4_last_error(void) { return g_err; }
+
+int dsv4_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) { fprintf(stderr, "dsv4: out of memory allocating %zu bytes\n", n); abort(); }
+    return p;
+}
+
+void *xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    if (!p) { fprintf(stderr, "dsv4: out of memory allocating %zu x %zu bytes\n", n, sz); abort(); }
+    return p;
+}
+
+double now_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { dsv4_fail("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); dsv4_fail("%s: cannot seek", path); return NULL; }
+    long n = ftell(f);
+    if (n < 0) { fclose(f); dsv4_fail("%s: cannot tell size", path); return NULL; }
+    rewind(f);
+    char *buf = xmalloc((size_t)n + 1);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f); free(buf); dsv4_fail("%s: short read", path); return NULL;
+    }
+    fclose(f);
+    buf[n] = 0;
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len) {
+    size_t pl = strlen(path);
+    char *tmp = xmalloc(pl + 32);
+    snprintf(tmp, pl + 32, "%s.tmp.%d", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) { int r = dsv4_fail("%s: cannot create: %s", tmp, strerror(errno)); free(tmp); return r; }
+    const char *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int r = dsv4_fail("%s: write failed: %s", tmp, strerror(errno));
+            close(fd); unlink(tmp); free(tmp); return r;
+        }
+        p += w; left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int r = dsv4_fail("%s: cannot flush: %s", tmp, strerror(errno)); unlink(tmp); free(tmp); return r;
+    }
+    if (rename(tmp, path) != 0) {
+        int r = dsv4_fail("%s: cannot rename into place: %s", path, strerror(errno)); unlink(tmp); free(tmp); return r;
+    }
+    free(tmp);
+    return 0;
+}
