@@ -42,7 +42,7 @@ static const Field k_fields[] = {
     {"original_seq_len", "rope_scaling.original_max_position_embeddings", F_I64, OFF(original_seq_len), 0, 0},
     {"max_seq_len", "max_position_embeddings", F_I64, OFF(max_seq_len), 0, 1048576},
     {"rope_theta", "rope_theta", F_DBL, OFF(rope_theta), 0, 10000.0},
-    {"compress_rope_theta", "compress_rope_theta", F_DBL, OFF(compress_rope_theta), 0, 160000.0},
+    {"compress_rope_theta", "compress_rope_theta", F_DBL, OFF(compress_rope_theta), 0, 40000.0},
     {"rope_factor", "rope_scaling.factor", F_DBL, OFF(rope_factor), 0, 40.0},
     {"beta_fast", "rope_scaling.beta_fast", F_DBL, OFF(beta_fast), 0, 32.0},
     {"beta_slow", "rope_scaling.beta_slow", F_DBL, OFF(beta_slow), 0, 1.0},

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerates tests/fixtures/: tiny random models written by `dsv4 init` in three storage
+# layouts, a token sequence, and the logits of the independent PyTorch reference
+# (reference/v4_ref.py, float64, non-incremental). Run from the project root: make fixtures.
+set -euo pipefail
+F=tests/fixtures
+PY=/usr/bin/python3
+rm -rf "$F/tiny-bf16" "$F/tiny-fp8" "$F/alt-f32"
+./dsv4 init --config configs/tiny.json --seed 7 --out "$F/tiny-bf16" --dtype bf16
+./dsv4 init --config configs/tiny.json --seed 11 --out "$F/tiny-fp8" --dtype fp8
+./dsv4 init --config "$F/alt-hf.json" --seed 5 --out "$F/alt-f32" --dtype f32
+# 300 tokens: long enough for windows (16, 8), ratio-128 entries and index_topk < visible entries
+$PY -c "import random; r=random.Random(1234); print(' '.join(str(r.randrange(512)) for _ in range(300)))" > "$F/tokens.txt"
+for m in tiny-bf16 tiny-fp8 alt-f32; do
+  $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --out "$F/$m/ref_logits.f32" --mtp-out "$F/$m/ref_mtp.f32"
+done
+$PY reference/v4_ref.py -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --out "$F/tiny-fp8/ref_logits_quant.f32" --quant

@@ -1,0 +1,421 @@
+/* Unit tests of the codecs, kernels, safetensors reader and config parser, each against an
+ * independent reference: known bit patterns, double-precision formulas, algebraic identities.
+ * Prints one line per failed check and ends with "N passed, M failed". */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../src/dsv4_internal.h"
+
+static int g_pass, g_fail;
+static const char *g_test = "";
+#define CHECK(cond, ...) do { if (cond) g_pass++; else { g_fail++; printf("FAIL %s:%d [%s] ", __FILE__, __LINE__, g_test); printf(__VA_ARGS__); printf("\n"); } } while (0)
+#define NEAR(a, b, tol) (fabs((double)(a) - (double)(b)) <= (tol))
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (rng >> 11) * (1.0 / 9007199254740992.0); }
+static double nrand(void) { double u = urand() + 1e-12, v = urand(); return sqrt(-2 * log(u)) * cos(2 * M_PI * v); }
+
+/* ---- codecs: known bit patterns ---- */
+static void test_codecs(void) {
+    g_test = "codecs";
+    CHECK(bf16_to_f32(0x3f80) == 1.0f && bf16_to_f32(0xc000) == -2.0f && bf16_to_f32(0x0000) == 0.0f, "bf16 decode");
+    CHECK(f32_to_bf16(1.0f) == 0x3f80 && f32_to_bf16(-2.0f) == 0xc000, "bf16 encode");
+    CHECK(f32_to_bf16(1.0f + 1.0f / 256) == 0x3f80, "bf16 tie to even (down)");
+    CHECK(f32_to_bf16(1.0f + 3.0f / 256) == 0x3f82, "bf16 tie to even (up)");
+    CHECK(isnan(bf16_to_f32(f32_to_bf16(NAN))), "bf16 NaN stays NaN");
+    CHECK(f16_to_f32(0x3c00) == 1.0f && f16_to_f32(0x0001) == ldexpf(1, -24) && f16_to_f32(0x7bff) == 65504.0f &&
+          f16_to_f32(0xc000) == -2.0f && isinf(f16_to_f32(0x7c00)), "f16 decode");
+    int ok = 1;
+    for (int h = 0; h < 0x7c00; h++) ok &= f32_to_f16(f16_to_f32((uint16_t)h)) == h;
+    CHECK(ok, "f16 encode round-trips every finite positive code");
+    /* e4m3fn: S EEEE MMM, bias 7 */
+    CHECK(e4m3_to_f32(0x38) == 1.0f && e4m3_to_f32(0xb8) == -1.0f && e4m3_to_f32(0x7e) == 448.0f &&
+          e4m3_to_f32(0x01) == ldexpf(1, -9) && e4m3_to_f32(0x08) == ldexpf(1, -6) && e4m3_to_f32(0x3c) == 1.5f &&
+          isnan(e4m3_to_f32(0x7f)) && isnan(e4m3_to_f32(0xff)) && e4m3_to_f32(0x00) == 0.0f, "e4m3 decode");
+    ok = 1;
+    for (int b = 0; b < 256; b++) if ((b & 0x7f) != 0x7f) ok &= f32_to_e4m3(e4m3_to_f32((uint8_t)b)) == b || (b == 0x80);
+    CHECK(ok, "e4m3 encode round-trips every finite code");
+    ok = 1;
+    for (int b = 0; b < 256; b++) ok &= (isnan(dsv4_e4m3_table[b]) && isnan(e4m3_to_f32((uint8_t)b))) || dsv4_e4m3_table[b] == e4m3_to_f32((uint8_t)b);
+    CHECK(ok, "e4m3 table");
+    CHECK(f32_to_e4m3(1000.0f) == 0x7e && f32_to_e4m3(-1000.0f) == 0xfe, "e4m3 saturates at 448");
+    CHECK(f32_to_e4m3(1.0625f) == 0x38 && f32_to_e4m3(1.1875f) == 0x3a, "e4m3 ties to even");
+    CHECK(e8m0_to_f32(127) == 1.0f && e8m0_to_f32(130) == 8.0f && e8m0_to_f32(120) == ldexpf(1, -7) && isnan(e8m0_to_f32(255)), "e8m0 decode");
+    CHECK(f32_to_e8m0(1.0f) == 127 && f32_to_e8m0(0.25f) == 125 && f32_to_e8m0(3.0f) == 129, "e8m0 encode (ceil)");
+    CHECK(e2m1_to_f32(0x0) == 0 && e2m1_to_f32(0x1) == 0.5f && e2m1_to_f32(0x5) == 3.0f && e2m1_to_f32(0x7) == 6.0f &&
+          e2m1_to_f32(0xf) == -6.0f && e2m1_to_f32(0x9) == -0.5f, "e2m1 decode");
+    ok = 1;
+    for (int c = 0; c < 16; c++) if (c != 8) ok &= f32_to_e2m1(e2m1_to_f32((uint8_t)c)) == c;
+    CHECK(ok, "e2m1 round-trips every code");
+    CHECK(f32_to_e2m1(0.25f) == 0 && f32_to_e2m1(0.75f) == 2 && f32_to_e2m1(2.5f) == 4 && f32_to_e2m1(5.0f) == 6 &&
+          f32_to_e2m1(100.0f) == 7 && f32_to_e2m1(-1.2f) == 0xa, "e2m1 rounding (ties to even code, saturation)");
+}
+
+/* ---- linear on every weight format vs a double reference over scalar-decoded weights ---- */
+static double ref_weight(const Mat *W, int64_t r, int64_t c) {
+    const uint8_t *b = W->w;
+    double s = 1;
+    switch (W->kind) {
+    case W_F32: return ((const float *)W->w)[r * W->cols + c];
+    case W_BF16: return bf16_to_f32(((const uint16_t *)W->w)[r * W->cols + c]);
+    case W_F16: return f16_to_f32(((const uint16_t *)W->w)[r * W->cols + c]);
+    case W_FP8:
+        s = e8m0_to_f32(((const uint8_t *)W->scale)[(r / 128) * W->scale_cols + c / 128]);
+        return e4m3_to_f32(b[r * W->cols + c]) * s;
+    case W_FP4: {
+        s = e8m0_to_f32(((const uint8_t *)W->scale)[r * W->scale_cols + c / 32]);
+        uint8_t byte = b[r * (W->cols / 2) + c / 2];
+        return e2m1_to_f32(c % 2 ? byte >> 4 : byte & 15) * s;
+    }
+    }
+    return 0;
+}
+
+static void make_mat(Mat *W, WKind k, int64_t rows, int64_t cols) {
+    memset(W, 0, sizeof *W);
+    W->kind = k; W->rows = rows; W->cols = cols; W->name = "test";
+    const int64_t n = rows * cols;
+    if (k == W_F32) { float *p = xmalloc(4 * n); for (int64_t i = 0; i < n; i++) p[i] = (float)nrand(); W->w = p; }
+    if (k == W_BF16 || k == W_F16) {
+        uint16_t *p = xmalloc(2 * n);
+        for (int64_t i = 0; i < n; i++) p[i] = k == W_BF16 ? f32_to_bf16((float)nrand()) : f32_to_f16((float)nrand());
+        W->w = p;
+    }
+    if (k == W_FP8) {
+        uint8_t *p = xmalloc(n);
+        for (int64_t i = 0; i < n; i++) { p[i] = (uint8_t)(urand() * 256); if ((p[i] & 0x7f) == 0x7f) p[i] = 0x10; }
+        W->scale_cols = (cols + 127) / 128;
+        uint8_t *s = xmalloc(((rows + 127) / 128) * W->scale_cols);
+        for (int64_t i = 0; i < ((rows + 127) / 128) * W->scale_cols; i++) s[i] = (uint8_t)(120 + urand() * 6);
+        W->w = p; W->scale = s;
+    }
+    if (k == W_FP4) {
+        uint8_t *p = xmalloc(n / 2);
+        for (int64_t i = 0; i < n / 2; i++) p[i] = (uint8_t)(urand() * 256);
+        W->scale_cols = cols / 32;
+        uint8_t *s = xmalloc(rows * W->scale_cols);
+        for (int64_t i = 0; i < rows * W->scale_cols; i++) s[i] = (uint8_t)(124 + urand() * 6);
+        W->w = p; W->scale = s;
+    }
+}
+
+static void test_linear(void) {
+    g_test = "linear";
+    const WKind kinds[] = {W_F32, W_BF16, W_F16, W_FP8, W_FP4};
+    const char *names[] = {"f32", "bf16", "f16", "fp8", "fp4"};
+    for (int ki = 0; ki < 5; ki++) {
+        const int64_t rows = 200, cols = 320;   /* partial 128-blocks on both axes */
+        Mat W;
+        make_mat(&W, kinds[ki], rows, cols);
+        const int Ts[] = {1, 3, 9};
+        for (int ti = 0; ti < 3; ti++) {
+            const int T = Ts[ti];
+            const int64_t r0 = 37, nr = 150;
+            float *x = xmalloc(sizeof(float) * T * cols), *y = xmalloc(sizeof(float) * T * nr);
+            for (int64_t i = 0; i < T * cols; i++) x[i] = (float)nrand();
+            linear(y, nr, x, cols, T, &W, r0, nr);
+            double maxerr = 0, maxref = 0;
+            for (int t = 0; t < T; t++)
+                for (int64_t r = 0; r < nr; r++) {
+                    double ref = 0;
+                    for (int64_t c = 0; c < cols; c++) ref += ref_weight(&W, r0 + r, c) * x[t * cols + c];
+                    maxerr = fmax(maxerr, fabs(ref - y[t * nr + r]));
+                    maxref = fmax(maxref, fabs(ref));
+                }
+            CHECK(maxerr <= 1e-5 * (maxref + 1), "%s T=%d: max error %g (max |y| %g)", names[ki], T, maxerr, maxref);
+            free(x); free(y);
+        }
+        free((void *)W.w); free((void *)W.scale);
+    }
+}
+
+static void test_ops(void) {
+    g_test = "rmsnorm";
+    float x[100], w[100], y[100];
+    for (int i = 0; i < 100; i++) { x[i] = (float)nrand() * 3; w[i] = (float)nrand(); }
+    double ss = 0;
+    for (int i = 0; i < 100; i++) ss += (double)x[i] * x[i];
+    rmsnorm(y, x, w, 100, 1e-6);
+    double err = 0;
+    for (int i = 0; i < 100; i++) err = fmax(err, fabs(y[i] - w[i] * x[i] / sqrt(ss / 100 + 1e-6)));
+    CHECK(err < 1e-5, "rmsnorm error %g", err);
+
+    g_test = "rope";
+    double f[32];
+    rope_freqs(f, 64, 10000, 0, 16, 32, 1);
+    int ok = 1;
+    for (int i = 0; i < 32; i++) ok &= NEAR(f[i], pow(10000.0, -2.0 * i / 64), 1e-15);
+    CHECK(ok, "plain RoPE frequencies base^(-2i/d)");
+    /* YaRN (official ramp): dims below the beta_fast correction dim keep their frequency, dims
+     * above the beta_slow one are divided by the factor. */
+    double fy[32];
+    rope_freqs(fy, 64, 160000, 65536, 16, 32, 1);
+    rope_freqs(f, 64, 160000, 0, 16, 32, 1);
+    double low = floor(64 * log(65536 / (32 * 2 * M_PI)) / (2 * log(160000.0)));
+    double high = ceil(64 * log(65536 / (1 * 2 * M_PI)) / (2 * log(160000.0)));
+    ok = 1;
+    for (int i = 0; i < 32; i++) {
+        if (i <= low) ok &= NEAR(fy[i], f[i], 1e-15 * f[i] + 1e-300);
+        if (i >= high) ok &= NEAR(fy[i], f[i] / 16, 1e-12 * f[i]);
+        if (i > low && i < high) ok &= fy[i] < f[i] && fy[i] > f[i] / 16;
+    }
+    CHECK(ok && low > 0 && high < 31, "YaRN ramp between dims %g and %g", low, high);
+    float v[64], v0[64];
+    for (int i = 0; i < 64; i++) v0[i] = v[i] = (float)nrand();
+    rope_rotate(v, 64, fy, 123457, 0);
+    double n0 = 0, n1 = 0;
+    for (int i = 0; i < 64; i++) { n0 += v0[i] * v0[i]; n1 += v[i] * v[i]; }
+    CHECK(NEAR(n0, n1, 1e-4 * n0), "rotation keeps the norm");
+    double a = 7 * fy[3];
+    float p[64];
+    memcpy(p, v0, sizeof p);
+    rope_rotate(p, 64, fy, 7, 0);
+    CHECK(NEAR(p[6], v0[6] * cos(a) - v0[7] * sin(a), 1e-5) && NEAR(p[7], v0[6] * sin(a) + v0[7] * cos(a), 1e-5),
+          "interleaved pair (x[2i], x[2i+1]) rotates by pos*freq");
+    rope_rotate(v, 64, fy, 123457, 1);
+    err = 0;
+    for (int i = 0; i < 64; i++) err = fmax(err, fabs(v[i] - v0[i]));
+    CHECK(err < 1e-5, "inverse RoPE undoes RoPE (%g)", err);
+
+    g_test = "topk";
+    float s[10] = {1, 5, 3, 5, -1, NAN, 5, 2, 0, 4};
+    int64_t idx[10];
+    topk_indices(s, 10, 3, idx);
+    CHECK(idx[0] == 1 && idx[1] == 3 && idx[2] == 6, "ties go to the lower index: %lld %lld %lld", (long long)idx[0], (long long)idx[1], (long long)idx[2]);
+    topk_indices(s, 10, 2, idx);
+    CHECK(idx[0] == 1 && idx[1] == 3, "k=2 among three equal maxima");
+    topk_indices(s, 10, 5, idx);
+    CHECK(idx[0] == 1 && idx[1] == 2 && idx[2] == 3 && idx[3] == 6 && idx[4] == 9, "k=5 sorted by index");
+    topk_indices(s, 3, 7, idx);
+    CHECK(idx[0] == 0 && idx[1] == 1 && idx[2] == 2, "k >= n returns all");
+    /* large random: compare with a full sort */
+    enum { NB = 5000 };
+    float *big = xmalloc(sizeof(float) * NB);
+    for (int i = 0; i < NB; i++) big[i] = (float)(int)(nrand() * 20);   /* many ties */
+    int64_t sel[100];
+    topk_indices(big, NB, 100, sel);
+    int64_t cnt_better = 0;
+    ok = 1;
+    for (int i = 0; i < 100; i++) {
+        cnt_better = 0;
+        for (int j = 0; j < NB; j++) cnt_better += big[j] > big[sel[i]] || (big[j] == big[sel[i]] && j < sel[i]);
+        ok &= cnt_better < 100;
+    }
+    CHECK(ok, "each selected entry has fewer than k better ones");
+    free(big);
+
+    g_test = "sinkhorn";
+    for (int n = 1; n <= 6; n++) {
+        int nm = n * (n + 2);
+        float mixes[48], base[48], scale[3] = {0.7f, 1.3f, 2.1f}, pre[8], post[8], comb[64];
+        for (int i = 0; i < nm; i++) { mixes[i] = (float)nrand(); base[i] = (float)nrand(); }
+        hc_split_sinkhorn(mixes, scale, base, n, 20, 1e-6, pre, post, comb);
+        /* double reference, written out directly from the spec */
+        double C[64], eps = 1e-6;
+        for (int j = 0; j < n; j++) {
+            double mx = -1e300, sum = 0;
+            for (int k = 0; k < n; k++) { C[j * n + k] = (double)scale[2] * mixes[2 * n + j * n + k] + base[2 * n + j * n + k]; mx = fmax(mx, C[j * n + k]); }
+            for (int k = 0; k < n; k++) { C[j * n + k] = exp(C[j * n + k] - mx); sum += C[j * n + k]; }
+            for (int k = 0; k < n; k++) C[j * n + k] = C[j * n + k] / sum + eps;
+        }
+        for (int it = 0; it < 20; it++) {
+            if (it) for (int j = 0; j < n; j++) { double r = 0; for (int k = 0; k < n; k++) r += C[j * n + k]; for (int k = 0; k < n; k++) C[j * n + k] /= r + eps; }
+            for (int k = 0; k < n; k++) { double c = 0; for (int j = 0; j < n; j++) c += C[j * n + k]; for (int j = 0; j < n; j++) C[j * n + k] /= c + eps; }
+        }
+        err = 0;
+        double rowdev = 0, coldev = 0;
+        for (int j = 0; j < n; j++) {
+            double rs = 0, cs = 0;
+            for (int k = 0; k < n; k++) { err = fmax(err, fabs(C[j * n + k] - comb[j * n + k])); rs += comb[j * n + k]; cs += comb[k * n + j]; }
+            rowdev = fmax(rowdev, fabs(rs - 1)); coldev = fmax(coldev, fabs(cs - 1));
+        }
+        double perr = 0;
+        for (int i = 0; i < n; i++) {
+            perr = fmax(perr, fabs(pre[i] - (1 / (1 + exp(-(scale[0] * mixes[i] + base[i]))) + eps)));
+            perr = fmax(perr, fabs(post[i] - 2 / (1 + exp(-(scale[1] * mixes[n + i] + base[n + i])))));
+        }
+        CHECK(err < 1e-5 && perr < 1e-6, "n=%d comb error %g, pre/post error %g", n, err, perr);
+        CHECK(coldev < 1e-4 && rowdev < 1e-3, "n=%d doubly stochastic: rows off by %g, columns by %g", n, rowdev, coldev);
+    }
+
+    g_test = "hadamard";
+    float hv[8], h0[8];
+    for (int i = 0; i < 8; i++) h0[i] = hv[i] = (float)nrand();
+    hadamard_f32(hv, 8);
+    err = 0;
+    for (int i = 0; i < 8; i++) {   /* Sylvester H[i][j] = (-1)^popcount(i&j) / sqrt(8) */
+        double r = 0;
+        for (int j = 0; j < 8; j++) r += (__builtin_popcount(i & j) % 2 ? -1 : 1) * h0[j];
+        err = fmax(err, fabs(r / sqrt(8) - hv[i]));
+    }
+    CHECK(err < 1e-6, "matches the Sylvester matrix (%g)", err);
+    hadamard_f32(hv, 8);
+    err = 0;
+    for (int i = 0; i < 8; i++) err = fmax(err, fabs(hv[i] - h0[i]));
+    CHECK(err < 1e-6, "is its own inverse (%g)", err);
+
+    g_test = "fake_quant";
+    float q[130];
+    for (int i = 0; i < 130; i++) q[i] = (float)nrand();
+    q[5] = 96;   /* block amax 96 -> scale 2^ceil(log2(96/448)) = 0.25, 96/0.25 = 384 on the grid */
+    float q0[130];
+    memcpy(q0, q, sizeof q);
+    fake_quant_fp8(q, 130, 128);
+    ok = 1;
+    for (int i = 0; i < 128; i++) {
+        float u = q[i] / 0.25f;
+        ok &= e4m3_to_f32(f32_to_e4m3(u)) == u && fabsf(q[i] - q0[i]) <= fabsf(q0[i]) / 16 + 0.25f * ldexpf(1, -10);
+    }
+    CHECK(ok && q[5] == 96.0f, "fp8 fake quantisation lands on the e4m3 grid times a power-of-two scale");
+    float r4[32];
+    for (int i = 0; i < 32; i++) r4[i] = (float)i / 5;   /* amax 6.2 -> scale 2 */
+    fake_quant_fp4(r4, 32, 32);
+    CHECK(r4[31] == 6.0f && r4[5] == 1.0f && r4[4] == 1.0f && r4[1] == 0.0f, "fp4 fake quantisation (%g %g %g %g)", r4[31], r4[5], r4[4], r4[1]);
+}
+
+/* ---- safetensors: round trip and corrupt files ---- */
+static char tmpdir[256];
+
+static void write_raw(const char *path, const char *header, uint64_t data_bytes, int64_t hlen_override) {
+    FILE *f = fopen(path, "wb");
+    uint64_t hl = hlen_override >= 0 ? (uint64_t)hlen_override : strlen(header);
+    for (int i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
+    fwrite(header, 1, strlen(header), f);
+    for (uint64_t i = 0; i < data_bytes; i++) fputc(0, f);
+    fclose(f);
+}
+
+static void expect_open_error(const char *what, const char *path, const char *needle) {
+    StSet s = {0};
+    int rc = st_open_file(&s, path);
+    CHECK(rc != 0 && strstr(dsv4_last_error(), needle) != NULL, "%s: rc %d, message '%s' should mention '%s'", what, rc,
+          dsv4_last_error(), needle);
+    st_close(&s);
+}
+
+static void test_safetensors(void) {
+    g_test = "safetensors";
+    char path[512];
+    snprintf(path, sizeof path, "%s/rt.safetensors", tmpdir);
+    StWriter w = {0};
+    int64_t sh[2] = {3, 5};
+    float *a = xmalloc(sizeof(float) * 15);
+    for (int i = 0; i < 15; i++) a[i] = (float)i * 0.5f;
+    st_writer_add(&w, "layers.0.attn.wq_a.weight", DT_F32, 2, sh, a);
+    uint16_t *b = xmalloc(2 * 15);
+    for (int i = 0; i < 15; i++) b[i] = f32_to_bf16((float)-i);
+    st_writer_add(&w, "x.bf16", DT_BF16, 2, sh, b);
+    CHECK(st_writer_save(&w, path, 0) == 0, "write: %s", dsv4_last_error());
+    st_writer_free(&w);
+    StSet s = {0};
+    CHECK(st_open_file(&s, path) == 0, "read back: %s", dsv4_last_error());
+    const StTensor *t = st_find(&s, "layers.0.attn.wq_a.weight");
+    CHECK(t && t->dtype == DT_F32 && t->ndim == 2 && t->shape[0] == 3 && t->shape[1] == 5 && ((const float *)t->data)[7] == 3.5f, "f32 tensor intact");
+    t = st_find(&s, "x.bf16");
+    CHECK(t && t->dtype == DT_BF16 && bf16_to_f32(((const uint16_t *)t->data)[4]) == -4.0f, "bf16 tensor intact");
+    CHECK(st_find(&s, "nope") == NULL, "absent name");
+    CHECK(((uintptr_t)st_find(&s, "layers.0.attn.wq_a.weight")->data - (uintptr_t)s.files[0].map) % 8 == 0, "data section 8-byte aligned");
+    st_close(&s);
+
+    snprintf(path, sizeof path, "%s/bad.safetensors", tmpdir);
+    FILE *f = fopen(path, "wb"); fputs("abc", f); fclose(f);
+    expect_open_error("3-byte file", path, "truncated");
+    write_raw(path, "{}", 0, 1 << 20);
+    expect_open_error("header length beyond the file", path, "exceeds the file size");
+    write_raw(path, "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], ", 0, -1);
+    expect_open_error("malformed JSON", path, "not a valid JSON");
+    write_raw(path, "{\"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 8, -1);
+    expect_open_error("data beyond the end (truncated)", path, "'w'");
+    write_raw(path, "{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 16]}}", 16, -1);
+    expect_open_error("size disagrees with shape", path, "needs 12 bytes");
+    write_raw(path, "{\"w\": {\"dtype\": \"Q9\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 16, -1);
+    expect_open_error("unknown dtype", path, "unknown dtype 'Q9'");
+    write_raw(path, "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}, \"b\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [8, 24]}}", 24, -1);
+    expect_open_error("overlapping tensors", path, "overlap");
+    write_raw(path, "{\"a\": {\"dtype\": \"F32\", \"shape\": [-4], \"data_offsets\": [0, 16]}}", 16, -1);
+    expect_open_error("negative dimension", path, "non-negative");
+    write_raw(path, "[1, 2]", 0, -1);
+    expect_open_error("header not an object", path, "JSON object");
+}
+
+/* ---- config ---- */
+static void test_config(void) {
+    g_test = "config";
+    Config hf, inf;
+    int r1 = config_load(&hf, "../shared/vectors/v4-flash-config.json");
+    if (r1) r1 = config_load(&hf, "../../shared/vectors/v4-flash-config.json");
+    int r2 = config_load(&inf, "../shared/vectors/v4-flash-inference-config.json");
+    CHECK(r1 == 0 && r2 == 0, "both official Flash configs parse: %s", dsv4_last_error());
+    if (r1 == 0 && r2 == 0) {
+        CHECK(hf.dim == 4096 && inf.dim == 4096 && hf.n_layers == 43 && hf.n_heads == 64 && hf.rope_head_dim == 64 &&
+              hf.window_size == 128 && hf.original_seq_len == 65536 && inf.original_seq_len == 65536 &&
+              hf.rope_factor == 16 && inf.rope_factor == 16 && hf.route_scale == 1.5 && inf.route_scale == 1.5 &&
+              hf.n_activated_experts == 6 && inf.n_activated_experts == 6 && hf.n_hash_layers == 3 && inf.n_hash_layers == 3 &&
+              hf.score_func == SCORE_SQRTSOFTPLUS && hf.index_topk == 512 && hf.compress_ratios[2] == 4 &&
+              hf.compress_ratios[43] == 0 && hf.n_mtp_layers == 1 && inf.n_mtp_layers == 1 && hf.hc_mult == 4 &&
+              hf.moe_inter_dim == 2048 && inf.moe_inter_dim == 2048 && hf.q_lora_rank == 1024 && hf.weights_fp8 && inf.experts_fp4,
+              "the two forms of the Flash config agree");
+        PlanStats p;
+        plan_compute(&hf, &p);
+        CHECK(NEAR(p.total_params / 1e9, 284.3, 0.05) && NEAR(p.active_params / 1e9, 13.3, 0.05) && NEAR(p.mtp_params / 1e9, 6.6, 0.05),
+              "Flash plan %.2fB / %.2fB / MTP %.2fB (published 284.3 / 13.3 / 6.6)", p.total_params / 1e9, p.active_params / 1e9, p.mtp_params / 1e9);
+        PlanStats q;
+        plan_compute(&inf, &q);
+        CHECK(q.total_params == p.total_params && q.active_params == p.active_params, "inference form gives the same counts");
+    }
+    Config pro;
+    if (config_load(&pro, "../shared/vectors/v4-pro-config.json") == 0) {
+        PlanStats p;
+        plan_compute(&pro, &p);
+        CHECK(NEAR(p.total_params / 1e12, 1.573, 0.0005) && NEAR(p.active_params / 1e9, 48.9, 0.05) && NEAR(p.mtp_params / 1e9, 25.8, 0.05),
+              "Pro plan %.4fT / %.2fB / MTP %.2fB (published 1.573T / 48.9 / 25.8)", p.total_params / 1e12, p.active_params / 1e9, p.mtp_params / 1e9);
+    } else CHECK(0, "Pro config parses: %s", dsv4_last_error());
+
+    const char *base = "{\"vocab_size\": 64, \"dim\": 32, \"moe_inter_dim\": 32, \"n_layers\": 2, \"n_heads\": 2, \"head_dim\": 16,"
+                       " \"rope_head_dim\": 8, \"q_lora_rank\": 8, \"o_groups\": 2, \"o_lora_rank\": 8, \"n_routed_experts\": 4,"
+                       " \"n_activated_experts\": 2, \"window_size\": 4, \"hc_mult\": 2, \"compress_ratios\": [0, 0]%s}";
+    char buf[2048];
+    Config c;
+    snprintf(buf, sizeof buf, base, "");
+    CHECK(config_parse(&c, buf, "ok.json") == 0 && c.n_mtp_layers == 1 && c.norm_eps == 1e-6 && c.hc_sinkhorn_iters == 20, "defaults: %s", dsv4_last_error());
+    struct { const char *extra; const char *needle; } bad[] = {
+        {", \"dim\": 0", "\"dim\""}, /* duplicate key: cJSON keeps the first; checked below separately */
+        {", \"score_func\": \"relu\"", "score_func"},
+        {", \"n_hash_layers\": 5", "n_hash_layers"},
+        {", \"hidden_size\": 32", "contradictory"},
+        {", \"index_topk\": 1.5", "index_topk"},
+    };
+    for (size_t i = 1; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(buf, sizeof buf, base, bad[i].extra);
+        CHECK(config_parse(&c, buf, "bad.json") != 0 && strstr(dsv4_last_error(), bad[i].needle), "'%s' -> '%s'", bad[i].extra, dsv4_last_error());
+    }
+    CHECK(config_parse(&c, "{\"vocab_size\": 3", "trunc.json") != 0 && strstr(dsv4_last_error(), "malformed JSON"), "malformed JSON: %s", dsv4_last_error());
+    CHECK(config_parse(&c, "{\"vocab_size\": 64}", "partial.json") != 0 && strstr(dsv4_last_error(), "missing field \"dim\""), "missing field: %s", dsv4_last_error());
+    const char *r3 = "{\"vocab_size\": 64, \"dim\": 32, \"moe_inter_dim\": 32, \"n_layers\": 2, \"n_heads\": 2, \"head_dim\": 16,"
+                     " \"rope_head_dim\": 8, \"q_lora_rank\": 8, \"o_groups\": 2, \"o_lora_rank\": 8, \"n_routed_experts\": 4,"
+                     " \"n_activated_experts\": 2, \"window_size\": 4, \"hc_mult\": 2, \"compress_ratios\": [0, 0, 0, 0]}";
+    CHECK(config_parse(&c, r3, "r.json") != 0 && strstr(dsv4_last_error(), "compress_ratios"), "ratio count: %s", dsv4_last_error());
+    const char *g3 = "{\"vocab_size\": 64, \"dim\": 32, \"moe_inter_dim\": 32, \"n_layers\": 2, \"n_heads\": 3, \"head_dim\": 16,"
+                     " \"rope_head_dim\": 8, \"q_lora_rank\": 8, \"o_groups\": 2, \"o_lora_rank\": 8, \"n_routed_experts\": 4,"
+                     " \"n_activated_experts\": 2, \"window_size\": 4, \"hc_mult\": 2, \"compress_ratios\": [4, 0]}";
+    CHECK(config_parse(&c, g3, "g.json") != 0 && strstr(dsv4_last_error(), "o_groups"), "o_groups: %s", dsv4_last_error());
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/dsv4-unit-%d", (int)getpid());
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
+    if (system(cmd)) return 2;
+    test_codecs();
+    test_linear();
+    test_ops();
+    test_safetensors();
+    test_config();
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd)) return 2;
+    printf("unit: %d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
