@@ -15,8 +15,23 @@ BUILD  ?= build
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test test-fast bench fixtures clean asan
-all: dsv4 libdsv4.a libdsv4.so
+.PHONY: all deps run test bench fixtures clean asan
+all: dsv4 libdsv4.a libdsv4.so $(BUILD)/test_unit
+
+# The test build: AddressSanitizer + UndefinedBehaviorSanitizer, in its own directory.
+SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_OBJ  = $(LIB_SRC:%.c=build-asan/%.o) $(CLI_SRC:%.c=build-asan/%.o)
+build-asan/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -c $< -o $@
+build-asan/dsv4: $(ASAN_OBJ)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+build-asan/test_unit: tests/test_unit.c $(LIB_SRC:%.c=build-asan/%.o)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+asan: build-asan/dsv4 build-asan/test_unit
+
+$(BUILD)/test_unit: tests/test_unit.c libdsv4.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 deps:
 	@scripts/install-deps.sh
@@ -34,17 +49,18 @@ libdsv4.so: $(LIB_OBJ)
 dsv4: $(CLI_OBJ) libdsv4.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) libdsv4.a $(LDLIBS)
 
-# The bundled default: a small random model (every V4 feature on) made once from configs/tiny.json.
+# The bundled default: a small random model with every V4 feature on (mHC, CSA + indexer, HCA,
+# window, hash + learned MoE, MTP), FP8 weights and FP4 experts, made once from configs/default.json.
 DEFAULT_MODEL = models/default
-$(DEFAULT_MODEL)/config.json: configs/tiny.json | dsv4
-	./dsv4 init --config configs/tiny.json --seed 1 --out $(DEFAULT_MODEL) --dtype fp8
+$(DEFAULT_MODEL)/config.json: configs/default.json | dsv4
+	./dsv4 init --config configs/default.json --seed 1 --out $(DEFAULT_MODEL) --dtype fp8
 
 run: deps
 	@$(MAKE) --no-print-directory all $(DEFAULT_MODEL)/config.json
-	./dsv4 run -m $(DEFAULT_MODEL) --ids "0,17,42,99,7" -n 24
+	./dsv4 run -m $(DEFAULT_MODEL) --ids "$$(seq -s, 1 3 900)" -n 32
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all asan
 	@tests/run.sh
 
 bench: deps

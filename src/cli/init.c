@@ -357,7 +357,7 @@ int cmd_init(int argc, char **argv) {
 
     double t0 = now_sec();
     int rc = 0;
-    int64_t i = 0;
+    int64_t i = 0, n_written = 0;
     for (int sh = 0; sh < n_shards && rc == 0; sh++) {
         StWriter w = {0};
         for (; i < s.n && s.v[i].shard == sh; i++) {
@@ -365,6 +365,7 @@ int cmd_init(int argc, char **argv) {
             if (!sparse) progress("init", i + 1, s.n, t0);
         }
         snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", out, sh + 1, n_shards);
+        n_written += w.n;
         rc = st_writer_save(&w, path, sparse);
         st_writer_free(&w);
     }
@@ -374,7 +375,7 @@ int cmd_init(int argc, char **argv) {
     free(cfg_text);
     free(s.v);
     if (rc) return cli_error("init", "%s", dsv4_last_error());
-    fprintf(stderr, "dsv4 init: wrote %s: %lld tensors in %d shard(s), %.3f GB%s, in %.1f s\n", out, (long long)s.n, n_shards,
+    fprintf(stderr, "dsv4 init: wrote %s: %lld tensors in %d shard(s), %.3f GB%s, in %.1f s\n", out, (long long)n_written, n_shards,
             total / 1e9, sparse ? " (sparse: headers only)" : "", now_sec() - t0);
     return 0;
 }

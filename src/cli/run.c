@@ -132,8 +132,11 @@ int cmd_run(int argc, char **argv) {
     float *logits = xmalloc(sizeof(float) * (size_t)V);
     fprintf(stderr, "model: %s (vocab %lld, d %d, %d-stream residual)  loaded in %.3f s\n", dir, (long long)V,
             dsv4_hidden_size(m), dsv4_hc_mult(m), t_load);
-    printf("prompt:");
-    for (int64_t i = 0; i < N; i++) printf(" %d", ids[i]);
+    printf("prompt (%lld ids):", (long long)N);
+    for (int64_t i = 0; i < N; i++) {
+        if (N > 24 && i == 16) { printf(" ..."); i = N - 4; }
+        printf(" %d", ids[i]);
+    }
     printf("\ngenerated:");
     fflush(stdout);
     double t1 = now_sec();
@@ -148,6 +151,7 @@ int cmd_run(int argc, char **argv) {
     }
     double t_dec = now_sec() - t2;
     printf("\n");
+    fflush(stdout);
     if (rc) cli_error("run", "%s", dsv4_last_error());
     else
         fprintf(stderr, "prefill: %lld tokens in %.3f s (%.1f tok/s)\ndecode:  %lld tokens in %.3f s (%.1f tok/s)\n",

@@ -292,7 +292,17 @@ static void sb_append(char **buf, size_t *len, size_t *cap, const char *s) {
     *len += l;
 }
 
+/* As the reference safetensors writer: larger element sizes first, then by name, so that every
+ * tensor's data is aligned to its element size with no gaps between tensors. */
+static int wt_cmp(const void *a, const void *b) {
+    const StWriteTensor *x = a, *y = b;
+    size_t sx = dtype_size(x->dtype), sy = dtype_size(y->dtype);
+    if (sx != sy) return sx > sy ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
 int st_writer_save(StWriter *w, const char *path, int sparse) {
+    qsort(w->t, (size_t)w->n, sizeof(StWriteTensor), wt_cmp);
     char *h = NULL;
     size_t hl = 0, hc = 0;
     char tmp[512];

@@ -14,7 +14,10 @@
 #include "../dsv4_internal.h"
 
 static inline float scale_at(const Mat *W, int64_t i) {
-    return W->scale_f32 ? ((const float *)W->scale)[i] : e8m0_to_f32(((const uint8_t *)W->scale)[i]);
+    if (!W->scale_f32) return e8m0_to_f32(((const uint8_t *)W->scale)[i]);
+    float s;
+    memcpy(&s, (const uint8_t *)W->scale + 4 * i, 4);
+    return s;
 }
 
 uint64_t mat_bytes(const Mat *m) {
@@ -32,16 +35,17 @@ static void dequant_row(const Mat *W, int64_t r, float *dst) {
     const int64_t cols = W->cols;
     switch (W->kind) {
     case W_F32:
-        memcpy(dst, (const float *)W->w + r * cols, sizeof(float) * (size_t)cols);
+        memcpy(dst, (const uint8_t *)W->w + 4 * r * cols, sizeof(float) * (size_t)cols);
         break;
+    /* 16-bit data may sit at odd offsets in a safetensors file: loads go through memcpy */
     case W_BF16: {
-        const uint16_t *p = (const uint16_t *)W->w + r * cols;
-        for (int64_t c = 0; c < cols; c++) dst[c] = bf16_to_f32(p[c]);
+        const uint8_t *p = (const uint8_t *)W->w + 2 * r * cols;
+        for (int64_t c = 0; c < cols; c++) { uint16_t h; memcpy(&h, p + 2 * c, 2); dst[c] = bf16_to_f32(h); }
         break;
     }
     case W_F16: {
-        const uint16_t *p = (const uint16_t *)W->w + r * cols;
-        for (int64_t c = 0; c < cols; c++) dst[c] = f16_to_f32(p[c]);
+        const uint8_t *p = (const uint8_t *)W->w + 2 * r * cols;
+        for (int64_t c = 0; c < cols; c++) { uint16_t h; memcpy(&h, p + 2 * c, 2); dst[c] = f16_to_f32(h); }
         break;
     }
     case W_FP8: {
@@ -112,7 +116,7 @@ void axpy_f32(float *y, float a, const float *x, int64_t n) {
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     const int64_t cols = W->cols;
     if (T <= 0 || nr <= 0) return;
-    if (W->kind == W_F32) {
+    if (W->kind == W_F32 && (uintptr_t)W->w % sizeof(float) == 0) {   /* aligned: straight to BLAS */
         const float *w = (const float *)W->w + r0 * cols;
         if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nr, (blasint)cols, 1.0f, w, (blasint)cols, x, 1, 0.0f, y, 1);
         else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)nr, (blasint)cols, 1.0f, x,

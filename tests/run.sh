@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# dsv4 test suite: unit tests, logits against the PyTorch reference fixtures, prefill/decode
+# agreement, bad-input handling and the CLI contracts — run under AddressSanitizer and
+# UndefinedBehaviorSanitizer. Ends with the line "N passed, M failed".
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SHARED=${DSV4_SHARED:-$ROOT/../shared}
+PY=/usr/bin/python3
+D=${DSV4_TEST_BIN:-$ROOT/build-asan/dsv4}
+F=$ROOT/tests/fixtures
+TMP=$(mktemp -d /tmp/dsv4-test.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok    $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL  $*"; }
+sanitizer_clean() { ! grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$1"; }
+
+echo "== unit tests (codecs, kernels, safetensors, config)"
+"$ROOT/build-asan/test_unit" > "$TMP/unit.txt" 2>&1
+grep -E '^FAIL' "$TMP/unit.txt"
+line=$(grep -E '^unit: [0-9]+ passed, [0-9]+ failed' "$TMP/unit.txt")
+if [ -n "$line" ] && sanitizer_clean "$TMP/unit.txt"; then
+  p=$(echo "$line" | sed -E 's/unit: ([0-9]+) passed, ([0-9]+) failed/\1/')
+  f=$(echo "$line" | sed -E 's/unit: ([0-9]+) passed, ([0-9]+) failed/\2/')
+  passed=$((passed + p)); failed=$((failed + f)); echo "$line"
+else
+  bad "unit test binary did not finish cleanly"; tail -20 "$TMP/unit.txt"
+fi
+
+echo "== logits against the PyTorch reference (float64, non-incremental)"
+# tiny-bf16 / tiny-fp8: configs/tiny.json (ratios 0,4,128,16 + MTP, window 16 < 300 tokens,
+# index_topk 6 < visible entries, 2 hash + 3 learned MoE layers, hc_mult 4, 20 Sinkhorn
+# iterations); FP8 + FP4 experts in tiny-fp8. alt-f32: Hugging Face config form, softmax
+# scoring, no SwiGLU clamp, hc_mult 2 with 3 iterations, a ratio-4 MTP layer.
+for m in tiny-bf16 tiny-fp8 alt-f32; do
+  for spec in "1 64" "150 64" "300 256" "300 7"; do
+    set -- $spec; P=$1; C=$2
+    name="$m prefill $P chunk $C"
+    if "$D" logits -m "$F/$m" --tokens "$F/tokens.txt" --prefill "$P" --chunk "$C" --out "$TMP/l.f32" --mtp-out "$TMP/m.f32" 2> "$TMP/err.txt" &&
+       sanitizer_clean "$TMP/err.txt"; then
+      r=$($PY tests/compare.py "$TMP/l.f32" "$F/$m/ref_logits.f32" 512 --rows $((P - 1))) && ok "$name: logits $r" || bad "$name: logits $r"
+      r=$($PY tests/compare.py "$TMP/m.f32" "$F/$m/ref_mtp.f32" 512) && ok "$name: MTP head $r" || bad "$name: MTP head $r"
+    else
+      bad "$name: dsv4 logits failed: $(head -c 400 "$TMP/err.txt")"
+    fi
+  done
+done
+# decode token by token == one prefill (last row), directly
+"$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
+"$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 300 --out "$TMP/b.f32" 2>/dev/null
+$PY - "$TMP/a.f32" "$TMP/b.f32" <<'P' && ok "decode-by-token last row == prefill row (1e-4)" || bad "decode vs prefill differ"
+import sys, numpy as np
+a = np.fromfile(sys.argv[1], "<f4").reshape(-1, 512)[-1]; b = np.fromfile(sys.argv[2], "<f4").reshape(-1, 512)[0]
+sys.exit(0 if np.abs(a - b).max() <= 1e-4 else 1)
+P
+# the official quantisation-aware rounding against the reference's --quant mode
+if "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --quant --out "$TMP/q.f32" 2> "$TMP/err.txt"; then
+  r=$($PY tests/compare.py "$TMP/q.f32" "$F/tiny-fp8/ref_logits_quant.f32" 512 --min-frac 0.95) && ok "quantisation-aware mode: $r" || bad "quantisation-aware mode: $r"
+else bad "logits --quant failed"; fi
+
+echo "== bad input: a clear error naming the file/tensor/field, exit status 1 or 2, no crash"
+expect_error() {   # name, needle, command...
+  local name=$1 needle=$2; shift 2
+  "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"; local rc=$?
+  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -qF -- "$needle" "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then ok "$name -> $(head -c 160 "$TMP/err.txt" | tr '\n' ' ')"
+  else bad "$name: exit $rc, stderr: $(head -c 300 "$TMP/err.txt")"; fi
+}
+M=$F/tiny-bf16
+TOK=$F/tokens.txt
+lg() { "$D" logits -m "$1" --tokens "${2:-$TOK}" --prefill "${3:-4}" --out "$TMP/x.f32"; }
+$PY tests/mutate.py $M "$TMP/trunc" truncate;                  expect_error "truncated safetensors" "truncated" lg "$TMP/trunc"
+head -c 100 "$M/model-00001-of-00001.safetensors" > "$TMP/cut.safetensors"; mkdir -p "$TMP/cut"; cp "$M/config.json" "$TMP/cut/"; mv "$TMP/cut.safetensors" "$TMP/cut/model.safetensors"
+expect_error "safetensors cut inside its header" "exceeds the file size" lg "$TMP/cut"
+$PY tests/mutate.py $M "$TMP/lie" lie-offsets;                 expect_error "header lying about offsets" "beyond the data" lg "$TMP/lie"
+$PY tests/mutate.py $M "$TMP/drop" drop layers.1.attn.wkv.weight; expect_error "missing tensor" "missing tensor 'layers.1.attn.wkv.weight'" lg "$TMP/drop"
+$PY tests/mutate.py $M "$TMP/dtype" dtype layers.0.attn_norm.weight; expect_error "wrong dtype" "layers.0.attn_norm.weight" lg "$TMP/dtype"
+$PY tests/mutate.py $M "$TMP/shape" config-set 'q_lora_rank=16'; expect_error "wrong shape (config disagrees)" "layers.0.attn.wq_a.weight' has shape" lg "$TMP/shape"
+$PY tests/mutate.py $M "$TMP/garbage" config-garbage;          expect_error "malformed config.json" "malformed JSON" lg "$TMP/garbage"
+$PY tests/mutate.py $M "$TMP/nofield" config-del head_dim;     expect_error "missing config field" 'missing field "head_dim"' lg "$TMP/nofield"
+$PY tests/mutate.py $M "$TMP/contra" config-set 'n_activated_experts=99'; expect_error "inconsistent config" "n_activated_experts" lg "$TMP/contra"
+$PY tests/mutate.py $M "$TMP/ratios" config-set 'compress_ratios=[0,4]'; expect_error "compress_ratios length" "compress_ratios" lg "$TMP/ratios"
+$PY tests/mutate.py $M "$TMP/idx" index-missing-file;          expect_error "index names a missing shard" "model-00009-of-00009.safetensors" lg "$TMP/idx"
+$PY tests/mutate.py $M "$TMP/tid" dtype layers.0.ffn.gate.tid2eid; expect_error "tid2eid wrong shape" "tid2eid" lg "$TMP/tid"
+echo "1 2 9999 3" > "$TMP/oor.txt";   expect_error "token id out of range" "9999" lg $M "$TMP/oor.txt" 2
+echo "1 2 x 3" > "$TMP/nan.txt";      expect_error "non-integer token" "not a non-negative integer" lg $M "$TMP/nan.txt" 2
+echo "1, -2, 3" > "$TMP/neg.txt";     expect_error "negative token" "not a non-negative integer" lg $M "$TMP/neg.txt" 2
+expect_error "--prefill beyond N" "exceeds the 300 tokens" lg $M $TOK 301
+expect_error "--prefill 0" "--prefill" lg $M $TOK 0
+expect_error "missing model directory" "no-such-dir" lg "$TMP/no-such-dir"
+expect_error "context too small" "context full" "$D" logits -m $M --tokens $TOK --prefill 10 --ctx 5 --out "$TMP/x.f32"
+expect_error "unknown option" "unknown option" "$D" logits -m $M --bogus 1
+expect_error "unknown command" "unknown command" "$D" frobnicate
+expect_error "plan on malformed JSON" "malformed JSON" "$D" plan "$TMP/garbage/config.json"
+
+echo "== plan / info: published sizes, full-size layouts opened without reading data"
+for cfg in v4-flash-config.json v4-flash-inference-config.json v4-pro-config.json; do
+  out=$("$D" plan "$SHARED/vectors/$cfg" --json 2>&1)
+  $PY - "$cfg" "$out" <<'P' && ok "plan $cfg: $(echo "$out" | head -c 120)" || bad "plan $cfg: $out"
+import json, sys
+name, j = sys.argv[1], json.loads(sys.argv[2])
+want = {"flash": (284.3e9, 13.3e9, 6.6e9), "pro": (1.573e12, 48.9e9, 25.8e9)}["pro" if "pro" in name else "flash"]
+got = (j["total_params"], j["active_params"], j["mtp_params"])
+tol = (0.0005e12 if "pro" in name else 0.05e9, 0.05e9, 0.05e9)
+assert all(abs(g - w) <= t for g, w, t in zip(got, want, tol)), got
+assert j["kv_bytes_per_token"] > 0 and j["kv_bytes_1m"] > j["kv_bytes_per_token"] * 1048576 and j["weight_bytes"] > 0
+P
+done
+t0=$(date +%s.%N)
+if "$ROOT/dsv4" init --config "$SHARED/vectors/v4-pro-config.json" --seed 1 --out "$TMP/pro" --dtype fp8 --sparse 2> "$TMP/err.txt"; then
+  t1=$(date +%s.%N)
+  out=$("$D" info -m "$TMP/pro" --json 2> "$TMP/err.txt")
+  t2=$(date +%s.%N)
+  $PY - "$out" "$t1" "$t2" <<'P' && ok "info on a sparse full-size V4-Pro layout: $(echo "$out" | $PY -c 'import json,sys; j=json.load(sys.stdin); print(j["n_tensors"], "tensors in", j["n_files"], "shards,", round(j["total_params"]/1e12, 4), "T params, opened in", j["open_seconds"], "s")')" || bad "info on V4-Pro layout: $out $(head -c 300 "$TMP/err.txt")"
+import json, sys
+j = json.loads(sys.argv[1]); dt = float(sys.argv[3]) - float(sys.argv[2])
+assert 140000 <= j["n_tensors"] <= 150000, j["n_tensors"]
+assert abs(j["total_params"] - 1.573e12) < 0.0005e12 and abs(j["active_params"] - 48.9e9) < 0.05e9, j
+assert abs(j["mtp_params"] - 25.8e9) < 0.05e9 and j["n_files"] > 1 and dt < 60, (j, dt)
+P
+else bad "init --sparse V4-Pro: $(head -c 300 "$TMP/err.txt")"; fi
+rm -rf "$TMP/pro"
+
+echo "== CLI contracts (shared/contracts/check.sh)"
+if [ -x "$SHARED/contracts/check.sh" ] || [ -f "$SHARED/contracts/check.sh" ]; then
+  if DSV4="$ROOT/dsv4" bash "$SHARED/contracts/check.sh" > "$TMP/c.txt" 2>&1; then ok "contracts: $(grep -c '^ok' "$TMP/c.txt") ok, $(grep -c '^skip' "$TMP/c.txt") skipped"
+  else bad "contracts: $(cat "$TMP/c.txt")"; fi
+  grep -E '^(ok|FAIL|skip)' "$TMP/c.txt" | sed 's/^/      /'
+else bad "no $SHARED/contracts/check.sh"; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
