@@ -82,6 +82,7 @@ int cmd_logits(int argc, char **argv) {
 
 static const char *RUN_HELP =
     "usage: dsv4 run -m DIR [--ids LIST | --tokens FILE] [-n N] [--ctx N]\n"
+    "  --ctx N       KV-cache size in tokens (default 4096, or more if the prompt needs it)\n"
     "  Loads the model, prefills the prompt ids, then greedily decodes N tokens (default 32),\n"
     "  printing ids as they are generated and the load, prefill and decode speeds.\n"
     "  --ids LIST    prompt token ids, e.g. \"0,15,27\" (default \"0\")\n"
@@ -125,7 +126,8 @@ int cmd_run(int argc, char **argv) {
     dsv4_model *m = dsv4_model_open(dir, &o);
     if (!m) { free(ids); return cli_error("run", "%s", dsv4_last_error()); }
     if (check_ids("run", m, ids, N, tokf ? tokf : "--ids")) { free(ids); dsv4_model_close(m); return 1; }
-    dsv4_session *s = dsv4_session_new(m, ctx ? ctx : N + n_gen + 1);
+    if (!ctx) ctx = N + n_gen + 1 > 4096 ? N + n_gen + 1 : 4096;
+    dsv4_session *s = dsv4_session_new(m, ctx);
     if (!s) { free(ids); dsv4_model_close(m); return cli_error("run", "%s", dsv4_last_error()); }
     double t_load = now_sec() - t0;
     const int64_t V = dsv4_vocab_size(m);

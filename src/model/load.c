@@ -26,8 +26,19 @@ static void shape_str(const StTensor *t, char *buf, size_t n) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
-static const StTensor *need(const dsv4_model *m, const char *name) {
+/* Looks a tensor up by its official name, also accepting a "model." prefix. */
+static const StTensor *find(const dsv4_model *m, const char *name) {
     const StTensor *t = st_find(&m->st, name);
+    if (!t) {
+        char alt[600];
+        snprintf(alt, sizeof alt, "model.%s", name);
+        t = st_find(&m->st, alt);
+    }
+    return t;
+}
+
+static const StTensor *need(const dsv4_model *m, const char *name) {
+    const StTensor *t = find(m, name);
     if (!t) dsv4_fail("%s: missing tensor '%s'", m->dir, name);
     return t;
 }
@@ -66,8 +77,8 @@ static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int
     const StTensor *s = NULL;
     if (l > 7 && strcmp(name + l - 7, ".weight") == 0) {
         snprintf(sname, sizeof sname, "%.*s.scale", (int)(l - 7), name);
-        s = st_find(&m->st, sname);
-        if (!s) { snprintf(sname, sizeof sname, "%s_scale_inv", name); s = st_find(&m->st, sname); }
+        s = find(m, sname);
+        if (!s) { snprintf(sname, sizeof sname, "%s_scale_inv", name); s = find(m, sname); }
     }
     if (!s) return dsv4_fail("%s: quantised tensor '%s' (%s) has no scale tensor '%.*s.scale'", file_of(m, t), name,
                              dtype_name(t->dtype), (int)(l > 7 ? l - 7 : l), name);
@@ -189,7 +200,7 @@ static int bind_layer(dsv4_model *m, LayerW *L, const char *pre, int id, int is_
         L->tid2eid = tab;
     } else {
         snprintf(nm, sizeof nm, "%s.ffn.gate.bias", pre);
-        if (st_find(&m->st, nm) && bind_f32(m, &L->gate_bias, nm, E, 0)) return -1;
+        if (find(m, nm) && bind_f32(m, &L->gate_bias, nm, E, 0)) return -1;
     }
     L->experts = own(m, xcalloc((size_t)E, sizeof(ExpertW)));
     for (int e = 0; e < E; e++) {

@@ -63,23 +63,29 @@ static void cache_init_state(const LayerW *L, LayerCache *c, const Config *cf) {
     (void)cf;
 }
 
-static void cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
+/* Allocates one layer's cache; 0 on success, -1 when memory runs out. */
+static int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
     memset(c, 0, sizeof *c);
-    c->ring = xcalloc((size_t)cf->window_size * (size_t)cf->head_dim, sizeof(float));
+    c->ring = calloc((size_t)cf->window_size * (size_t)cf->head_dim, sizeof(float));
+    int ok = c->ring != NULL;
     if (L->has_compressor) {
         c->cap_comp = ctx / L->ratio;
-        c->comp = xcalloc((size_t)(c->cap_comp ? c->cap_comp : 1) * (size_t)cf->head_dim, sizeof(float));
         const int64_t n = (int64_t)L->comp.coff * L->comp.ratio * L->comp.coff * L->comp.width;
-        c->comp_a = xmalloc(sizeof(float) * (size_t)n);
-        c->comp_z = xmalloc(sizeof(float) * (size_t)n);
+        c->comp = calloc((size_t)(c->cap_comp ? c->cap_comp : 1) * (size_t)cf->head_dim, sizeof(float));
+        c->comp_a = malloc(sizeof(float) * (size_t)n);
+        c->comp_z = malloc(sizeof(float) * (size_t)n);
+        ok = ok && c->comp && c->comp_a && c->comp_z;
     }
     if (L->has_indexer) {
-        c->idx_keys = xcalloc((size_t)(ctx / 4 ? ctx / 4 : 1) * (size_t)cf->index_head_dim, sizeof(float));
         const int64_t n = (int64_t)L->idx.comp.coff * L->idx.comp.ratio * L->idx.comp.coff * L->idx.comp.width;
-        c->idx_a = xmalloc(sizeof(float) * (size_t)n);
-        c->idx_z = xmalloc(sizeof(float) * (size_t)n);
+        c->idx_keys = calloc((size_t)(ctx / 4 ? ctx / 4 : 1) * (size_t)cf->index_head_dim, sizeof(float));
+        c->idx_a = malloc(sizeof(float) * (size_t)n);
+        c->idx_z = malloc(sizeof(float) * (size_t)n);
+        ok = ok && c->idx_keys && c->idx_a && c->idx_z;
     }
+    if (!ok) return -1;
     cache_init_state(L, c, cf);
+    return 0;
 }
 
 static void cache_free(LayerCache *c) {
@@ -93,9 +99,18 @@ dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
     s->max_ctx = max_ctx;
     s->chunk = 256;
     s->cache = xcalloc((size_t)m->cfg.n_layers, sizeof(LayerCache));
-    for (int i = 0; i < m->cfg.n_layers; i++) cache_alloc(&m->layers[i], &s->cache[i], &m->cfg, max_ctx);
     s->mtp_cache = xcalloc((size_t)(m->cfg.n_mtp_layers ? m->cfg.n_mtp_layers : 1), sizeof(LayerCache));
-    for (int i = 0; i < m->cfg.n_mtp_layers; i++) cache_alloc(&m->mtp[i], &s->mtp_cache[i], &m->cfg, max_ctx);
+    int rc = 0;
+    for (int i = 0; i < m->cfg.n_layers && rc == 0; i++) rc = cache_alloc(&m->layers[i], &s->cache[i], &m->cfg, max_ctx);
+    for (int i = 0; i < m->cfg.n_mtp_layers && rc == 0; i++) rc = cache_alloc(&m->mtp[i], &s->mtp_cache[i], &m->cfg, max_ctx);
+    if (rc) {
+        PlanStats p;
+        plan_compute(&m->cfg, &p);
+        dsv4_fail("cannot allocate the KV cache for %lld tokens (about %.2f GB); use a smaller --ctx", (long long)max_ctx,
+                  (p.kv_bytes_per_token * (double)max_ctx + p.kv_bytes_fixed) / 1e9);
+        dsv4_session_free(s);
+        return NULL;
+    }
     return s;
 }
 
