@@ -3,7 +3,7 @@ CC      ?= gcc
 ARCH    ?= -march=x86-64-v3
 BLAS_INC = -I/usr/include/x86_64-linux-gnu/openblas-openmp
 BLAS_LIB = -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas
-CFLAGS  ?= -O2
+CFLAGS  ?= -O3
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp $(ARCH) -Iinclude $(BLAS_INC) -fPIC
 LDLIBS   = $(BLAS_LIB) -lcjson -lm -fopenmp
 

@@ -15,7 +15,7 @@ typedef enum { C_BIG, C_EXPERT, C_HALF, C_FULL, C_INT } Class;
 typedef enum { I_NORMAL, I_NORM, I_ONE_PLUS, I_TID2EID } Init;
 
 typedef struct {
-    char name[96];
+    char name[128];
     Storage st;
     int64_t rows, cols;      /* cols == 0: a vector of `rows` */
     Init init;

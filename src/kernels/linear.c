@@ -107,7 +107,15 @@ float dot_f32(const float *a, const float *b, int64_t n) {
 }
 
 void axpy_f32(float *y, float a, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256 va = _mm256_set1_ps(a);
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i + 8, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+    }
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
 }
 
 #ifdef __AVX2__
