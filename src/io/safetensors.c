@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +68,16 @@ static int span_cmp(const void *a, const void *b) {
     return x->b < y->b ? -1 : x->b > y->b ? 1 : 0;
 }
 
+/* A JSON number usable as a size or offset: an exact integer in [0, 2^53]. */
+static int is_index(double v) { return v >= 0 && v <= 9007199254740992.0 && v == floor(v); }
+
 int st_open_file(StSet *set, const char *path) {
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: a FIFO or device named *.safetensors must not hang the open */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) return dsv4_fail("%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) { close(fd); return dsv4_fail("%s: cannot stat: %s", path, strerror(errno)); }
+    if (!S_ISREG(sb.st_mode)) { close(fd); return dsv4_fail("%s: not a regular file", path); }
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8) { close(fd); return dsv4_fail("%s: truncated safetensors file (%llu bytes, no header length)", path, (unsigned long long)size); }
     uint8_t lenb[8];
@@ -116,19 +122,30 @@ int st_open_file(StSet *set, const char *path) {
         t.dtype = (DType)dtype;
         t.ndim = cJSON_GetArraySize(sh);
         if (t.ndim > 8) { rc = dsv4_fail("%s: tensor '%s': %d dimensions (at most 8)", path, nm, t.ndim); break; }
-        unsigned __int128 numel = 1;
-        int bad = 0;
+        /* Each dimension is an exact integer below 2^53; the element count is checked against
+         * the data size as it grows, so no product can overflow. */
+        uint64_t numel = 1;
+        int bad = 0, zero = 0;
         for (int i = 0; i < t.ndim; i++) {
             cJSON *d = cJSON_GetArrayItem(sh, i);
-            if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble > 9.0e15 ||
-                d->valuedouble != (double)(int64_t)d->valuedouble) { bad = 1; break; }
+            if (!cJSON_IsNumber(d) || !is_index(d->valuedouble)) { bad = 1; break; }
             t.shape[i] = (int64_t)d->valuedouble;
-            numel *= (uint64_t)t.shape[i];
+            if (t.shape[i] == 0) zero = 1;
         }
         if (bad) { rc = dsv4_fail("%s: tensor '%s': shape must hold non-negative integers", path, nm); break; }
+        for (int i = 0; i < t.ndim && !zero; i++) {
+            if ((uint64_t)t.shape[i] > data_size / numel) { bad = 1; break; }
+            numel *= (uint64_t)t.shape[i];
+        }
+        if (zero) numel = 0;
+        if (bad) {
+            rc = dsv4_fail("%s: tensor '%s': its shape holds more elements than the file has bytes (corrupt header)", path, nm);
+            break;
+        }
         cJSON *b = cJSON_GetArrayItem(of, 0), *en = cJSON_GetArrayItem(of, 1);
-        if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || b->valuedouble < 0 || en->valuedouble < b->valuedouble) {
-            rc = dsv4_fail("%s: tensor '%s': data_offsets must be [begin, end] with 0 <= begin <= end", path, nm);
+        if (!cJSON_IsNumber(b) || !cJSON_IsNumber(en) || !is_index(b->valuedouble) || !is_index(en->valuedouble) ||
+            en->valuedouble < b->valuedouble) {
+            rc = dsv4_fail("%s: tensor '%s': data_offsets must be integers [begin, end] with 0 <= begin <= end", path, nm);
             break;
         }
         uint64_t ob = (uint64_t)b->valuedouble, oe = (uint64_t)en->valuedouble;
@@ -137,7 +154,7 @@ int st_open_file(StSet *set, const char *path) {
                            path, nm, (unsigned long long)oe, (unsigned long long)data_size);
             break;
         }
-        unsigned __int128 want = numel * dtype_size(t.dtype);
+        unsigned __int128 want = (unsigned __int128)numel * dtype_size(t.dtype);
         if (want != (unsigned __int128)(oe - ob)) {
             rc = dsv4_fail("%s: tensor '%s': %s shape needs %llu bytes but data_offsets span %llu", path, nm,
                            dtype_name(t.dtype), (unsigned long long)want, (unsigned long long)(oe - ob));

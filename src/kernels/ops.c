@@ -22,15 +22,17 @@ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 /* The official precompute_freqs_cis: inv-frequencies base^(-2i/dim), blended with the
  * YaRN-interpolated ones (freq/factor) by a linear ramp between the correction dims of
- * beta_fast and beta_slow, when original_seq_len > 0. */
+ * beta_fast and beta_slow, when original_seq_len > 0. The arithmetic follows the official
+ * float32 tensors step by step (the correction range is Python double math), so that angles
+ * at long positions carry the same rounding as the code the checkpoints were released with. */
 static double correction_dim(double rot, int dim, double base, double max_len) {
     return dim * log(max_len / (rot * 2 * M_PI)) / (2 * log(base));
 }
 void rope_freqs(double *freq, int dim, double base, int64_t original_seq_len, double factor, double beta_fast,
                 double beta_slow) {
     for (int i = 0; i < dim / 2; i++) {
-        /* computed as the official float32 arange/dim exponent, in double precision */
-        freq[i] = 1.0 / pow(base, (double)(2 * i) / dim);
+        const float e = (float)(2 * i) / (float)dim;
+        freq[i] = 1.0f / powf((float)base, e);
     }
     if (original_seq_len > 0) {
         double low = floor(correction_dim(beta_fast, dim, base, (double)original_seq_len));
@@ -39,22 +41,24 @@ void rope_freqs(double *freq, int dim, double base, int64_t original_seq_len, do
         if (high > dim - 1) high = dim - 1;
         if (low == high) high += 0.001;
         for (int i = 0; i < dim / 2; i++) {
-            double ramp = (i - low) / (high - low);
+            float ramp = ((float)i - (float)low) / (float)(high - low);
             ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
-            double smooth = 1 - ramp;
-            freq[i] = freq[i] / factor * (1 - smooth) + freq[i] * smooth;
+            const float smooth = 1.0f - ramp, f = (float)freq[i];
+            freq[i] = f / (float)factor * (1.0f - smooth) + f * smooth;
         }
     }
 }
 
+/* angle = float(pos) * freq in float32 (torch.outer on float32), cos/sin of that angle. */
 void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int inverse) {
     for (int i = 0; i < rope_dim / 2; i++) {
-        double s, c;
-        sincos((double)pos * freq[i], &s, &c);
-        if (inverse) s = -s;
-        const double a = x[2 * i], b = x[2 * i + 1];
-        x[2 * i] = (float)(a * c - b * s);
-        x[2 * i + 1] = (float)(a * s + b * c);
+        const float angle = (float)pos * (float)freq[i];
+        double sd, cd;
+        sincos((double)angle, &sd, &cd);
+        const float c = (float)cd, s = inverse ? -(float)sd : (float)sd;
+        const float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * c - b * s;
+        x[2 * i + 1] = a * s + b * c;
     }
 }
 

@@ -199,8 +199,15 @@ static int bind_layer(dsv4_model *m, LayerW *L, const char *pre, int id, int is_
         }
         L->tid2eid = tab;
     } else {
+        /* learned routing always has the selection bias (aux-loss-free balancing); the
+         * Hugging Face name is e_score_correction_bias */
         snprintf(nm, sizeof nm, "%s.ffn.gate.bias", pre);
-        if (find(m, nm) && bind_f32(m, &L->gate_bias, nm, E, 0)) return -1;
+        if (!find(m, nm)) {
+            char alt[512];
+            snprintf(alt, sizeof alt, "%s.ffn.gate.e_score_correction_bias", pre);
+            if (find(m, alt)) snprintf(nm, sizeof nm, "%s", alt);
+        }
+        if (bind_f32(m, &L->gate_bias, nm, E, 0)) return -1;
     }
     L->experts = own(m, xcalloc((size_t)E, sizeof(ExpertW)));
     for (int e = 0; e < E; e++) {
@@ -272,6 +279,15 @@ dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
     }
     const int q = opts ? opts->quant_rounding : -1;
     m->quant = q < 0 ? m->has_quantized : q;
+    const int I = m->cfg.index_head_dim;
+    int has_indexer = 0;
+    for (int l = 0; l < m->cfg.n_layers + m->cfg.n_mtp_layers; l++) has_indexer |= m->cfg.compress_ratios[l] == 4;
+    if (m->quant && has_indexer && (I & (I - 1)) != 0) {
+        dsv4_fail("%s/config.json: \"index_head_dim\" = %d must be a power of two for the quantisation-aware rounding "
+                  "(Hadamard transform); run with it off", dir, I);
+        dsv4_model_close(m);
+        return NULL;
+    }
     return m;
 }
 

@@ -40,9 +40,17 @@ double now_sec(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Text inputs (configs, token lists) are bounded: a larger file is a mistake, not data. */
+#define READ_FILE_MAX (1ull << 30)
+
 char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { dsv4_fail("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) { dsv4_fail("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) { close(fd); dsv4_fail("%s: not a regular file", path); return NULL; }
+    if ((unsigned long long)sb.st_size > READ_FILE_MAX) { close(fd); dsv4_fail("%s: too large (%lld bytes)", path, (long long)sb.st_size); return NULL; }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { close(fd); dsv4_fail("%s: cannot open: %s", path, strerror(errno)); return NULL; }
     if (fseek(f, 0, SEEK_END) != 0) { fclose(f); dsv4_fail("%s: cannot seek", path); return NULL; }
     long n = ftell(f);
     if (n < 0) { fclose(f); dsv4_fail("%s: cannot tell size", path); return NULL; }
