@@ -89,6 +89,9 @@ $PY tests/mutate.py $M "$TMP/tid" dtype layers.0.ffn.gate.tid2eid; expect_error 
 echo "1 2 9999 3" > "$TMP/oor.txt";   expect_error "token id out of range" "9999" lg $M "$TMP/oor.txt" 2
 echo "1 2 x 3" > "$TMP/nan.txt";      expect_error "non-integer token" "not a non-negative integer" lg $M "$TMP/nan.txt" 2
 echo "1, -2, 3" > "$TMP/neg.txt";     expect_error "negative token" "not a non-negative integer" lg $M "$TMP/neg.txt" 2
+mkdir -p "$TMP/fifo"; cp $M/config.json "$TMP/fifo/"; mkfifo "$TMP/fifo/model.safetensors"
+expect_error "a FIFO named *.safetensors (no hang)" "not a regular file" timeout 20 "$D" info -m "$TMP/fifo"
+expect_error "a directory as the token file" "not a regular file" lg $M "$TMP" 2
 expect_error "--prefill beyond N" "exceeds the 300 tokens" lg $M $TOK 301
 expect_error "--prefill 0" "--prefill" lg $M $TOK 0
 expect_error "missing model directory" "no-such-dir" lg "$TMP/no-such-dir"

@@ -339,6 +339,12 @@ static void test_safetensors(void) {
     expect_open_error("negative dimension", path, "non-negative");
     write_raw(path, "[1, 2]", 0, -1);
     expect_open_error("header not an object", path, "JSON object");
+    write_raw(path, "{\"a\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [1e20, 1e20]}}", 16, -1);
+    expect_open_error("offsets beyond 2^53", path, "data_offsets must be integers");
+    write_raw(path, "{\"a\": {\"dtype\": \"U8\", \"shape\": [4], \"data_offsets\": [0.5, 4.5]}}", 16, -1);
+    expect_open_error("fractional offsets", path, "data_offsets must be integers");
+    write_raw(path, "{\"a\": {\"dtype\": \"F32\", \"shape\": [8796093022208, 8796093022208, 4398046511104], \"data_offsets\": [0, 0]}}", 16, -1);
+    expect_open_error("element count overflowing 128 bits", path, "more elements than the file has bytes");
 }
 
 /* ---- config ---- */
