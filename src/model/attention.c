@@ -7,29 +7,34 @@
  * Window keys before t0 come from the ring (slot = position mod W); keys inside the chunk come
  * from the chunk itself, so every query of the chunk can run in parallel. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../dsv4_internal.h"
 
-/* o_h = Σ_s e^{ℓ_s−M} kv_s / (Σ_s e^{ℓ_s−M} + e^{sink−M}), ℓ_s = q·kv_s / sqrt(D). */
-static void attend_head(const float *q, const float *const *keys, int64_t nk, int D, float sink, float *scores,
-                        float *o) {
+/* All heads h0..h0+nh of one query against the same keys (spec: MQA, one kv vector shared by
+ * every head), key-outer so each key is read once per query, not once per head:
+ *   o_h = Σ_s e^{ℓ_s−M} kv_s / (Σ_s e^{ℓ_s−M} + e^{sink_h−M}),   ℓ_s = q_h·kv_s / sqrt(D).
+ * scores holds nh*nk floats. */
+static void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks,
+                         float *scores, float *o) {
     const float scale = 1.0f / sqrtf((float)D);
-    float mx = -INFINITY;
-    for (int64_t s = 0; s < nk; s++) {
-        scores[s] = dot_f32(q, keys[s], D) * scale;
-        if (scores[s] > mx) mx = scores[s];
+    for (int64_t s = 0; s < nk; s++)
+        for (int h = 0; h < nh; h++) scores[h * nk + s] = dot_f32(q + (int64_t)h * D, keys[s], D) * scale;
+    float den[nh];
+    for (int h = 0; h < nh; h++) {
+        float *sc = scores + h * nk, mx = -INFINITY;
+        for (int64_t s = 0; s < nk; s++) mx = fmaxf(mx, sc[s]);
+        double sum = exp((double)sinks[h] - mx);
+        for (int64_t s = 0; s < nk; s++) { sc[s] = expf(sc[s] - mx); sum += sc[s]; }
+        den[h] = (float)(1.0 / sum);
     }
-    double den = exp((double)sink - mx);
-    memset(o, 0, sizeof(float) * (size_t)D);
-    for (int64_t s = 0; s < nk; s++) {
-        const float p = expf(scores[s] - mx);
-        den += p;
-        axpy_f32(o, p, keys[s], D);
-    }
-    const float inv = (float)(1.0 / den);
-    for (int i = 0; i < D; i++) o[i] *= inv;
+    memset(o, 0, sizeof(float) * (size_t)nh * (size_t)D);
+    for (int64_t s = 0; s < nk; s++)
+        for (int h = 0; h < nh; h++) axpy_f32(o + (int64_t)h * D, scores[h * nk + s], keys[s], D);
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < D; i++) o[(int64_t)h * D + i] *= den[h];
 }
 
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, int64_t T, int64_t t0,
@@ -77,7 +82,11 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     const int64_t sel_max = L->has_indexer ? (cf->index_topk < n_comp_max ? cf->index_topk : n_comp_max) : n_comp_max;
     int64_t *sel = L->has_indexer ? xmalloc(sizeof(int64_t) * (size_t)(T * (sel_max ? sel_max : 1))) : NULL;
     int64_t *n_sel = xcalloc((size_t)T, sizeof(int64_t));
-    if (L->has_indexer) {
+    if (L->has_indexer && T == 1) {   /* decode: the scoring itself runs in parallel */
+        float *scratch = xmalloc(sizeof(float) * (size_t)(n_comp_max ? n_comp_max : 1));
+        n_sel[0] = indexer_topk(m, L, c, q_idx, w_idx, (t0 + 1) / ratio, sel, scratch);
+        free(scratch);
+    } else if (L->has_indexer) {
 #pragma omp parallel
         {
             float *scratch = xmalloc(sizeof(float) * (size_t)(n_comp_max ? n_comp_max : 1));
@@ -93,28 +102,28 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
         for (int64_t t = 0; t < T; t++) n_sel[t] = (t0 + t + 1) / ratio;
     }
 
+    /* queries in parallel; with fewer queries than threads (decode), heads are split too */
     float *o = xmalloc(sizeof(float) * (size_t)(T * qd));
     const int64_t max_keys = W + sel_max;
+    const int nthr = omp_get_max_threads();
+    const int NG = T >= nthr ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
 #pragma omp parallel
     {
         const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
-        float *scores = xmalloc(sizeof(float) * (size_t)max_keys);
-        int64_t cur_t = -1, nk = 0;
-#pragma omp for collapse(2) schedule(static)
+        float *scores = xmalloc(sizeof(float) * (size_t)(max_keys * ((H + NG - 1) / NG)));
+#pragma omp for collapse(2) schedule(dynamic, 1)
         for (int64_t t = 0; t < T; t++)
-            for (int hh = 0; hh < H; hh++) {
-                if (t != cur_t) {
-                    const int64_t pos = t0 + t;
-                    nk = 0;
-                    for (int64_t s = pos - W + 1 < 0 ? 0 : pos - W + 1; s <= pos; s++)
-                        keys[nk++] = s >= t0 ? kv + (s - t0) * D : c->ring + (s % W) * D;
-                    for (int64_t i = 0; i < n_sel[t]; i++)
-                        keys[nk++] = c->comp + (L->has_indexer ? sel[t * sel_max + i] : i) * D;
-                    cur_t = t;
-                }
-                float *oh = o + t * qd + (int64_t)hh * D;
-                attend_head(q + t * qd + (int64_t)hh * D, keys, nk, D, L->attn_sink[hh], scores, oh);
-                rope_rotate(oh + D - r, r, L->rope_freq, t0 + t, 1);
+            for (int g = 0; g < NG; g++) {
+                const int64_t pos = t0 + t;
+                int64_t nk = 0;
+                for (int64_t s = pos - W + 1 < 0 ? 0 : pos - W + 1; s <= pos; s++)
+                    keys[nk++] = s >= t0 ? kv + (s - t0) * D : c->ring + (s % W) * D;
+                for (int64_t i = 0; i < n_sel[t]; i++)
+                    keys[nk++] = c->comp + (L->has_indexer ? sel[t * sel_max + i] : i) * D;
+                const int h0 = g * H / NG, h1 = (g + 1) * H / NG;
+                float *ot = o + t * qd + (int64_t)h0 * D;
+                attend_heads(q + t * qd + (int64_t)h0 * D, h1 - h0, keys, nk, D, L->attn_sink + h0, scores, ot);
+                for (int hh = 0; hh < h1 - h0; hh++) rope_rotate(ot + (int64_t)hh * D + D - r, r, L->rope_freq, pos, 1);
             }
         free(keys);
         free(scores);

@@ -5,6 +5,7 @@
  * Hadamard rotation of q and K is the identity on scores in exact arithmetic; it is applied
  * only with the quantisation-aware rounding, where it spreads outliers before FP4. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +37,9 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, 
     const int HI = cf->index_n_heads, I = cf->index_head_dim;
     const int64_t k = cf->index_topk < n_visible ? cf->index_topk : n_visible;
     if (k <= 0) return 0;
+    /* Called once per query: in parallel over entries when not already inside a parallel
+     * region (decode), serially per query when prefill runs queries in parallel. */
+#pragma omp parallel for schedule(static) if (n_visible >= 1024 && !omp_in_parallel())
     for (int64_t w = 0; w < n_visible; w++) {
         const float *key = c->idx_keys + w * I;
         float s = 0;
