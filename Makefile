@@ -16,7 +16,7 @@ LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all deps run test bench fixtures clean asan
-all: dsv4 libdsv4.a libdsv4.so $(BUILD)/test_unit
+all: dsv4 libdsv4.a libdsv4.so $(BUILD)/test_unit $(BUILD)/test_api
 
 # The test build: AddressSanitizer + UndefinedBehaviorSanitizer, in its own directory.
 SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -33,12 +33,17 @@ asan: build-asan/dsv4 build-asan/test_unit
 $(BUILD)/test_unit: tests/test_unit.c libdsv4.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# The public API alone, through the shared library.
+$(BUILD)/test_api: tests/test_api.c libdsv4.so include/dsv4.h
+	$(CC) -std=c11 -Wall -Wextra -O2 -Iinclude -o $@ tests/test_api.c -L. -Wl,-rpath,'$$ORIGIN/..' -ldsv4 -lm
+
 deps:
 	@scripts/install-deps.sh
 
+# Only the functions of include/dsv4.h are exported from libdsv4.so.
 $(BUILD)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) -fvisibility=hidden -c $< -o $@
 
 libdsv4.a: $(LIB_OBJ)
 	ar rcs $@ $^

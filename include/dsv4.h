@@ -18,6 +18,12 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#define DSV4_API __attribute__((visibility("default")))
+#else
+#define DSV4_API
+#endif
+
 typedef struct dsv4_model dsv4_model;
 typedef struct dsv4_session dsv4_session;
 
@@ -29,37 +35,41 @@ typedef struct dsv4_open_options {
 } dsv4_open_options;
 
 /* The message of the last failure in this thread ("" if none). */
-const char *dsv4_last_error(void);
+DSV4_API const char *dsv4_last_error(void);
 
 /* Opens a model directory (config.json + *.safetensors). opts may be NULL (defaults). */
-dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts);
-void dsv4_model_close(dsv4_model *m);
+DSV4_API dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts);
+DSV4_API void dsv4_model_close(dsv4_model *m);
 
-int dsv4_vocab_size(const dsv4_model *m);
-int dsv4_hidden_size(const dsv4_model *m);   /* d */
-int dsv4_hc_mult(const dsv4_model *m);       /* n: the residual has n*d floats per token */
-int dsv4_n_mtp_layers(const dsv4_model *m);
+DSV4_API int dsv4_vocab_size(const dsv4_model *m);
+DSV4_API int dsv4_hidden_size(const dsv4_model *m);   /* d */
+DSV4_API int dsv4_hc_mult(const dsv4_model *m);       /* n: the residual has n*d floats per token */
+DSV4_API int dsv4_n_mtp_layers(const dsv4_model *m);
 
 /* A decoding session: KV caches (window ring, compressed entries, compressor state, indexer
  * keys) for up to max_ctx tokens. */
-dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx);
-void dsv4_session_free(dsv4_session *s);
-int64_t dsv4_session_pos(const dsv4_session *s);  /* tokens processed so far */
+DSV4_API dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx);
+DSV4_API void dsv4_session_free(dsv4_session *s);
+DSV4_API int64_t dsv4_session_pos(const dsv4_session *s);  /* tokens processed so far */
 /* Forgets every token: the next forward starts at position 0. */
-void dsv4_session_reset(dsv4_session *s);
+DSV4_API void dsv4_session_reset(dsv4_session *s);
 /* Largest number of tokens one internal prefill step processes (default 256). */
-void dsv4_session_set_chunk(dsv4_session *s, int chunk);
+DSV4_API void dsv4_session_set_chunk(dsv4_session *s, int chunk);
+/* Called after every prefill chunk with the tokens done and the total of the current call
+ * (for progress bars); NULL to stop. */
+typedef void (*dsv4_progress_fn)(void *user, int64_t done, int64_t total);
+DSV4_API void dsv4_session_set_progress(dsv4_session *s, dsv4_progress_fn fn, void *user);
 
 /* Runs n tokens through the model at positions pos..pos+n-1 (prefill when n > 1, decode when
  * n == 1) and appends them to the cache. logits (may be NULL) receives the vocab logits of
  * the last token. hidden (may be NULL) receives the final residual streams [n, hc_mult*d]
  * of every token, the input of the MTP block. Returns 0, or -1 with dsv4_last_error(). */
-int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden);
+DSV4_API int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden);
 
 /* Runs the MTP block (layer 0) for positions mpos..mpos+n-1 of its own cache: hidden holds the
  * main model's final streams at those positions, next_tokens the token following each one.
  * logits receives [n, vocab]: the prediction of the token after next_tokens[i]. */
-int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n,
+DSV4_API int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n,
                      float *logits);
 
 #ifdef __cplusplus

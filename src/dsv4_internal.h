@@ -243,6 +243,8 @@ struct dsv4_session {
     int64_t max_ctx;
     int64_t pos, mtp_pos;
     int chunk;
+    dsv4_progress_fn progress;
+    void *progress_user;
     LayerCache *cache;             /* n_layers */
     LayerCache *mtp_cache;         /* n_mtp_layers */
 };

@@ -32,6 +32,15 @@ else
   bad "unit test binary did not finish cleanly"; tail -20 "$TMP/unit.txt"
 fi
 
+echo "== the public API through libdsv4.so"
+"$ROOT/build/test_api" "$F" > "$TMP/api.txt" 2>&1
+cat "$TMP/api.txt" | grep -E '^(FAIL|api:)'
+line=$(grep -E '^api: [0-9]+ passed, [0-9]+ failed' "$TMP/api.txt")
+if [ -n "$line" ]; then
+  passed=$((passed + $(echo "$line" | sed -E 's/api: ([0-9]+) passed.*/\1/')))
+  failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed/\1/')))
+else bad "test_api did not finish"; fi
+
 echo "== logits against the PyTorch reference (float64, non-incremental)"
 # tiny-bf16 / tiny-fp8: configs/tiny.json (ratios 0,4,128,16 + MTP, window 16 < 300 tokens,
 # index_topk 6 < visible entries, 2 hash + 3 learned MoE layers, hc_mult 4, 20 Sinkhorn

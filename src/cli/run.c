@@ -89,6 +89,10 @@ static const char *RUN_HELP =
     "  --tokens FILE prompt token ids from a file\n"
     "  --quant on|off  quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
 
+static void prefill_progress(void *user, int64_t done, int64_t total) {
+    if (total > 256) progress("prefill", done, total, *(const double *)user);
+}
+
 static int64_t argmax(const float *x, int64_t n) {
     int64_t b = 0;
     for (int64_t i = 1; i < n; i++) if (x[i] > x[b]) b = i;
@@ -142,7 +146,9 @@ int cmd_run(int argc, char **argv) {
     printf("\ngenerated:");
     fflush(stdout);
     double t1 = now_sec();
+    dsv4_session_set_progress(s, prefill_progress, &t1);
     int rc = dsv4_forward(s, ids, N, logits, NULL);
+    dsv4_session_set_progress(s, NULL, NULL);
     double t_pre = now_sec() - t1, t2 = now_sec();
     int64_t made = 0;
     for (; rc == 0 && made < n_gen; made++) {

@@ -125,6 +125,10 @@ void dsv4_session_free(dsv4_session *s) {
 
 int64_t dsv4_session_pos(const dsv4_session *s) { return s->pos; }
 void dsv4_session_set_chunk(dsv4_session *s, int chunk) { s->chunk = chunk > 0 ? chunk : 1; }
+void dsv4_session_set_progress(dsv4_session *s, dsv4_progress_fn fn, void *user) {
+    s->progress = fn;
+    s->progress_user = user;
+}
 void dsv4_session_reset(dsv4_session *s) {
     s->pos = s->mtp_pos = 0;
     for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(&s->m->layers[i], &s->cache[i], &s->m->cfg);
@@ -179,6 +183,7 @@ int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logit
             final_logits(m, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm, X + (T - 1) * nd, 1, logits);
         s->pos += T;
         free(X);
+        if (s->progress && n > 1) s->progress(s->progress_user, c0 + T, n);
     }
     return 0;
 }
