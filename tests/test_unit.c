@@ -393,6 +393,8 @@ static void test_config(void) {
         {", \"n_hash_layers\": 5", "n_hash_layers"},
         {", \"hidden_size\": 32", "contradictory"},
         {", \"index_topk\": 1.5", "index_topk"},
+        {", \"num_key_value_heads\": 8", "num_key_value_heads"},
+        {", \"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [64, 64]}", "weight_block_size"},
     };
     for (size_t i = 1; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(buf, sizeof buf, base, bad[i].extra);

@@ -139,7 +139,15 @@ int config_parse(Config *c, const char *text, const char *what) {
         if (cJSON_IsObject(qc)) {
             cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
             if (cJSON_IsString(qm) && !strcmp(qm->valuestring, "fp8")) c->weights_fp8 = 1;
+            /* the FP8 kernels read one scale per 128x128 block */
+            cJSON *bs = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
+            if (bs && !(cJSON_IsArray(bs) && cJSON_GetArraySize(bs) == 2 && cJSON_GetArrayItem(bs, 0)->valuedouble == 128 &&
+                        cJSON_GetArrayItem(bs, 1)->valuedouble == 128))
+                rc = dsv4_fail("%s: \"quantization_config.weight_block_size\" must be [128, 128]", what);
         }
+        cJSON *kvh = cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads");
+        if (rc == 0 && kvh && !(cJSON_IsNumber(kvh) && kvh->valuedouble == 1))
+            rc = dsv4_fail("%s: \"num_key_value_heads\" must be 1 (V4 attention shares one key/value vector)", what);
         if (cJSON_IsString(ed) && !strcmp(ed->valuestring, "fp4")) c->experts_fp4 = 1;
     }
     cJSON_Delete(root);
