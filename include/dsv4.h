@@ -72,6 +72,27 @@ DSV4_API int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, flo
 DSV4_API int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n,
                      float *logits);
 
+/* ---- tokenizer (a Hugging Face tokenizer.json with a byte-level BPE model) ---- */
+typedef struct dsv4_tokenizer dsv4_tokenizer;
+DSV4_API dsv4_tokenizer *dsv4_tokenizer_load(const char *tokenizer_json);
+DSV4_API void dsv4_tokenizer_free(dsv4_tokenizer *tk);
+DSV4_API int64_t dsv4_tokenizer_vocab_size(const dsv4_tokenizer *tk);   /* largest id + 1 */
+/* UTF-8 text -> ids (no BOS added; special-token strings in the text are matched). *ids is
+ * malloc'd; returns the count, or -1 (invalid UTF-8). Not safe for concurrent calls on one
+ * tokenizer (it caches words). */
+DSV4_API int64_t dsv4_tokenize(dsv4_tokenizer *tk, const char *text, size_t len, int32_t **ids);
+/* ids -> the exact bytes (malloc'd, NUL-terminated); returns the length or -1 (unknown id). */
+DSV4_API int64_t dsv4_detokenize(const dsv4_tokenizer *tk, const int32_t *ids, int64_t n, char **out);
+/* The bytes one id stands for (NULL if the id is unused). */
+DSV4_API const char *dsv4_token_bytes(const dsv4_tokenizer *tk, int32_t id, size_t *len);
+DSV4_API int32_t dsv4_token_id(const dsv4_tokenizer *tk, const char *text);   /* -1 if none */
+DSV4_API int dsv4_token_is_special(const dsv4_tokenizer *tk, int32_t id);
+/* Streaming decode that never emits a broken UTF-8 sequence: call per generated id; an
+ * incomplete character is held back until the next call. id = -1 flushes what is held.
+ * Returns the number of bytes written to out (at most cap). */
+typedef struct dsv4_utf8_stream { unsigned char pending[8]; int n; } dsv4_utf8_stream;
+DSV4_API size_t dsv4_stream_decode(const dsv4_tokenizer *tk, dsv4_utf8_stream *st, int32_t id, char *out, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -295,6 +295,9 @@ typedef struct PlanStats {
 } PlanStats;
 void plan_compute(const Config *c, PlanStats *p);
 
+/* ---- tokenizer helpers (io/tokenizer.c) ---- */
+size_t utf8_valid_prefix(const uint8_t *s, size_t n);
+
 /* ---- utilities ------------------------------------------------------------------------------ */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t sz);

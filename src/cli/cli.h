@@ -10,6 +10,8 @@ int cmd_init(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+dsv4_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir, const char *file);
 
 /* Error exit helper: prints "dsv4 <cmd>: message" and returns 1. */
 int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -86,7 +86,8 @@ static void usage(FILE *f) {
             "  init     write a randomly initialised model directory in the official format\n"
             "  info     parameters, bytes and KV-cache size of a model directory\n"
             "  plan     the same from a config.json alone\n"
-            "  bench    prefill/decode speed against the machine's measured limits\n");
+            "  bench    prefill/decode speed against the machine's measured limits\n"
+            "  tokenize text -> token ids (or --decode ids -> text) with a tokenizer.json\n");
 }
 
 static int dispatch(const char *c, int argc, char **argv) {
@@ -96,6 +97,7 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "info")) return cmd_info(argc, argv);
     if (!strcmp(c, "plan")) return cmd_plan(argc, argv);
     if (!strcmp(c, "bench")) return cmd_bench(argc, argv);
+    if (!strcmp(c, "tokenize")) return cmd_tokenize(argc, argv);
     fprintf(stderr, "dsv4: unknown command '%s'\n", c);
     usage(stderr);
     return 2;

