@@ -71,6 +71,7 @@ test: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	./dsv4 bench
+	bench/tokenizer.sh
 
 # Regenerates the reference fixtures with the independent PyTorch reference (reference/).
 fixtures: deps

