@@ -93,6 +93,23 @@ DSV4_API int dsv4_token_is_special(const dsv4_tokenizer *tk, int32_t id);
 typedef struct dsv4_utf8_stream { unsigned char pending[8]; int n; } dsv4_utf8_stream;
 DSV4_API size_t dsv4_stream_decode(const dsv4_tokenizer *tk, dsv4_utf8_stream *st, int32_t id, char *out, size_t cap);
 
+/* ---- sampling ---- */
+typedef struct dsv4_sampling {
+    float temperature;     /* 0 = greedy */
+    int top_k;             /* 0 = off */
+    float top_p;           /* 1 = off */
+    float min_p;           /* 0 = off */
+    float repeat_penalty;  /* 1 = off */
+    int repeat_last_n;     /* window of the repetition penalty */
+    uint64_t seed;
+} dsv4_sampling;
+typedef struct dsv4_sampler dsv4_sampler;
+DSV4_API dsv4_sampling dsv4_sampling_default(void);
+DSV4_API dsv4_sampler *dsv4_sampler_new(const dsv4_sampling *params, int64_t vocab);
+DSV4_API void dsv4_sampler_free(dsv4_sampler *s);
+/* Picks the next id from logits[vocab] (modified in place), given the ids so far. */
+DSV4_API int32_t dsv4_sample(dsv4_sampler *s, float *logits, const int32_t *history, int64_t n_history);
+
 #ifdef __cplusplus
 }
 #endif

@@ -412,6 +412,70 @@ static void test_config(void) {
     CHECK(config_parse(&c, g3, "g.json") != 0 && strstr(dsv4_last_error(), "o_groups"), "o_groups: %s", dsv4_last_error());
 }
 
+/* ---- sampling ---- */
+static void test_sampling(void) {
+    g_test = "sampling";
+    float base[6] = {1.0f, 3.0f, 3.0f, 0.5f, -2.0f, 2.0f}, l[6];
+    dsv4_sampling p = dsv4_sampling_default();
+    dsv4_sampler *s = dsv4_sampler_new(&p, 6);
+    memcpy(l, base, sizeof l);
+    CHECK(dsv4_sample(s, l, NULL, 0) == 1, "greedy picks the max, ties to the lower id");
+    dsv4_sampler_free(s);
+    /* temperature 1: frequencies follow softmax(logits) */
+    p.temperature = 1.0f;
+    p.seed = 42;
+    s = dsv4_sampler_new(&p, 6);
+    int cnt[6] = {0};
+    const int N = 40000;
+    for (int i = 0; i < N; i++) { memcpy(l, base, sizeof l); cnt[dsv4_sample(s, l, NULL, 0)]++; }
+    double z = 0, worst = 0;
+    for (int i = 0; i < 6; i++) z += exp(base[i]);
+    for (int i = 0; i < 6; i++) {
+        const double pi = exp(base[i]) / z, sd = sqrt(N * pi * (1 - pi)) + 1;
+        worst = fmax(worst, fabs(cnt[i] - N * pi) / sd);
+    }
+    CHECK(worst < 5, "softmax frequencies (worst deviation %.1f sigma)", worst);
+    dsv4_sampler_free(s);
+    /* same seed, same sequence; another seed, another one */
+    int a[50], b[50], c[50];
+    for (int r = 0; r < 3; r++) {
+        p.seed = r == 2 ? 7 : 3;
+        s = dsv4_sampler_new(&p, 6);
+        for (int i = 0; i < 50; i++) { memcpy(l, base, sizeof l); (r == 0 ? a : r == 1 ? b : c)[i] = dsv4_sample(s, l, NULL, 0); }
+        dsv4_sampler_free(s);
+    }
+    CHECK(!memcmp(a, b, sizeof a) && memcmp(a, c, sizeof a), "seeded: reproducible and seed-dependent");
+    /* top-k 2 keeps only ids 1 and 2; top-p 0.5 keeps the first of the sorted ones; min-p */
+    p.seed = 1; p.top_k = 2;
+    s = dsv4_sampler_new(&p, 6);
+    int ok = 1;
+    for (int i = 0; i < 2000; i++) { memcpy(l, base, sizeof l); int t = dsv4_sample(s, l, NULL, 0); ok &= t == 1 || t == 2; }
+    dsv4_sampler_free(s);
+    CHECK(ok, "top-k");
+    p.top_k = 0; p.top_p = 0.3f;
+    s = dsv4_sampler_new(&p, 6);
+    ok = 1;
+    for (int i = 0; i < 2000; i++) { memcpy(l, base, sizeof l); ok &= dsv4_sample(s, l, NULL, 0) == 1; }
+    dsv4_sampler_free(s);
+    CHECK(ok, "top-p keeps the smallest prefix reaching p");
+    p.top_p = 1.0f; p.min_p = 0.3f;   /* exp(2-3) = 0.37 >= 0.3 survives, exp(1-3) = 0.14 does not */
+    s = dsv4_sampler_new(&p, 6);
+    int seen[6] = {0};
+    for (int i = 0; i < 4000; i++) { memcpy(l, base, sizeof l); seen[dsv4_sample(s, l, NULL, 0)] = 1; }
+    dsv4_sampler_free(s);
+    CHECK(seen[1] && seen[2] && seen[5] && !seen[0] && !seen[3] && !seen[4], "min-p");
+    /* repetition penalty: a repeated max loses to the next one under greedy */
+    p = dsv4_sampling_default();
+    p.repeat_penalty = 2.0f;
+    s = dsv4_sampler_new(&p, 6);
+    int32_t hist[3] = {1, 2, 1};
+    memcpy(l, base, sizeof l);
+    CHECK(dsv4_sample(s, l, hist, 3) == 5 && l[1] == 1.5f && l[4] == -2.0f, "repetition penalty");
+    dsv4_sampler_free(s);
+    p.top_p = 0;
+    CHECK(dsv4_sampler_new(&p, 6) == NULL, "bad settings refused");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/dsv4-unit-%d", (int)getpid());
     char cmd[600];
@@ -422,6 +486,7 @@ int main(void) {
     test_ops();
     test_safetensors();
     test_config();
+    test_sampling();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);
