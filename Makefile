@@ -7,15 +7,15 @@ CFLAGS  ?= -O3
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp $(ARCH) -Iinclude $(BLAS_INC) -fPIC
 LDLIBS   = $(BLAS_LIB) -lcjson -lpcre2-8 -lm -fopenmp
 
-LIB_SRC = $(filter-out src/io/chat.c,$(wildcard src/util/*.c src/io/*.c src/kernels/*.c src/model/*.c src/infer/*.c))
+LIB_SRC = $(wildcard src/util/*.c src/io/*.c src/kernels/*.c src/model/*.c src/infer/*.c)
 CLI_SRC = $(wildcard src/cli/*.c)
-HDRS    = $(wildcard include/*.h src/*.h src/cli/*.h src/io/*.inc)
+HDRS    = $(wildcard include/*.h src/*.h src/cli/*.h src/io/*.h src/io/*.inc)
 
 BUILD  ?= build
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test bench fixtures clean asan
+.PHONY: all deps run test bench fixtures clean asan fuzz
 all: dsv4 libdsv4.a libdsv4.so $(BUILD)/test_unit $(BUILD)/test_api
 
 # The test build: AddressSanitizer + UndefinedBehaviorSanitizer, in its own directory.
@@ -25,10 +25,22 @@ build-asan/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(SAN_FLAGS) -c $< -o $@
 build-asan/dsv4: $(ASAN_OBJ)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDLIBS) -ledit
 build-asan/test_unit: tests/test_unit.c $(LIB_SRC:%.c=build-asan/%.o)
 	$(CC) $(CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
-asan: build-asan/dsv4 build-asan/test_unit
+build-asan/test_chat: tests/test_chat.c build-asan/src/io/chat.o
+	$(CC) $(CFLAGS) $(SAN_FLAGS) -Isrc -o $@ $^ -lcjson -lm
+asan: build-asan/dsv4 build-asan/test_unit build-asan/test_chat
+
+# libFuzzer harnesses (clang): the tokenizer and the chat encoder/parser.
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -O1 -g -fsanitize=fuzzer,address,undefined -Iinclude
+build-fuzz/fuzz_tokenizer: tests/fuzz/fuzz_tokenizer.c src/io/tokenizer.c src/util/util.c src/io/unicode_gc.inc
+	@mkdir -p build-fuzz
+	clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_tokenizer.c src/io/tokenizer.c src/util/util.c -lcjson -lpcre2-8
+build-fuzz/fuzz_chat: tests/fuzz/fuzz_chat.c src/io/chat.c
+	@mkdir -p build-fuzz
+	clang $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_chat.c src/io/chat.c -lcjson
+fuzz: build-fuzz/fuzz_tokenizer build-fuzz/fuzz_chat
 
 $(BUILD)/test_unit: tests/test_unit.c libdsv4.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -52,7 +64,7 @@ libdsv4.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS)
 
 dsv4: $(CLI_OBJ) libdsv4.a
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) libdsv4.a $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) libdsv4.a $(LDLIBS) -ledit
 
 # The bundled default: a small random model with every V4 feature on (mHC, CSA + indexer, HCA,
 # window, hash + learned MoE, MTP), FP8 weights and FP4 experts, made once from configs/default.json.
@@ -65,7 +77,7 @@ run: deps
 	./dsv4 run -m $(DEFAULT_MODEL) --ids "$$(seq -s, 1 3 900)" -n 32
 
 test: deps
-	@$(MAKE) --no-print-directory all asan
+	@$(MAKE) --no-print-directory all asan fuzz
 	@tests/run.sh
 
 bench: deps
@@ -80,4 +92,4 @@ fixtures: deps
 	reference/make_fixtures.sh
 
 clean:
-	rm -rf $(BUILD) build-asan dsv4 libdsv4.a libdsv4.so
+	rm -rf $(BUILD) build-asan build-fuzz dsv4 libdsv4.a libdsv4.so

@@ -4,7 +4,7 @@
 set -eu
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev python3 python3-numpy nodejs npm ${DSV4_EXTRA_PKGS:-}; do
+for p in build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libedit-dev clang libclang-rt-14-dev python3 python3-numpy nodejs npm ${DSV4_EXTRA_PKGS:-}; do
   have "$p" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -295,8 +295,17 @@ typedef struct PlanStats {
 } PlanStats;
 void plan_compute(const Config *c, PlanStats *p);
 
-/* ---- tokenizer helpers (io/tokenizer.c) ---- */
+/* ---- tokenizer helpers (io/tokenizer.c, io/tokenizer_train.c) ---- */
 size_t utf8_valid_prefix(const uint8_t *s, size_t n);
+dsv4_tokenizer *tokenizer_from_json(const char *json_text, const char *what);
+/* Runs added-token matching and the pre-tokenizer over UTF-8 text, handing every pre-token
+ * (not the added tokens) to `word` instead of encoding it. 0, or -1 on invalid UTF-8. */
+int tokenizer_split_words(dsv4_tokenizer *tk, const char *text, size_t n, void (*word)(void *, const uint8_t *, size_t),
+                          void *user);
+/* Byte-level BPE training: writes tokenizer.json text (malloc'd) with `vocab_size` ids in all,
+ * the special tokens first (ids 0..), then the 256 bytes, then the merges. */
+char *bpe_train(const char *const *files, int n_files, int64_t vocab_size, const char *const *special, int n_special,
+                int64_t min_frequency, int verbose);
 
 /* ---- utilities ------------------------------------------------------------------------------ */
 void *xmalloc(size_t n);

@@ -32,6 +32,16 @@ else
   bad "unit test binary did not finish cleanly"; tail -20 "$TMP/unit.txt"
 fi
 
+echo "== chat format: the official DeepSeek V4 encoding examples byte for byte, and the completion parser"
+"$ROOT/build-asan/test_chat" "$SHARED/vectors/dsv4-encoding" > "$TMP/chat.txt" 2>&1
+grep -E '^FAIL' "$TMP/chat.txt" | head -20
+line=$(grep -E '^chat: [0-9]+ passed, [0-9]+ failed' "$TMP/chat.txt")
+if [ -n "$line" ] && sanitizer_clean "$TMP/chat.txt"; then
+  passed=$((passed + $(echo "$line" | sed -E 's/chat: ([0-9]+) passed.*/\1/')))
+  failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed/\1/')))
+  echo "$line"
+else bad "test_chat did not finish cleanly: $(tail -5 "$TMP/chat.txt")"; fi
+
 echo "== the public API through libdsv4.so"
 "$ROOT/build/test_api" "$F" > "$TMP/api.txt" 2>&1
 cat "$TMP/api.txt" | grep -E '^(FAIL|api:)'
@@ -153,8 +163,41 @@ P
   expect_error "decode of an id beyond the vocabulary" "not in the vocabulary" sh -c "\"$D\" tokenize --tokenizer \"$TJ\" --decode < \"$TMP/bigid.txt\""
   head -c 5000 "$TJ" > "$TMP/trunc-tok.json"
   expect_error "malformed tokenizer.json" "malformed JSON" sh -c "echo hi | \"$D\" tokenize --tokenizer \"$TMP/trunc-tok.json\""
+  # BPE training: a tokenizer trained by dsv4 loads in the reference and encodes identically
+  $PY -c "import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'wb').write(d[: len(d) // 2].replace(b'\\0', b'\\n'))" "$TMP/corpus.bin" "$TMP/train.txt"
+  if "$D" tokenizer train --vocab 3000 --data "$TMP/train.txt" --out "$TMP/tok3k.json" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt" &&
+     node "$TOKD/ref_encode.js" "$TMP/corpus.bin" "$TMP/rust3k.txt" - "$TMP/tok3k.json" > /dev/null 2> "$TMP/node.txt" &&
+     "$D" tokenize --tokenizer "$TMP/tok3k.json" --nul < "$TMP/corpus.bin" > "$TMP/ours3k.txt" 2>> "$TMP/err.txt"; then
+    if cmp -s "$TMP/ours3k.txt" "$TMP/rust3k.txt"; then ok "tokenizer train --vocab 3000: the reference loads it and encodes the 1.25 MB corpus identically ($(grep -c . "$TMP/ours3k.txt") documents)"
+    else bad "trained tokenizer: dsv4 and the reference encode differently"; fi
+    ids=$(printf '<｜User｜>hi<think>' | "$D" tokenize --tokenizer "$TMP/tok3k.json")
+    [ "${ids%% *}" = "3" ] && ok "trained tokenizer reserves the chat special tokens (<｜User｜> -> 3): $ids" || bad "special tokens of the trained tokenizer: $ids"
+  else bad "tokenizer train: $(tail -c 400 "$TMP/err.txt") $(tail -c 300 "$TMP/node.txt")"; fi
+  # run / chat with text: a tiny random model that carries the DeepSeek tokenizer
+  $PY -c "import json,sys; c = json.load(open(sys.argv[1])); c['vocab_size'] = 129280; json.dump(c, open(sys.argv[2], 'w'))" configs/tiny.json "$TMP/tv.json"
+  "$ROOT/dsv4" init --config "$TMP/tv.json" --seed 3 --out "$TMP/tv" --dtype bf16 2> /dev/null && cp "$TJ" "$TMP/tv/tokenizer.json"
+  for k in 1 2; do "$D" run -m "$TMP/tv" -p "Hello, world" -n 12 --temp 0.9 --top-p 0.9 --seed 5 > "$TMP/run$k.txt" 2> "$TMP/err$k.txt"; done
+  if [ -s "$TMP/run1.txt" ] && cmp -s "$TMP/run1.txt" "$TMP/run2.txt" && grep -q '^Hello, world' "$TMP/run1.txt" && grep -q 'generate:' "$TMP/err1.txt" &&
+     sanitizer_clean "$TMP/err1.txt"; then ok "run -p: streams text, the same seed gives the same text ($(grep -o 'generate: .*' "$TMP/err1.txt"))"
+  else bad "run -p: $(head -c 300 "$TMP/run1.txt") / $(head -c 300 "$TMP/err1.txt")"; fi
+  "$D" run -m "$TMP/tv" -p "Hello, world" -n 12 --temp 0.9 --seed 6 > "$TMP/run3.txt" 2>/dev/null
+  cmp -s "$TMP/run1.txt" "$TMP/run3.txt" && bad "another seed gave the same text" || ok "another seed, another text"
+  if "$D" run -m "$TMP/tv" -p "What is 2+2?" --think -n 8 > "$TMP/run4.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then ok "run --think (chat format, thinking mode)"
+  else bad "run --think: $(head -c 300 "$TMP/err.txt")"; fi
+  if printf 'Hello\n/think\nAnd now?\n/reset\nBye\n' | "$D" chat -m "$TMP/tv" -n 6 --seed 1 > "$TMP/chat.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt" &&
+     [ "$(grep -c . "$TMP/chat.txt")" -ge 3 ]; then ok "chat: three turns through stdin, /think and /reset"
+  else bad "chat: $(head -c 300 "$TMP/err.txt")"; fi
+  expect_error "run -p without a tokenizer.json" "tokenizer.json" "$D" run -m $M -p "hi"
   export TOKENIZER_JSON=$TJ
 else bad "no reference tokenizer.json (npm install failed)"; fi
+
+echo "== fuzzing (libFuzzer harnesses, bounded runs)"
+for f in fuzz_tokenizer fuzz_chat; do
+  if [ -x "$ROOT/build-fuzz/$f" ]; then
+    if (cd "$ROOT" && DSV4_FUZZ_TOKENIZER=$TJ "build-fuzz/$f" -runs=30000 -seed=1 > "$TMP/fuzz.txt" 2>&1); then ok "$f: $(grep -Eo 'Done [0-9]+ runs' "$TMP/fuzz.txt"), no crash"
+    else bad "$f: $(grep -E 'ERROR|SUMMARY|crash' "$TMP/fuzz.txt" | head -3)"; fi
+  else bad "$f not built (make fuzz needs clang)"; fi
+done
 
 echo "== plan / info: published sizes, full-size layouts opened without reading data"
 for cfg in v4-flash-config.json v4-flash-inference-config.json v4-pro-config.json; do

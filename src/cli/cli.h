@@ -11,6 +11,7 @@ int cmd_info(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_tokenizer(int argc, char **argv);
 dsv4_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir, const char *file);
 
 /* Error exit helper: prints "dsv4 <cmd>: message" and returns 1. */
@@ -22,4 +23,29 @@ int32_t *read_token_file(const char *path, int64_t *n);
 int32_t *parse_token_list(const char *text, const char *what, int64_t *n);
 /* A one-line progress bar on stderr (only when stderr is a terminal, or forced). */
 void progress(const char *label, int64_t done, int64_t total, double t_start);
+
+/* Generation shared by run and chat (src/cli/run.c). */
+#include <signal.h>
+typedef struct Gen {
+    dsv4_model *m;
+    dsv4_session *s;
+    dsv4_tokenizer *tk;       /* NULL: ids in, ids out */
+    dsv4_sampler *smp;
+    int32_t eos, bos;
+    int64_t ctx;
+    int32_t *hist;            /* the ids the cache holds */
+    int64_t n_hist, cap_hist, fed_prompt;
+    float *logits;
+    double load_seconds;
+    int hit_eos;              /* the last gen_decode stopped at <｜end▁of▁sentence｜> */
+} Gen;
+int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int quant, int64_t ctx, const dsv4_sampling *sp);
+int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds);
+int64_t gen_decode(Gen *g, int64_t n_gen, volatile sig_atomic_t *stop, double *seconds, char **text, size_t *text_len);
+void gen_push(Gen *g, int32_t id);
+void gen_free(Gen *g);
+int cli_sampling_flag(const char *cmd, const char *a, const char *v, dsv4_sampling *sp);
+/* One user turn in the V4 chat format, with the assistant prefix (src/cli/chat.c). */
+char *cli_chat_prompt(const char *user_text, int think);
+int cmd_chat(int argc, char **argv);
 #endif

@@ -81,13 +81,15 @@ static void usage(FILE *f) {
     fprintf(f,
             "dsv4 — DeepSeek V4 on the CPU\n"
             "usage: dsv4 <command> [options]   (dsv4 <command> --help for details)\n\n"
-            "  run      generate token ids greedily from a model (load, prefill, decode, speed)\n"
+            "  run      generate text (or ids) from a prompt, streaming, with speeds\n"
+            "  chat     an interactive multi-turn chat in the V4 chat format\n"
             "  logits   write the logits of a token sequence (prefill, then decode)\n"
             "  init     write a randomly initialised model directory in the official format\n"
             "  info     parameters, bytes and KV-cache size of a model directory\n"
             "  plan     the same from a config.json alone\n"
             "  bench    prefill/decode speed against the machine's measured limits\n"
-            "  tokenize text -> token ids (or --decode ids -> text) with a tokenizer.json\n");
+            "  tokenize text -> token ids (or --decode ids -> text) with a tokenizer.json\n"
+            "  tokenizer train  a byte-level BPE tokenizer from text files\n");
 }
 
 static int dispatch(const char *c, int argc, char **argv) {
@@ -98,6 +100,8 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "plan")) return cmd_plan(argc, argv);
     if (!strcmp(c, "bench")) return cmd_bench(argc, argv);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(argc, argv);
+    if (!strcmp(c, "chat")) return cmd_chat(argc, argv);
+    if (!strcmp(c, "tokenizer")) return cmd_tokenizer(argc, argv);
     fprintf(stderr, "dsv4: unknown command '%s'\n", c);
     usage(stderr);
     return 2;

@@ -81,35 +81,169 @@ int cmd_logits(int argc, char **argv) {
 }
 
 static const char *RUN_HELP =
-    "usage: dsv4 run -m DIR [--ids LIST | --tokens FILE] [-n N] [--ctx N]\n"
-    "  --ctx N       KV-cache size in tokens (default 4096, or more if the prompt needs it)\n"
-    "  Loads the model, prefills the prompt ids, then greedily decodes N tokens (default 32),\n"
-    "  printing ids as they are generated and the load, prefill and decode speeds.\n"
-    "  --ids LIST    prompt token ids, e.g. \"0,15,27\" (default \"0\")\n"
-    "  --tokens FILE prompt token ids from a file\n"
-    "  --quant on|off  quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
+    "usage: dsv4 run -m DIR (-p PROMPT | -f FILE | --ids LIST | --tokens FILE) [options]\n"
+    "  Loads the model, prefills the prompt, then generates up to N tokens, streaming them as they\n"
+    "  come, and prints the prompt and generation speeds. Text prompts use DIR/tokenizer.json.\n"
+    "  -p PROMPT        the prompt text          -f FILE       the prompt text from a file\n"
+    "  --ids LIST       prompt token ids (\"0,15,27\"); output is ids too   --tokens FILE  ids from a file\n"
+    "  --chat           wrap the prompt as one user turn in the DeepSeek V4 chat format\n"
+    "  --think          chat in thinking mode (implies --chat)\n"
+    "  --no-bos         do not start a plain text prompt with <｜begin▁of▁sentence｜>\n"
+    "  -n N             tokens to generate (default 128); stops early at <｜end▁of▁sentence｜>\n"
+    "  --temp T         temperature (default 0: greedy)   --top-k K   --top-p P   --min-p P\n"
+    "  --repeat-penalty R  (default 1: off)   --repeat-last-n N (default 64)   --seed S (default 0)\n"
+    "  --ctx N          KV-cache size in tokens (default 4096, or more if needed)\n"
+    "  --quant on|off   quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
 
 static void prefill_progress(void *user, int64_t done, int64_t total) {
     if (total > 256) progress("prefill", done, total, *(const double *)user);
 }
 
-static int64_t argmax(const float *x, int64_t n) {
-    int64_t b = 0;
-    for (int64_t i = 1; i < n; i++) if (x[i] > x[b]) b = i;
-    return b;
+/* Parses a sampling flag; returns 1 if `a` was one (consuming its value), 0 if not, -1 on error. */
+int cli_sampling_flag(const char *cmd, const char *a, const char *v, dsv4_sampling *sp) {
+    char *end;
+    double x;
+    if (strcmp(a, "--temp") && strcmp(a, "--top-k") && strcmp(a, "--top-p") && strcmp(a, "--min-p") &&
+        strcmp(a, "--repeat-penalty") && strcmp(a, "--repeat-last-n") && strcmp(a, "--seed"))
+        return 0;
+    if (!v) { cli_error(cmd, "option %s needs a value", a); return -1; }
+    if (!strcmp(a, "--top-k")) { sp->top_k = (int)cli_int(cmd, a, v, 0, 1 << 30); return 1; }
+    if (!strcmp(a, "--repeat-last-n")) { sp->repeat_last_n = (int)cli_int(cmd, a, v, 0, 1 << 30); return 1; }
+    if (!strcmp(a, "--seed")) { sp->seed = (uint64_t)cli_int(cmd, a, v, 0, INT64_MAX); return 1; }
+    x = strtod(v, &end);
+    if (end == v || *end || !(x >= 0) || x > 1e6) { cli_error(cmd, "%s needs a non-negative number, got '%s'", a, v); return -1; }
+    if (!strcmp(a, "--temp")) sp->temperature = (float)x;
+    else if (!strcmp(a, "--top-p")) sp->top_p = (float)x;
+    else if (!strcmp(a, "--min-p")) sp->min_p = (float)x;
+    else sp->repeat_penalty = (float)x;
+    return 1;
+}
+
+void gen_push(Gen *g, int32_t id) {
+    if (g->n_hist == g->cap_hist) { g->cap_hist = g->cap_hist ? g->cap_hist * 2 : 1024; g->hist = realloc(g->hist, sizeof(int32_t) * (size_t)g->cap_hist); }
+    g->hist[g->n_hist++] = id;
+}
+
+/* Brings the session to hold exactly `ids`: keeps the cached prefix when the new prompt extends
+ * what the cache holds, else starts over. Returns 0 or -1. */
+int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds) {
+    int64_t keep = 0;
+    if (g->n_hist <= n) {
+        keep = g->n_hist;
+        for (int64_t i = 0; i < g->n_hist; i++) if (g->hist[i] != ids[i]) { keep = -1; break; }
+    } else keep = -1;
+    if (keep < 0 || keep == n) {   /* diverged (or nothing new to feed): re-prefill from zero */
+        dsv4_session_reset(g->s);
+        g->n_hist = 0;
+        keep = 0;
+    }
+    if (dsv4_session_pos(g->s) + (n - keep) > g->ctx) return dsv4_fail("the conversation (%lld tokens) no longer fits --ctx %lld", (long long)n, (long long)g->ctx);
+    double t0 = now_sec();
+    dsv4_session_set_progress(g->s, prefill_progress, &t0);
+    int rc = dsv4_forward(g->s, ids + keep, n - keep, g->logits, NULL);
+    dsv4_session_set_progress(g->s, NULL, NULL);
+    if (seconds) *seconds = now_sec() - t0;
+    if (rc) return -1;
+    for (int64_t i = keep; i < n; i++) gen_push(g, ids[i]);
+    g->fed_prompt = n - keep;
+    return 0;
+}
+
+/* Samples up to n_gen tokens after gen_prefill, streaming text (or ids without a tokenizer).
+ * Stops at EOS, at the limit, or when *stop becomes non-zero. The generated bytes are appended
+ * to *text (malloc'd) when text != NULL. Returns the number of tokens generated, or -1. */
+int64_t gen_decode(Gen *g, int64_t n_gen, volatile sig_atomic_t *stop, double *seconds, char **text, size_t *text_len) {
+    const int64_t V = dsv4_vocab_size(g->m);
+    dsv4_utf8_stream st = {0};
+    char buf[8192];
+    int64_t made = 0;
+    double t0 = now_sec();
+    size_t tl = 0;
+    g->hit_eos = 0;
+    while (made < n_gen && !(stop && *stop)) {
+        const int32_t next = dsv4_sample(g->smp, g->logits, g->hist, g->n_hist);
+        made++;
+        if (next == g->eos) { g->hit_eos = 1; break; }
+        if (g->tk) {
+            size_t k = dsv4_stream_decode(g->tk, &st, next, buf, sizeof buf);
+            fwrite(buf, 1, k, stdout);
+            if (text) { *text = realloc(*text, tl + k + 1); memcpy(*text + tl, buf, k); tl += k; (*text)[tl] = 0; }
+        } else printf(" %d", next);
+        fflush(stdout);
+        if (made == n_gen || (stop && *stop)) break;
+        if (dsv4_forward(g->s, &next, 1, g->logits, NULL)) return -1;
+        gen_push(g, next);
+        (void)V;
+    }
+    if (g->tk) {   /* whatever an unfinished character held back */
+        size_t k = dsv4_stream_decode(g->tk, &st, -1, buf, sizeof buf);
+        fwrite(buf, 1, k, stdout);
+        if (text && k) { *text = realloc(*text, tl + k + 1); memcpy(*text + tl, buf, k); tl += k; (*text)[tl] = 0; }
+    }
+    if (text_len) *text_len = tl;
+    if (seconds) *seconds = now_sec() - t0;
+    fflush(stdout);
+    return made;
+}
+
+void gen_free(Gen *g) {
+    dsv4_sampler_free(g->smp);
+    dsv4_session_free(g->s);
+    dsv4_tokenizer_free(g->tk);
+    dsv4_model_close(g->m);
+    free(g->hist);
+    free(g->logits);
+}
+
+/* Opens model, tokenizer (when wanted), session and sampler. */
+int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int quant, int64_t ctx, const dsv4_sampling *sp) {
+    memset(g, 0, sizeof *g);
+    double t0 = now_sec();
+    dsv4_open_options o = {.quant_rounding = quant};
+    g->m = dsv4_model_open(dir, &o);
+    if (!g->m) return cli_error(cmd, "%s", dsv4_last_error());
+    g->eos = -1;
+    if (want_tokenizer) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        g->tk = dsv4_tokenizer_load(path);
+        if (!g->tk) { cli_error(cmd, "%s (text needs the model's tokenizer.json; --ids takes raw ids)", dsv4_last_error()); gen_free(g); return 1; }
+        if (dsv4_tokenizer_vocab_size(g->tk) > dsv4_vocab_size(g->m)) {
+            cli_error(cmd, "%s: the tokenizer has %lld ids but the model's vocab_size is %d", path, (long long)dsv4_tokenizer_vocab_size(g->tk), dsv4_vocab_size(g->m));
+            gen_free(g);
+            return 1;
+        }
+        g->eos = dsv4_token_id(g->tk, "<｜end▁of▁sentence｜>");
+        g->bos = dsv4_token_id(g->tk, "<｜begin▁of▁sentence｜>");
+    }
+    g->ctx = ctx;
+    g->s = dsv4_session_new(g->m, ctx);
+    g->smp = g->s ? dsv4_sampler_new(sp, dsv4_vocab_size(g->m)) : NULL;
+    if (!g->s || !g->smp) { cli_error(cmd, "%s", dsv4_last_error()); gen_free(g); return 1; }
+    g->logits = xmalloc(sizeof(float) * (size_t)dsv4_vocab_size(g->m));
+    g->load_seconds = now_sec() - t0;
+    return 0;
 }
 
 int cmd_run(int argc, char **argv) {
-    const char *dir = NULL, *tokf = NULL, *idl = "0";
-    int64_t n_gen = 32, ctx = 0;
-    int quant = -1;
+    const char *dir = NULL, *tokf = NULL, *idl = NULL, *prompt = NULL, *pfile = NULL;
+    int64_t n_gen = 128, ctx = 0;
+    int quant = -1, chat = 0, think = 0, bos = 1;
+    dsv4_sampling sp = dsv4_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int r;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(RUN_HELP, stdout); return 0; }
+        else if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "--think")) chat = think = 1;
+        else if (!strcmp(a, "--no-bos")) bos = 0;
+        else if ((r = cli_sampling_flag("run", a, v, &sp)) != 0) { if (r < 0) return 2; i++; }
         else if (!v) return cli_error("run", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
         else if (!strcmp(a, "--tokens")) tokf = argv[++i];
         else if (!strcmp(a, "--ids")) idl = argv[++i];
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = argv[++i];
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) pfile = argv[++i];
         else if (!strcmp(a, "-n")) n_gen = cli_int("run", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--ctx")) ctx = cli_int("run", a, argv[++i], 1, (int64_t)1 << 40);
         else if (!strcmp(a, "--quant")) {
@@ -117,56 +251,72 @@ int cmd_run(int argc, char **argv) {
             if (!strcmp(q, "on")) quant = 1; else if (!strcmp(q, "off")) quant = 0;
             else return cli_error("run", "--quant takes on or off, not '%s'", q);
         }
-        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) return cli_error("run", "text prompts need a tokenizer; give --ids or --tokens");
         else return cli_error("run", "unknown option '%s' (see --help)", a);
     }
     if (!dir) return cli_error("run", "needs -m DIR (see --help)");
-    int64_t N;
-    int32_t *ids = tokf ? read_token_file(tokf, &N) : parse_token_list(idl, "--ids", &N);
-    if (!ids) return cli_error("run", "%s", dsv4_last_error());
-    if (N < 1) { free(ids); return cli_error("run", "the prompt has no token ids"); }
-    double t0 = now_sec();
-    dsv4_open_options o = {.quant_rounding = quant};
-    dsv4_model *m = dsv4_model_open(dir, &o);
-    if (!m) { free(ids); return cli_error("run", "%s", dsv4_last_error()); }
-    if (check_ids("run", m, ids, N, tokf ? tokf : "--ids")) { free(ids); dsv4_model_close(m); return 1; }
-    if (!ctx) ctx = N + n_gen + 1 > 4096 ? N + n_gen + 1 : 4096;
-    dsv4_session *s = dsv4_session_new(m, ctx);
-    if (!s) { free(ids); dsv4_model_close(m); return cli_error("run", "%s", dsv4_last_error()); }
-    double t_load = now_sec() - t0;
-    const int64_t V = dsv4_vocab_size(m);
-    float *logits = xmalloc(sizeof(float) * (size_t)V);
-    fprintf(stderr, "model: %s (vocab %lld, d %d, %d-stream residual)  loaded in %.3f s\n", dir, (long long)V,
-            dsv4_hidden_size(m), dsv4_hc_mult(m), t_load);
-    printf("prompt (%lld ids):", (long long)N);
-    for (int64_t i = 0; i < N; i++) {
-        if (N > 24 && i == 16) { printf(" ..."); i = N - 4; }
-        printf(" %d", ids[i]);
+    if (!!prompt + !!pfile + !!idl + !!tokf > 1) return cli_error("run", "give one of -p, -f, --ids, --tokens");
+    const int text = prompt || pfile;
+    if (chat && !text) return cli_error("run", "--chat/--think need a text prompt (-p or -f)");
+    char *ptext = NULL;
+    if (pfile && !(ptext = read_file(pfile, NULL))) return cli_error("run", "%s", dsv4_last_error());
+    if (prompt) ptext = strdup(prompt);
+    int64_t N = 0;
+    int32_t *ids = NULL;
+    if (!text) {
+        ids = tokf ? read_token_file(tokf, &N) : parse_token_list(idl ? idl : "0", "--ids", &N);
+        if (!ids) return cli_error("run", "%s", dsv4_last_error());
     }
-    printf("\ngenerated:");
+    Gen g;
+    if (gen_open(&g, "run", dir, text, quant, ctx ? ctx : 4096, &sp)) { free(ids); free(ptext); return 1; }
+    int rc = 0;
+    if (text) {
+        char *full = ptext;
+        if (chat) {
+            full = cli_chat_prompt(ptext, think);
+            if (!full) { rc = cli_error("run", "%s", dsv4_last_error()); goto done; }
+        }
+        N = dsv4_tokenize(g.tk, full, strlen(full), &ids);
+        if (full != ptext) free(full);
+        if (N < 0) { rc = cli_error("run", "prompt: %s", dsv4_last_error()); goto done; }
+        if (!chat && bos && g.bos >= 0 && (N == 0 || ids[0] != g.bos)) {   /* plain text starts a document */
+            ids = realloc(ids, sizeof(int32_t) * (size_t)(N + 1));
+            memmove(ids + 1, ids, sizeof(int32_t) * (size_t)N);
+            ids[0] = g.bos;
+            N++;
+        }
+    }
+    if (N < 1) { rc = cli_error("run", "the prompt has no tokens"); goto done; }
+    for (int64_t i = 0; i < N; i++)
+        if (ids[i] >= dsv4_vocab_size(g.m)) { rc = cli_error("run", "prompt token id %d at index %lld is out of range (vocab_size %d)", ids[i], (long long)i, dsv4_vocab_size(g.m)); goto done; }
+    if (!ctx && N + n_gen + 1 > g.ctx) {   /* grow the default cache to fit */
+        dsv4_session_free(g.s);
+        g.ctx = N + n_gen + 1;
+        g.s = dsv4_session_new(g.m, g.ctx);
+        if (!g.s) { rc = cli_error("run", "%s", dsv4_last_error()); goto done; }
+    }
+    fprintf(stderr, "model: %s (vocab %d, d %d, %d-stream residual)  loaded in %.3f s\n", dir, dsv4_vocab_size(g.m),
+            dsv4_hidden_size(g.m), dsv4_hc_mult(g.m), g.load_seconds);
+    if (!text) {
+        printf("prompt (%lld ids):", (long long)N);
+        for (int64_t i = 0; i < N; i++) {
+            if (N > 24 && i == 16) { printf(" ..."); i = N - 4; }
+            printf(" %d", ids[i]);
+        }
+        printf("\ngenerated:");
+    } else if (!chat) fputs(ptext, stdout);
     fflush(stdout);
-    double t1 = now_sec();
-    dsv4_session_set_progress(s, prefill_progress, &t1);
-    int rc = dsv4_forward(s, ids, N, logits, NULL);
-    dsv4_session_set_progress(s, NULL, NULL);
-    double t_pre = now_sec() - t1, t2 = now_sec();
-    int64_t made = 0;
-    for (; rc == 0 && made < n_gen; made++) {
-        int32_t next = (int32_t)argmax(logits, V);
-        printf(" %d", next);
-        fflush(stdout);
-        if (made + 1 < n_gen) rc = dsv4_forward(s, &next, 1, logits, NULL);
-    }
-    double t_dec = now_sec() - t2;
+    double t_pre = 0, t_dec = 0;
+    if (gen_prefill(&g, ids, N, &t_pre)) { rc = cli_error("run", "%s", dsv4_last_error()); goto done; }
+    int64_t made = gen_decode(&g, n_gen, NULL, &t_dec, NULL, NULL);
     printf("\n");
     fflush(stdout);
-    if (rc) cli_error("run", "%s", dsv4_last_error());
+    if (made < 0) rc = cli_error("run", "%s", dsv4_last_error());
     else
-        fprintf(stderr, "prefill: %lld tokens in %.3f s (%.1f tok/s)\ndecode:  %lld tokens in %.3f s (%.1f tok/s)\n",
-                (long long)N, t_pre, N / (t_pre > 0 ? t_pre : 1e-9), (long long)made, t_dec,
-                made > 1 ? (made - 1) / (t_dec > 0 ? t_dec : 1e-9) : 0.0);
-    free(logits); free(ids);
-    dsv4_session_free(s);
-    dsv4_model_close(m);
+        fprintf(stderr, "prompt:   %lld tokens in %.3f s (%.1f tok/s)\ngenerate: %lld tokens in %.3f s (%.1f tok/s)\n",
+                (long long)N, t_pre, N / (t_pre > 0 ? t_pre : 1e-9), (long long)made, t_dec, made / (t_dec > 0 ? t_dec : 1e-9));
+done:
+    free(ids);
+    free(ptext);
+    gen_free(&g);
     return rc ? 1 : 0;
 }

@@ -100,3 +100,55 @@ int cmd_tokenize(int argc, char **argv) {
     if (fflush(stdout) != 0) rc = cli_error("tokenize", "write error on stdout");
     return rc;
 }
+
+/* The chat-format markers a small model's tokenizer reserves (ids 0.. in this order): the
+ * document markers of the DeepSeek tokenizers, then the V4 chat roles and thinking tags. */
+static const char *const k_chat_tokens[] = {
+    "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<｜User｜>", "<｜Assistant｜>",
+    "<think>", "</think>", "<｜latest_reminder｜>",
+};
+
+static const char *TRAIN_HELP =
+    "usage: dsv4 tokenizer train --vocab N --data FILE... --out tokenizer.json [options]\n"
+    "  Trains a byte-level BPE tokenizer with the DeepSeek pre-tokenizer and writes it in the\n"
+    "  Hugging Face tokenizer.json format (loadable by the tokenizers library).\n"
+    "  --vocab N           ids in all: special tokens + 256 bytes + merges\n"
+    "  --data FILE...      UTF-8 training text (one or more files)\n"
+    "  --no-chat-tokens    do not reserve the V4 chat special tokens (ids 0..7 by default)\n"
+    "  --special TOKEN     reserve one more special token (repeatable)\n"
+    "  --min-frequency N   stop when the best pair occurs fewer than N times (default 2)\n";
+
+int cmd_tokenizer(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "train")) {
+        if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) { fputs(TRAIN_HELP, stdout); return 0; }
+        return cli_error("tokenizer", "usage: dsv4 tokenizer train ... (see dsv4 tokenizer --help)");
+    }
+    int64_t vocab = 0, minf = 2;
+    const char *out = NULL;
+    const char **files = xmalloc(sizeof(char *) * (size_t)argc);
+    const char **special = xmalloc(sizeof(char *) * (size_t)(argc + 8));
+    int nf = 0, ns = 0, chat = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(TRAIN_HELP, stdout); free(files); free(special); return 0; }
+        else if (!strcmp(a, "--no-chat-tokens")) chat = 0;
+        else if (i + 1 >= argc) { free(files); free(special); return cli_error("tokenizer", "option %s needs a value", a); }
+        else if (!strcmp(a, "--vocab")) vocab = cli_int("tokenizer", a, argv[++i], 1, 1 << 24);
+        else if (!strcmp(a, "--min-frequency")) minf = cli_int("tokenizer", a, argv[++i], 1, INT64_MAX);
+        else if (!strcmp(a, "--out")) out = argv[++i];
+        else if (!strcmp(a, "--special")) special[ns++] = argv[++i];
+        else if (!strcmp(a, "--data")) { while (i + 1 < argc && argv[i + 1][0] != '-') files[nf++] = argv[++i]; }
+        else { free(files); free(special); return cli_error("tokenizer", "unknown option '%s' (see --help)", a); }
+    }
+    if (!vocab || !out || !nf) { free(files); free(special); return cli_error("tokenizer", "needs --vocab N --data FILE... --out FILE"); }
+    const char **all = xmalloc(sizeof(char *) * (size_t)(ns + 8));
+    int na = 0;
+    if (chat) for (size_t k = 0; k < sizeof k_chat_tokens / sizeof *k_chat_tokens; k++) all[na++] = k_chat_tokens[k];
+    for (int k = 0; k < ns; k++) all[na++] = special[k];
+    char *json = bpe_train(files, nf, vocab, all, na, minf, 1);
+    int rc = 0;
+    if (!json || write_file_atomic(out, json, strlen(json))) rc = cli_error("tokenizer", "%s", dsv4_last_error());
+    else fprintf(stderr, "dsv4 tokenizer: wrote %s\n", out);
+    free(json); free(all); free(files); free(special);
+    return rc;
+}

@@ -47,6 +47,9 @@ struct dsv4_tokenizer {
     /* merge-loop scratch */
     int32_t *sym, *prev, *next;
     int64_t cap_sym;
+    /* when set, pre-tokens go to this callback instead of BPE (training) */
+    void (*word_cb)(void *, const uint8_t *, size_t);
+    void *word_user;
 };
 
 /* ---- GPT-2 ByteLevel alphabet ---- */
@@ -351,8 +354,13 @@ static int parse_pretokenizer(dsv4_tokenizer *tk, const cJSON *p, const char *wh
 dsv4_tokenizer *dsv4_tokenizer_load(const char *path) {
     char *txt = read_file(path, NULL);
     if (!txt) return NULL;
-    cJSON *root = cJSON_Parse(txt);
+    dsv4_tokenizer *tk = tokenizer_from_json(txt, path);
     free(txt);
+    return tk;
+}
+
+dsv4_tokenizer *tokenizer_from_json(const char *txt, const char *path) {
+    cJSON *root = cJSON_Parse(txt);
     if (!root || !cJSON_IsObject(root)) { cJSON_Delete(root); dsv4_fail("%s: malformed JSON", path); return NULL; }
     dsv4_tokenizer *tk = xcalloc(1, sizeof *tk);
     VMap vm = {0};
@@ -588,7 +596,11 @@ static void bpe_word(dsv4_tokenizer *tk, const uint8_t *w, size_t n, Ids *out) {
 /* Split level `lv` of the pre-tokenizer sequence over text[0..n): gaps and matches in order. */
 static void pretokenize(dsv4_tokenizer *tk, int lv, const uint8_t *s, size_t n, Ids *out) {
     if (n == 0) return;
-    if (lv == tk->n_split) { bpe_word(tk, s, n, out); return; }
+    if (lv == tk->n_split) {
+        if (tk->word_cb) tk->word_cb(tk->word_user, s, n);
+        else bpe_word(tk, s, n, out);
+        return;
+    }
     size_t pos = 0;
     while (pos < n) {
         int r = pcre2_match(tk->split[lv], (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, tk->md, NULL);
@@ -653,6 +665,17 @@ int64_t dsv4_tokenize(dsv4_tokenizer *tk, const char *text, size_t n, int32_t **
     free(tmp);
     *ids = out.v ? out.v : xmalloc(sizeof(int32_t));
     return out.n;
+}
+
+int tokenizer_split_words(dsv4_tokenizer *tk, const char *text, size_t n, void (*word)(void *, const uint8_t *, size_t),
+                          void *user) {
+    tk->word_cb = word;
+    tk->word_user = user;
+    int32_t *ids = NULL;
+    int64_t r = dsv4_tokenize(tk, text, n, &ids);
+    free(ids);
+    tk->word_cb = NULL;
+    return r < 0 ? -1 : 0;
 }
 
 int64_t dsv4_detokenize(const dsv4_tokenizer *tk, const int32_t *ids, int64_t n, char **out) {
