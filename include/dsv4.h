@@ -88,8 +88,9 @@ DSV4_API const char *dsv4_token_bytes(const dsv4_tokenizer *tk, int32_t id, size
 DSV4_API int32_t dsv4_token_id(const dsv4_tokenizer *tk, const char *text);   /* -1 if none */
 DSV4_API int dsv4_token_is_special(const dsv4_tokenizer *tk, int32_t id);
 /* Streaming decode that never emits a broken UTF-8 sequence: call per generated id; an
- * incomplete character is held back until the next call. id = -1 flushes what is held.
- * Returns the number of bytes written to out (at most cap). */
+ * incomplete character is held back until the next call, bytes that cannot form a character
+ * become U+FFFD. id = -1 ends the stream (an unfinished character is dropped). Returns the
+ * number of bytes written to out (at most cap). */
 typedef struct dsv4_utf8_stream { unsigned char pending[8]; int n; } dsv4_utf8_stream;
 DSV4_API size_t dsv4_stream_decode(const dsv4_tokenizer *tk, dsv4_utf8_stream *st, int32_t id, char *out, size_t cap);
 

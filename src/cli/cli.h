@@ -48,4 +48,5 @@ int cli_sampling_flag(const char *cmd, const char *a, const char *v, dsv4_sampli
 /* One user turn in the V4 chat format, with the assistant prefix (src/cli/chat.c). */
 char *cli_chat_prompt(const char *user_text, int think);
 int cmd_chat(int argc, char **argv);
+int cmd_template(int argc, char **argv);
 #endif

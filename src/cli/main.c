@@ -83,6 +83,7 @@ static void usage(FILE *f) {
             "usage: dsv4 <command> [options]   (dsv4 <command> --help for details)\n\n"
             "  run      generate text (or ids) from a prompt, streaming, with speeds\n"
             "  chat     an interactive multi-turn chat in the V4 chat format\n"
+            "  template render a conversation (JSON) into the V4 prompt text\n"
             "  logits   write the logits of a token sequence (prefill, then decode)\n"
             "  init     write a randomly initialised model directory in the official format\n"
             "  info     parameters, bytes and KV-cache size of a model directory\n"
@@ -101,6 +102,7 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "bench")) return cmd_bench(argc, argv);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(argc, argv);
     if (!strcmp(c, "chat")) return cmd_chat(argc, argv);
+    if (!strcmp(c, "template")) return cmd_template(argc, argv);
     if (!strcmp(c, "tokenizer")) return cmd_tokenizer(argc, argv);
     fprintf(stderr, "dsv4: unknown command '%s'\n", c);
     usage(stderr);

@@ -695,8 +695,9 @@ int64_t dsv4_detokenize(const dsv4_tokenizer *tk, const int32_t *ids, int64_t n,
     return (int64_t)o;
 }
 
-/* Streaming decode: emits only complete UTF-8 characters; an incomplete tail waits for the
- * next token, and a sequence that can never complete is emitted as is (raw bytes). */
+/* Streaming decode: emits only complete, valid UTF-8 characters. An incomplete character at
+ * the end waits for the next token; bytes that can never form a character (a model can emit
+ * any byte token) become U+FFFD; a flush (id = -1) drops an unfinished character. */
 size_t dsv4_stream_decode(const dsv4_tokenizer *tk, dsv4_utf8_stream *st, int32_t id, char *out, size_t cap) {
     size_t len = 0, o = 0;
     const char *b = id >= 0 ? dsv4_token_bytes(tk, id, &len) : NULL;
@@ -708,15 +709,24 @@ size_t dsv4_stream_decode(const dsv4_tokenizer *tk, dsv4_utf8_stream *st, int32_
     while (i < n) {
         uint32_t cp;
         int l = utf8_decode(buf + i, n - i, &cp);
-        if (l) { if (o + (size_t)l <= cap) memcpy(out + o, buf + i, (size_t)l); o += (size_t)l; i += (size_t)l; continue; }
-        /* a prefix of a valid sequence at the very end: keep it for later (unless flushing) */
-        size_t rest = n - i;
-        int need = buf[i] >= 0xf0 ? 4 : buf[i] >= 0xe0 ? 3 : buf[i] >= 0xc2 ? 2 : 0;
-        int prefix_ok = need && rest < (size_t)need && buf[i] <= 0xf4;
-        for (size_t k = 1; prefix_ok && k < rest; k++) prefix_ok = (buf[i + k] & 0xc0) == 0x80;
-        if (prefix_ok && id >= 0) break;
-        if (o < cap) out[o] = (char)buf[i];
-        o++;
+        if (l) {
+            if (o + (size_t)l <= cap) memcpy(out + o, buf + i, (size_t)l);
+            o += (size_t)l;
+            i += (size_t)l;
+            continue;
+        }
+        /* a valid prefix cut by the end of the buffer: keep it for the next token */
+        const size_t rest = n - i;
+        const int need = buf[i] >= 0xf0 ? 4 : buf[i] >= 0xe0 ? 3 : buf[i] >= 0xc2 ? 2 : 0;
+        int prefix = need && rest < (size_t)need && buf[i] <= 0xf4;
+        for (size_t k = 1; prefix && k < rest; k++) prefix = (buf[i + k] & 0xc0) == 0x80;
+        if (prefix) {
+            if (id >= 0) break;
+            i = n;   /* flush: an unfinished character is dropped */
+            break;
+        }
+        if (o + 3 <= cap) memcpy(out + o, "\xef\xbf\xbd", 3);
+        o += 3;
         i++;
     }
     st->n = (int)(n - i);
