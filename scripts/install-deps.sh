@@ -4,9 +4,14 @@
 set -eu
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libedit-dev clang libclang-rt-14-dev python3 python3-numpy nodejs npm ${DSV4_EXTRA_PKGS:-}; do
+# libraries and compilers: by package
+for p in build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libedit-dev clang libclang-rt-14-dev \
+         python3 python3-numpy ${DSV4_EXTRA_PKGS:-}; do
   have "$p" || need+=("$p")
 done
+# node and npm run the reference tokenizers in the tests; a node installed another way will do
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "dsv4: installing missing Debian packages: ${need[*]}"
 SUDO=""
