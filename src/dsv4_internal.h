@@ -307,6 +307,10 @@ int tokenizer_split_words(dsv4_tokenizer *tk, const char *text, size_t n, void (
 char *bpe_train(const char *const *files, int n_files, int64_t vocab_size, const char *const *special, int n_special,
                 int64_t min_frequency, int verbose);
 
+/* ---- token shards (io/shards.c) ---- */
+int shard_write(const char *path, const int32_t *ids, int64_t n);
+int32_t *shard_read(const char *path, int64_t *n);   /* malloc'd ids, or NULL with an error */
+
 /* ---- utilities ------------------------------------------------------------------------------ */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t sz);

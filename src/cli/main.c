@@ -90,7 +90,8 @@ static void usage(FILE *f) {
             "  plan     the same from a config.json alone\n"
             "  bench    prefill/decode speed against the machine's measured limits\n"
             "  tokenize text -> token ids (or --decode ids -> text) with a tokenizer.json\n"
-            "  tokenizer train  a byte-level BPE tokenizer from text files\n");
+            "  tokenizer train  a byte-level BPE tokenizer from text files\n"
+            "  data prepare     text files -> token shards with a train/validation split\n");
 }
 
 static int dispatch(const char *c, int argc, char **argv) {
@@ -104,6 +105,7 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "chat")) return cmd_chat(argc, argv);
     if (!strcmp(c, "template")) return cmd_template(argc, argv);
     if (!strcmp(c, "tokenizer")) return cmd_tokenizer(argc, argv);
+    if (!strcmp(c, "data")) return cmd_data(argc, argv);
     fprintf(stderr, "dsv4: unknown command '%s'\n", c);
     usage(stderr);
     return 2;
