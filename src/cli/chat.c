@@ -65,11 +65,7 @@ int cmd_chat(int argc, char **argv) {
         else if (!strcmp(a, "--system")) system_text = argv[++i];
         else if (!strcmp(a, "-n")) n_gen = cli_int("chat", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--ctx")) ctx = cli_int("chat", a, argv[++i], 16, (int64_t)1 << 40);
-        else if (!strcmp(a, "--quant")) {
-            const char *q = argv[++i];
-            if (!strcmp(q, "on")) quant = 1; else if (!strcmp(q, "off")) quant = 0;
-            else return cli_error("chat", "--quant takes on or off, not '%s'", q);
-        }
+        else if (!strcmp(a, "--quant")) { if ((quant = cli_quant_flag("chat", argv[++i])) == -2) return 2; }
         else return cli_error("chat", "unknown option '%s' (see --help)", a);
     }
     if (!dir) return cli_error("chat", "needs -m DIR (see --help)");
@@ -190,14 +186,7 @@ int cmd_template(int argc, char **argv) {
         else path = a;
     }
     size_t len = 0;
-    char *json;
-    if (path) json = read_file(path, &len);
-    else {
-        size_t cap = 1 << 16;
-        json = xmalloc(cap);
-        size_t r;
-        while ((r = fread(json + len, 1, cap - len, stdin)) > 0) { len += r; if (len == cap) { cap *= 2; json = realloc(json, cap); } }
-    }
+    char *json = path ? read_file(path, &len) : cli_read_stdin(&len);
     if (!json) return cli_error("template", "%s", dsv4_last_error());
     char *err = NULL;
     char *out = chat_encode(json, len, &opt, &err);

@@ -50,4 +50,8 @@ int cli_sampling_flag(const char *cmd, const char *a, const char *v, dsv4_sampli
 char *cli_chat_prompt(const char *user_text, int think);
 int cmd_chat(int argc, char **argv);
 int cmd_template(int argc, char **argv);
+/* All of stdin (malloc'd). */
+char *cli_read_stdin(size_t *len);
+/* --quant on|off -> 1 / 0; -2 (after printing an error) for anything else. */
+int cli_quant_flag(const char *cmd, const char *value);
 #endif

@@ -6,7 +6,7 @@
 
 #include "cli.h"
 
-static char *read_stdin(size_t *len) {
+char *cli_read_stdin(size_t *len) {
     size_t cap = 1 << 16, n = 0;
     char *buf = xmalloc(cap);
     size_t r;
@@ -53,7 +53,7 @@ int cmd_tokenize(int argc, char **argv) {
     dsv4_tokenizer *tk = cli_load_tokenizer("tokenize", dir, file);
     if (!tk) return 1;
     size_t len;
-    char *in = read_stdin(&len);
+    char *in = cli_read_stdin(&len);
     int rc = 0;
     if (decode) {
         in = realloc(in, len + 1);

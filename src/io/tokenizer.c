@@ -623,7 +623,7 @@ static void pretokenize(dsv4_tokenizer *tk, int lv, const uint8_t *s, size_t n, 
 }
 
 /* Text between added tokens: normalised-added-token pass, then the pre-tokenizer. */
-static void encode_plain(dsv4_tokenizer *tk, const uint8_t *s, size_t n, Ids *out, int prefix_space) {
+static void encode_plain(dsv4_tokenizer *tk, const uint8_t *s, size_t n, Ids *out) {
     size_t i = 0, start = 0;
     while (i < n) {
         int32_t tok;
@@ -634,7 +634,6 @@ static void encode_plain(dsv4_tokenizer *tk, const uint8_t *s, size_t n, Ids *ou
         i += l;
         start = i;
     }
-    (void)prefix_space;
     pretokenize(tk, 0, s + start, n - start, out);
 }
 
@@ -656,12 +655,12 @@ int64_t dsv4_tokenize(dsv4_tokenizer *tk, const char *text, size_t n, int32_t **
         int32_t tok;
         size_t l = trie_longest(&tk->added_raw, s + i, n - i, &tok);
         if (!l) { i++; continue; }
-        encode_plain(tk, s + start, i - start, &out, 0);
+        encode_plain(tk, s + start, i - start, &out);
         ids_push(&out, tok);
         i += l;
         start = i;
     }
-    encode_plain(tk, s + start, n - start, &out, 0);
+    encode_plain(tk, s + start, n - start, &out);
     free(tmp);
     *ids = out.v ? out.v : xmalloc(sizeof(int32_t));
     return out.n;
