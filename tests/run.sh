@@ -268,6 +268,15 @@ assert abs(j["mtp_params"] - 25.8e9) < 0.05e9 and j["n_files"] > 1 and dt < 60, 
 P
 else bad "init --sparse V4-Pro: $(head -c 300 "$TMP/err.txt")"; fi
 rm -rf "$TMP/pro"
+if "$ROOT/dsv4" init --config "$SHARED/vectors/v4-flash-config.json" --seed 1 --out "$TMP/flash" --dtype fp8 --sparse 2> "$TMP/err.txt" &&
+   out=$("$D" info -m "$TMP/flash" --json 2> "$TMP/err.txt"); then
+  $PY - "$out" <<'P' && ok "info on a sparse full-size V4-Flash layout (HF config): $(echo "$out" | $PY -c 'import json,sys; j=json.load(sys.stdin); print(j["n_tensors"], "tensors,", round(j["total_params"]/1e9, 1), "B /", round(j["active_params"]/1e9, 1), "B active, MTP", round(j["mtp_params"]/1e9, 1), "B")')" || bad "info on V4-Flash layout: $out"
+import json, sys
+j = json.loads(sys.argv[1])
+assert abs(j["total_params"] - 284.3e9) < 0.05e9 and abs(j["active_params"] - 13.3e9) < 0.05e9 and abs(j["mtp_params"] - 6.6e9) < 0.05e9, j
+P
+else bad "init --sparse V4-Flash: $(head -c 300 "$TMP/err.txt")"; fi
+rm -rf "$TMP/flash"
 
 echo "== CLI contracts (shared/contracts/check.sh)"
 if [ -x "$SHARED/contracts/check.sh" ] || [ -f "$SHARED/contracts/check.sh" ]; then
