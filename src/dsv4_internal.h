@@ -164,6 +164,10 @@ void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int in
 /* mHC split + Sinkhorn (spec "Residual stream: mHC"): mixes[n(n+2)] -> pre[n], post[n], comb[n,n]. */
 void hc_split_sinkhorn(const float *mixes, const float *scale, const float *base, int n, int iters,
                        double eps, float *pre, float *post, float *comb);
+/* Its backward: upstream dpre[n], dpost[n], dcomb[n,n] -> dmixes (written), dscale, dbase (added). */
+void hc_split_sinkhorn_backward(const float *mixes, const float *scale, const float *base, int n, int iters, double eps,
+                                const float *dpre, const float *dpost, const float *dcomb, float *dmixes, float *dscale,
+                                float *dbase);
 /* In-place normalised Walsh–Hadamard transform, n a power of two. */
 void hadamard_f32(float *x, int64_t n);
 /* Official fake quantisation (kernel.py act_quant / fp4_act_quant with power-of-two scales). */
@@ -261,6 +265,14 @@ void mhc_post(const Config *c, float *X, const float *f, const float *post, cons
               int64_t T);
 void hc_head(const Config *c, const Mat *fn, const float *base, const float *scale,
              const float *X, int64_t T, float *y);
+
+void mhc_pre_backward(const Config *c, const Mat *fn, const float *base, const float *scale, const float *X, int64_t T,
+                      const float *dy, const float *dpost, const float *dcomb, float *dX, float *dfn, float *dbase,
+                      float *dscale);
+void mhc_post_backward(const Config *c, const float *X, const float *f, const float *post, const float *comb, int64_t T,
+                       float *dX, float *df, float *dpost, float *dcomb);
+void hc_head_backward(const Config *c, const Mat *fn, const float *base, const float *scale, const float *X, int64_t T,
+                      const float *dy, float *dX, float *dfn, float *dbase, float *dscale);
 
 /* attention.c */
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,

@@ -425,6 +425,118 @@ static void test_config(void) {
     CHECK(config_parse(&c, g3, "g.json") != 0 && strstr(dsv4_last_error(), "o_groups"), "o_groups: %s", dsv4_last_error());
 }
 
+/* ---- mHC backward against central finite differences of a double-precision forward ---- */
+typedef struct { int n, d, iters; double eps, neps; } HcRef;
+
+/* y [d], post [n], comb [n*n] of one token, in double, from the spec's formulas */
+static void hc_pre_ref(const HcRef *h, const double *X, const double *fn, const double *base, const double *scale,
+                       double *y, double *post, double *comb) {
+    const int n = h->n, d = h->d, nd = n * d, nm = n * (n + 2);
+    double ss = 0, m[64];
+    for (int i = 0; i < nd; i++) ss += X[i] * X[i];
+    const double r = 1 / sqrt(ss / nd + h->neps);
+    for (int k = 0; k < nm; k++) { double u = 0; for (int i = 0; i < nd; i++) u += fn[k * nd + i] * X[i]; m[k] = u * r; }
+    double pre[16];
+    for (int i = 0; i < n; i++) {
+        pre[i] = 1 / (1 + exp(-(scale[0] * m[i] + base[i]))) + h->eps;
+        post[i] = 2 / (1 + exp(-(scale[1] * m[n + i] + base[n + i])));
+    }
+    for (int j = 0; j < n; j++) {
+        double mx = -1e300, sum = 0;
+        for (int k = 0; k < n; k++) { comb[j * n + k] = scale[2] * m[2 * n + j * n + k] + base[2 * n + j * n + k]; mx = fmax(mx, comb[j * n + k]); }
+        for (int k = 0; k < n; k++) { comb[j * n + k] = exp(comb[j * n + k] - mx); sum += comb[j * n + k]; }
+        for (int k = 0; k < n; k++) comb[j * n + k] = comb[j * n + k] / sum + h->eps;
+    }
+    for (int it = 0; it < h->iters; it++) {
+        if (it) for (int j = 0; j < n; j++) { double rs = 0; for (int k = 0; k < n; k++) rs += comb[j * n + k]; for (int k = 0; k < n; k++) comb[j * n + k] /= rs + h->eps; }
+        for (int k = 0; k < n; k++) { double cs = 0; for (int j = 0; j < n; j++) cs += comb[j * n + k]; for (int j = 0; j < n; j++) comb[j * n + k] /= cs + h->eps; }
+    }
+    for (int e = 0; e < d; e++) { y[e] = 0; for (int i = 0; i < n; i++) y[e] += pre[i] * X[i * d + e]; }
+}
+
+static double hc_pre_loss(const HcRef *h, const double *X, const double *fn, const double *base, const double *scale,
+                          const float *gy, const float *gp, const float *gc) {
+    double y[64], post[16], comb[256], L = 0;
+    hc_pre_ref(h, X, fn, base, scale, y, post, comb);
+    for (int e = 0; e < h->d; e++) L += gy[e] * y[e];
+    for (int i = 0; i < h->n; i++) L += gp[i] * post[i];
+    for (int i = 0; i < h->n * h->n; i++) L += gc[i] * comb[i];
+    return L;
+}
+
+/* relative error of an analytic gradient against central differences of loss() over vals[] */
+static double fd_check(double *vals, int64_t count, const float *analytic, double (*loss)(void *), void *ctx) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < count; i++) {
+        const double keep = vals[i], hh = 1e-6 * fmax(1.0, fabs(keep));
+        vals[i] = keep + hh;
+        const double lp = loss(ctx);
+        vals[i] = keep - hh;
+        const double lm = loss(ctx);
+        vals[i] = keep;
+        const double fd = (lp - lm) / (2 * hh);
+        num += (fd - analytic[i]) * (fd - analytic[i]);
+        den += fd * fd;
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+typedef struct { HcRef h; double *X, *fn, *base, *scale; const float *gy, *gp, *gc; } PreCtx;
+static double pre_loss_cb(void *p) { PreCtx *c = p; return hc_pre_loss(&c->h, c->X, c->fn, c->base, c->scale, c->gy, c->gp, c->gc); }
+
+static void test_mhc_backward(void) {
+    g_test = "mhc backward";
+    const int cases[2][3] = {{4, 8, 20}, {2, 5, 3}};
+    for (int cs = 0; cs < 2; cs++) {
+        const int n = cases[cs][0], d = cases[cs][1], iters = cases[cs][2], nd = n * d, nm = n * (n + 2);
+        Config c;
+        memset(&c, 0, sizeof c);
+        c.hc_mult = n; c.dim = d; c.hc_sinkhorn_iters = iters; c.hc_eps = 1e-6; c.norm_eps = 1e-6;
+        float *X = xmalloc(sizeof(float) * nd), *fn = xmalloc(sizeof(float) * nm * nd), base[48], scale[3];
+        float gy[64], gp[16], gc[256];
+        for (int i = 0; i < nd; i++) X[i] = (float)nrand();
+        for (int i = 0; i < nm * nd; i++) fn[i] = (float)(nrand() * 0.3);
+        for (int i = 0; i < nm; i++) base[i] = (float)nrand();
+        for (int i = 0; i < 3; i++) scale[i] = (float)(0.8 + 0.4 * urand());
+        for (int i = 0; i < d; i++) gy[i] = (float)nrand();
+        for (int i = 0; i < n; i++) gp[i] = (float)nrand();
+        for (int i = 0; i < n * n; i++) gc[i] = (float)nrand();
+        Mat W = {.kind = W_F32, .rows = nm, .cols = nd, .w = fn, .name = "fn"};
+        float *dX = xcalloc(nd, sizeof(float)), *dfn = xcalloc((size_t)(nm * nd), sizeof(float)), dbase[48] = {0}, dscale[3] = {0};
+        mhc_pre_backward(&c, &W, base, scale, X, 1, gy, gp, gc, dX, dfn, dbase, dscale);
+        PreCtx ctx = {{n, d, iters, 1e-6, 1e-6}, xmalloc(sizeof(double) * nd), xmalloc(sizeof(double) * nm * nd), xmalloc(sizeof(double) * nm),
+                      xmalloc(sizeof(double) * 3), gy, gp, gc};
+        for (int i = 0; i < nd; i++) ctx.X[i] = X[i];
+        for (int i = 0; i < nm * nd; i++) ctx.fn[i] = fn[i];
+        for (int i = 0; i < nm; i++) ctx.base[i] = base[i];
+        for (int i = 0; i < 3; i++) ctx.scale[i] = scale[i];
+        const double ex = fd_check(ctx.X, nd, dX, pre_loss_cb, &ctx), ef = fd_check(ctx.fn, nm * nd, dfn, pre_loss_cb, &ctx);
+        const double eb = fd_check(ctx.base, nm, dbase, pre_loss_cb, &ctx), es = fd_check(ctx.scale, 3, dscale, pre_loss_cb, &ctx);
+        CHECK(ex < 1e-4 && ef < 1e-4 && eb < 1e-4 && es < 1e-4,
+              "mhc_pre n=%d iters=%d: relative errors dX %.2g dfn %.2g dbase %.2g dscale %.2g", n, iters, ex, ef, eb, es);
+        /* mhc_post: X' = post_k f + Σ_j C[j,k] X_j is linear in each input; L = Σ G ⊙ X' */
+        float f[64], post[16], comb[256], G[256], dXp[256], df[64], dpost[16], dcomb[256];
+        for (int i = 0; i < d; i++) f[i] = (float)nrand();
+        for (int i = 0; i < n; i++) post[i] = (float)nrand();
+        for (int i = 0; i < n * n; i++) comb[i] = (float)urand();
+        for (int i = 0; i < nd; i++) G[i] = dXp[i] = (float)nrand();
+        mhc_post_backward(&c, X, f, post, comb, 1, dXp, df, dpost, dcomb);
+        double err = 0;
+        for (int j = 0; j < n; j++)
+            for (int e = 0; e < d; e++) {   /* ∂L/∂X_j[e] = Σ_k C[j,k] G_k[e] */
+                double want = 0;
+                for (int k = 0; k < n; k++) want += comb[j * n + k] * G[k * d + e];
+                err = fmax(err, fabs(want - dXp[j * d + e]));
+            }
+        for (int e = 0; e < d; e++) { double want = 0; for (int k = 0; k < n; k++) want += post[k] * G[k * d + e]; err = fmax(err, fabs(want - df[e])); }
+        for (int k = 0; k < n; k++) { double want = 0; for (int e = 0; e < d; e++) want += G[k * d + e] * f[e]; err = fmax(err, fabs(want - dpost[k])); }
+        for (int j = 0; j < n; j++)
+            for (int k = 0; k < n; k++) { double want = 0; for (int e = 0; e < d; e++) want += G[k * d + e] * X[j * d + e]; err = fmax(err, fabs(want - dcomb[j * n + k])); }
+        CHECK(err < 1e-5, "mhc_post n=%d: max error %.2g", n, err);
+        free(X); free(fn); free(dX); free(dfn); free(ctx.X); free(ctx.fn); free(ctx.base); free(ctx.scale);
+    }
+}
+
 /* ---- sampling ---- */
 static void test_sampling(void) {
     g_test = "sampling";
@@ -500,6 +612,7 @@ int main(void) {
     test_safetensors();
     test_config();
     test_sampling();
+    test_mhc_backward();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

@@ -121,6 +121,86 @@ void hc_split_sinkhorn(const float *mixes, const float *scale, const float *base
     }
 }
 
+/* Backward of hc_split_sinkhorn (spec: unroll the iterations, recomputed from the saved logits;
+ * each y = p/(s+eps) along an axis gives dp = (dy - Σ dy⊙y)/(s+eps) along it). Writes dmixes,
+ * adds to dscale and dbase. */
+void hc_split_sinkhorn_backward(const float *mixes, const float *scale, const float *base, int n, int iters, double eps,
+                                const float *dpre, const float *dpost, const float *dcomb, float *dmixes, float *dscale,
+                                float *dbase) {
+    const double e = (float)eps;
+    const int nn = n * n, steps = 2 * iters - 1;
+    double *hist = xmalloc(sizeof(double) * (size_t)((steps + 4) * nn + 2 * n));   /* the input of every step */
+    double *sm = hist + steps * nn, *cur = sm + nn, *dC = cur + nn, *out = dC + nn, *sums = out + nn, *dot = sums + n;
+    /* the forward again, in double: softmax over each row, + eps */
+    for (int j = 0; j < n; j++) {
+        double mx = -INFINITY, sum = 0;
+        for (int k = 0; k < n; k++) {
+            const int i = 2 * n + j * n + k;
+            cur[j * n + k] = (double)mixes[i] * scale[2] + base[i];
+            mx = fmax(mx, cur[j * n + k]);
+        }
+        for (int k = 0; k < n; k++) { sm[j * n + k] = exp(cur[j * n + k] - mx); sum += sm[j * n + k]; }
+        for (int k = 0; k < n; k++) { sm[j * n + k] /= sum; cur[j * n + k] = sm[j * n + k] + e; }
+    }
+    /* step st: even = column normalisation, odd = row normalisation */
+    for (int st = 0; st < steps; st++) {
+        memcpy(hist + st * nn, cur, sizeof(double) * (size_t)nn);
+        const int col = st % 2 == 0;
+        for (int a = 0; a < n; a++) {
+            sums[a] = 0;
+            for (int b = 0; b < n; b++) sums[a] += col ? cur[b * n + a] : cur[a * n + b];
+        }
+        for (int j = 0; j < n; j++)
+            for (int k = 0; k < n; k++) cur[j * n + k] /= (col ? sums[k] : sums[j]) + e;
+    }
+    for (int i = 0; i < nn; i++) dC[i] = dcomb[i];
+    for (int st = steps - 1; st >= 0; st--) {
+        const double *in = hist + st * nn;
+        const int col = st % 2 == 0;
+        for (int a = 0; a < n; a++) {
+            sums[a] = 0;
+            for (int b = 0; b < n; b++) sums[a] += col ? in[b * n + a] : in[a * n + b];
+        }
+        for (int j = 0; j < n; j++)
+            for (int k = 0; k < n; k++) out[j * n + k] = in[j * n + k] / ((col ? sums[k] : sums[j]) + e);
+        for (int a = 0; a < n; a++) {
+            dot[a] = 0;
+            for (int b = 0; b < n; b++) dot[a] += col ? dC[b * n + a] * out[b * n + a] : dC[a * n + b] * out[a * n + b];
+        }
+        for (int j = 0; j < n; j++)
+            for (int k = 0; k < n; k++) {
+                const int a = col ? k : j;
+                dC[j * n + k] = (dC[j * n + k] - dot[a]) / (sums[a] + e);
+            }
+    }
+    /* through the softmax: dL = sm ⊙ (dP - Σ dP ⊙ sm) per row; L = scale2 * m + base */
+    for (int j = 0; j < n; j++) {
+        double d = 0;
+        for (int k = 0; k < n; k++) d += dC[j * n + k] * sm[j * n + k];
+        for (int k = 0; k < n; k++) {
+            const int i = 2 * n + j * n + k;
+            const double dl = sm[j * n + k] * (dC[j * n + k] - d);
+            dmixes[i] = (float)(dl * scale[2]);
+            dscale[2] += (float)(dl * mixes[i]);
+            dbase[i] += (float)dl;
+        }
+    }
+    /* pre = sigmoid(scale0 m + base) + eps, post = 2 sigmoid(scale1 m + base) */
+    for (int j = 0; j < n; j++) {
+        const double sp = 1.0 / (1.0 + exp(-((double)mixes[j] * scale[0] + base[j])));
+        const double g = dpre[j] * sp * (1 - sp);
+        dmixes[j] = (float)(g * scale[0]);
+        dscale[0] += (float)(g * mixes[j]);
+        dbase[j] += (float)g;
+        const double sq = 1.0 / (1.0 + exp(-((double)mixes[n + j] * scale[1] + base[n + j])));
+        const double h = dpost[j] * 2 * sq * (1 - sq);
+        dmixes[n + j] = (float)(h * scale[1]);
+        dscale[1] += (float)(h * mixes[n + j]);
+        dbase[n + j] += (float)h;
+    }
+    free(hist);
+}
+
 void hadamard_f32(float *x, int64_t n) {
     for (int64_t h = 1; h < n; h *= 2)
         for (int64_t i = 0; i < n; i += 2 * h)
