@@ -148,6 +148,11 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
 /* Decodes rows r0..r0+nr of W to f32 (dst row stride = W->cols). */
 void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst);
 void rmsnorm(float *out, const float *x, const float *w, int64_t n, double eps);
+void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int64_t n, double eps);
+/* dx [T, cols] += dy W; dW (f32, may be NULL) += dyᵀ x, both over rows r0..r0+nr of W. */
+void linear_backward(float *dx, int64_t ldx, float *dW, const float *dy, int64_t ldy, const float *x, int64_t T,
+                     const Mat *W, int64_t r0, int64_t nr);
+double cross_entropy(const float *logits, const int32_t *targets, int64_t T, int64_t V, float *dlogits);
 float dot_f32(const float *a, const float *b, int64_t n);
 void axpy_f32(float *y, float a, const float *x, int64_t n);
 float silu_f(float x);

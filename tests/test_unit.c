@@ -537,6 +537,79 @@ static void test_mhc_backward(void) {
     }
 }
 
+/* ---- kernel backward passes against central differences in double ---- */
+typedef struct { double *x, *w; const float *g; int n; double eps; } NormCtx;
+static double norm_loss(void *p) {
+    NormCtx *c = p;
+    double ss = 0, L = 0;
+    for (int i = 0; i < c->n; i++) ss += c->x[i] * c->x[i];
+    const double r = 1 / sqrt(ss / c->n + c->eps);
+    for (int i = 0; i < c->n; i++) L += c->g[i] * c->w[i] * c->x[i] * r;
+    return L;
+}
+typedef struct { double *l; const int32_t *t; int T, V; } CeCtx;
+static double ce_loss(void *p) {
+    CeCtx *c = p;
+    double L = 0;
+    for (int t = 0; t < c->T; t++) {
+        double mx = -1e300, z = 0;
+        for (int v = 0; v < c->V; v++) mx = fmax(mx, c->l[t * c->V + v]);
+        for (int v = 0; v < c->V; v++) z += exp(c->l[t * c->V + v] - mx);
+        L += log(z) + mx - c->l[t * c->V + c->t[t]];
+    }
+    return L / c->T;
+}
+
+static void test_kernel_backward(void) {
+    g_test = "rmsnorm backward";
+    enum { N = 48 };
+    float x[N], w[N], g[N], dx[N], dw[N] = {0};
+    double xd[N], wd[N];
+    for (int i = 0; i < N; i++) { x[i] = (float)(2 * nrand()); w[i] = (float)(1 + 0.3 * nrand()); g[i] = (float)nrand(); xd[i] = x[i]; wd[i] = w[i]; }
+    rmsnorm_backward(dx, dw, g, x, w, N, 1e-6);
+    NormCtx nc = {xd, wd, g, N, 1e-6};
+    const double ex = fd_check(xd, N, dx, norm_loss, &nc), ew = fd_check(wd, N, dw, norm_loss, &nc);
+    CHECK(ex < 1e-5 && ew < 1e-5, "relative errors dx %.2g dw %.2g", ex, ew);
+
+    g_test = "linear backward";
+    const WKind kinds[3] = {W_F32, W_BF16, W_FP8};
+    for (int ki = 0; ki < 3; ki++) {
+        const int T = 5, rows = 150, cols = 130, r0 = 10, nr = 120;
+        Mat W;
+        make_mat(&W, kinds[ki], rows, cols);
+        float *xx = xmalloc(sizeof(float) * T * cols), *dy = xmalloc(sizeof(float) * T * nr), *dxx = xcalloc((size_t)(T * cols), sizeof(float));
+        float *dW = xcalloc((size_t)(rows * cols), sizeof(float));
+        for (int i = 0; i < T * cols; i++) xx[i] = (float)nrand();
+        for (int i = 0; i < T * nr; i++) dy[i] = (float)nrand();
+        linear_backward(dxx, cols, dW, dy, nr, xx, T, &W, r0, nr);
+        double e1 = 0, e2 = 0, m1 = 0, m2 = 0;
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < cols; c++) {
+                double want = 0;
+                for (int r = 0; r < nr; r++) want += dy[t * nr + r] * ref_weight(&W, r0 + r, c);
+                e1 = fmax(e1, fabs(want - dxx[t * cols + c])); m1 = fmax(m1, fabs(want));
+            }
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+                double want = 0;
+                if (r >= r0 && r < r0 + nr) for (int t = 0; t < T; t++) want += dy[t * nr + r - r0] * xx[t * cols + c];
+                e2 = fmax(e2, fabs(want - dW[r * cols + c])); m2 = fmax(m2, fabs(want));
+            }
+        CHECK(e1 < 1e-5 * (m1 + 1) && e2 < 1e-5 * (m2 + 1), "kind %d: dx error %.2g, dW error %.2g", (int)kinds[ki], e1, e2);
+        free(xx); free(dy); free(dxx); free(dW); free((void *)W.w); free((void *)W.scale);
+    }
+
+    g_test = "cross-entropy";
+    enum { T = 3, V = 11 };
+    float lg[T * V], dl[T * V];
+    double ld[T * V];
+    int32_t tg[T] = {4, 0, 10};
+    for (int i = 0; i < T * V; i++) { lg[i] = (float)(2 * nrand()); ld[i] = lg[i]; }
+    const double loss = cross_entropy(lg, tg, T, V, dl);
+    CeCtx cc = {ld, tg, T, V};
+    CHECK(fabs(loss - ce_loss(&cc)) < 1e-6 && fd_check(ld, T * V, dl, ce_loss, &cc) < 1e-5, "loss %g and its gradient", loss);
+}
+
 /* ---- sampling ---- */
 static void test_sampling(void) {
     g_test = "sampling";
@@ -613,6 +686,7 @@ int main(void) {
     test_config();
     test_sampling();
     test_mhc_backward();
+    test_kernel_backward();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

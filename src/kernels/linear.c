@@ -287,3 +287,29 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
     }
     free(buf);
 }
+
+/* Backward of linear (y = x Wᵀ over rows r0..r0+nr of W): dx [T, cols] (row stride ldx) += dy W;
+ * dW (may be NULL; f32 [W->rows, cols]) rows r0.. += dyᵀ x. The weight is decoded a block of rows
+ * at a time, so quantised weights get the gradient of their dequantised values. */
+void linear_backward(float *dx, int64_t ldx, float *dW, const float *dy, int64_t ldy, const float *x, int64_t T,
+                     const Mat *W, int64_t r0, int64_t nr) {
+    const int64_t cols = W->cols;
+    if (T <= 0 || nr <= 0) return;
+    if (dx) {
+        int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);
+        if (rb < 16) rb = 16;
+        if (rb > nr) rb = nr;
+        float *buf = xmalloc(sizeof(float) * (size_t)(rb * cols));
+        for (int64_t b0 = 0; b0 < nr; b0 += rb) {
+            const int64_t nb = b0 + rb <= nr ? rb : nr - b0;
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < nb; i++) dequant_row(W, r0 + b0 + i, buf + i * cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)T, (blasint)cols, (blasint)nb, 1.0f, dy + b0,
+                        (blasint)ldy, buf, (blasint)cols, 1.0f, dx, (blasint)ldx);
+        }
+        free(buf);
+    }
+    if (dW)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)nr, (blasint)cols, (blasint)T, 1.0f, dy, (blasint)ldy, x,
+                    (blasint)ldx, 1.0f, dW + r0 * cols, (blasint)cols);
+}

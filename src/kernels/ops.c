@@ -15,6 +15,39 @@ void rmsnorm(float *out, const float *x, const float *w, int64_t n, double eps) 
     else for (int64_t i = 0; i < n; i++) out[i] = x[i] * r;
 }
 
+/* Backward of rmsnorm: y = w ⊙ x r, r = (mean(x²) + eps)^-1/2 (w may be NULL).
+ * dx (written) = r (w⊙dy) - r³/n x Σ (w⊙dy⊙x); dw (added, may be NULL) += dy ⊙ x r. */
+void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int64_t n, double eps) {
+    double ss = 0, dot = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const double r = 1.0 / sqrt(ss / (double)n + eps);
+    for (int64_t i = 0; i < n; i++) dot += (double)(w ? w[i] : 1.0f) * dy[i] * x[i];
+    const double k = r * r * r * dot / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        const double g = (w ? w[i] : 1.0f) * dy[i];
+        if (dw) dw[i] += (float)(dy[i] * x[i] * r);
+        dx[i] = (float)(r * g - k * x[i]);
+    }
+}
+
+/* Mean next-token cross-entropy over T rows of logits [T, V]; dlogits (may be NULL) receives
+ * (softmax - onehot) / T. */
+double cross_entropy(const float *logits, const int32_t *targets, int64_t T, int64_t V, float *dlogits) {
+    double total = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const float *l = logits + t * V;
+        float mx = -INFINITY;
+        for (int64_t v = 0; v < V; v++) mx = fmaxf(mx, l[v]);
+        double z = 0;
+        for (int64_t v = 0; v < V; v++) z += exp((double)l[v] - mx);
+        total += log(z) + mx - l[targets[t]];
+        if (dlogits)
+            for (int64_t v = 0; v < V; v++)
+                dlogits[t * V + v] = (float)((exp((double)l[v] - mx) / z - (v == targets[t])) / (double)T);
+    }
+    return total / (double)T;
+}
+
 float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
 float silu_f(float x) { return x / (1.0f + expf(-x)); }
 /* softplus as torch.nn.functional.softplus (threshold 20: linear above). */
