@@ -279,7 +279,11 @@ void mhc_post_backward(const Config *c, const float *X, const float *f, const fl
 void hc_head_backward(const Config *c, const Mat *fn, const float *base, const float *scale, const float *X, int64_t T,
                       const float *dy, float *dX, float *dfn, float *dbase, float *dscale);
 
-/* attention.c */
+/* attention.c: the core of one query over its key list (MQA, K = V, sinks) and its backward */
+void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks, float *scores,
+                  float *o);
+void attend_heads_backward(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks,
+                           const float *dout, float *scores, float *dq, float *const *dkeys, float *dsinks);
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
                       int64_t T, int64_t t0, float *out);
 /* compressor.c: consumes T tokens, emits entries into `entries` (count grows to (t0+T)/ratio). */

@@ -610,6 +610,51 @@ static void test_kernel_backward(void) {
     CHECK(fabs(loss - ce_loss(&cc)) < 1e-6 && fd_check(ld, T * V, dl, ce_loss, &cc) < 1e-5, "loss %g and its gradient", loss);
 }
 
+/* attention core: L = Σ G ⊙ o over heads, o from q, keys (= values) and sinks */
+typedef struct { double *q, *k, *sink; const float *G; int nh, nk, D; } AttCtx;
+static double att_loss(void *p) {
+    AttCtx *c = p;
+    double L = 0;
+    for (int h = 0; h < c->nh; h++) {
+        double l[64], mx = c->sink[h], z = 0;
+        for (int s = 0; s < c->nk; s++) {
+            double d = 0;
+            for (int i = 0; i < c->D; i++) d += c->q[h * c->D + i] * c->k[s * c->D + i];
+            l[s] = d / sqrt((double)c->D);
+            mx = fmax(mx, l[s]);
+        }
+        z = exp(c->sink[h] - mx);
+        for (int s = 0; s < c->nk; s++) z += exp(l[s] - mx);
+        for (int i = 0; i < c->D; i++) {
+            double o = 0;
+            for (int s = 0; s < c->nk; s++) o += exp(l[s] - mx) / z * c->k[s * c->D + i];
+            L += c->G[h * c->D + i] * o;
+        }
+    }
+    return L;
+}
+
+static void test_attention_backward(void) {
+    g_test = "attention backward";
+    enum { NH = 3, NK = 7, DD = 16 };
+    float q[NH * DD], k[NK * DD], sink[NH], G[NH * DD], dq[NH * DD], dk[NK * DD] = {0}, dsink[NH] = {0}, sc[NH * NK], o[NH * DD];
+    double qd[NH * DD], kd[NK * DD], sd[NH];
+    for (int i = 0; i < NH * DD; i++) { q[i] = (float)nrand(); qd[i] = q[i]; G[i] = (float)nrand(); }
+    for (int i = 0; i < NK * DD; i++) { k[i] = (float)nrand(); kd[i] = k[i]; }
+    for (int i = 0; i < NH; i++) { sink[i] = (float)nrand(); sd[i] = sink[i]; }
+    const float *keys[NK];
+    float *dkeys[NK];
+    for (int s = 0; s < NK; s++) { keys[s] = k + s * DD; dkeys[s] = dk + s * DD; }
+    attend_heads(q, NH, keys, NK, DD, sink, sc, o);
+    attend_heads_backward(q, NH, keys, NK, DD, sink, G, sc, dq, dkeys, dsink);
+    AttCtx ac = {qd, kd, sd, G, NH, NK, DD};
+    double Lf = 0;
+    for (int i = 0; i < NH * DD; i++) Lf += G[i] * o[i];
+    const double eq = fd_check(qd, NH * DD, dq, att_loss, &ac), ek = fd_check(kd, NK * DD, dk, att_loss, &ac), es = fd_check(sd, NH, dsink, att_loss, &ac);
+    CHECK(fabs(Lf - att_loss(&ac)) < 1e-4 && eq < 1e-4 && ek < 1e-4 && es < 1e-4, "forward %.3g vs %.3g; relative errors dq %.2g dkv %.2g dsink %.2g",
+          Lf, att_loss(&ac), eq, ek, es);
+}
+
 /* ---- sampling ---- */
 static void test_sampling(void) {
     g_test = "sampling";
@@ -687,6 +732,7 @@ int main(void) {
     test_sampling();
     test_mhc_backward();
     test_kernel_backward();
+    test_attention_backward();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

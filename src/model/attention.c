@@ -17,8 +17,8 @@
  * every head), key-outer so each key is read once per query, not once per head:
  *   o_h = Σ_s e^{ℓ_s−M} kv_s / (Σ_s e^{ℓ_s−M} + e^{sink_h−M}),   ℓ_s = q_h·kv_s / sqrt(D).
  * scores holds nh*nk floats. */
-static void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks,
-                         float *scores, float *o) {
+void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks, float *scores,
+                  float *o) {
     const float scale = 1.0f / sqrtf((float)D);
     for (int64_t s = 0; s < nk; s++)
         for (int h = 0; h < nh; h++) scores[h * nk + s] = dot_f32(q + (int64_t)h * D, keys[s], D) * scale;
@@ -35,6 +35,36 @@ static void attend_heads(const float *q, int nh, const float *const *keys, int64
         for (int h = 0; h < nh; h++) axpy_f32(o + (int64_t)h * D, scores[h * nk + s], keys[s], D);
     for (int h = 0; h < nh; h++)
         for (int i = 0; i < D; i++) o[(int64_t)h * D + i] *= den[h];
+}
+
+/* Backward of attend_heads for one query: do [nh, D] -> dq [nh, D] (written), dkeys[s] (added:
+ * each key is also the value), dsinks [nh] (added). scores holds nh*nk floats of scratch.
+ *   p_s = e^{ℓ_s}/Z, Z = Σ e^{ℓ} + e^{sink}: dℓ_s = p_s (dp_s − Σ_s' p_s' dp_s'), dp_s = do·k_s,
+ *   dsink = −p_sink Σ_s p_s dp_s (the sink has no value). */
+void attend_heads_backward(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks,
+                           const float *dout, float *scores, float *dq, float *const *dkeys, float *dsinks) {
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int h = 0; h < nh; h++) {
+        const float *qh = q + (int64_t)h * D, *doh = dout + (int64_t)h * D;
+        float *p = scores + h * nk, mx = -INFINITY;
+        for (int64_t s = 0; s < nk; s++) { p[s] = dot_f32(qh, keys[s], D) * scale; mx = fmaxf(mx, p[s]); }
+        double z = exp((double)sinks[h] - mx);
+        for (int64_t s = 0; s < nk; s++) z += exp((double)p[s] - mx);
+        double pdp = 0;   /* Σ p_s dp_s */
+        for (int64_t s = 0; s < nk; s++) {
+            p[s] = (float)(exp((double)p[s] - mx) / z);
+            pdp += (double)p[s] * dot_f32(doh, keys[s], D);
+            axpy_f32(dkeys[s], p[s], doh, D);   /* the value path */
+        }
+        dsinks[h] += (float)(-exp((double)sinks[h] - mx) / z * pdp);
+        float *dqh = dq + (int64_t)h * D;
+        memset(dqh, 0, sizeof(float) * (size_t)D);
+        for (int64_t s = 0; s < nk; s++) {
+            const float dl = (float)(p[s] * (dot_f32(doh, keys[s], D) - pdp)) * scale;
+            axpy_f32(dqh, dl, keys[s], D);
+            axpy_f32(dkeys[s], dl, qh, D);
+        }
+    }
 }
 
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, int64_t T, int64_t t0,
