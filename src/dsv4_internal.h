@@ -290,6 +290,12 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
 void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq,
                         int rotate_fp4, const float *h, int64_t T, int64_t t0, float *state_a,
                         float *state_z, float *entries);
+/* The softmax pooling of one entry from a full compressor state, and its backward */
+void compressor_pool(const CompressorW *cw, const float *sa, const float *sz, float *entry);
+/* Backward of the softmax pooling of one entry over the compressor state (sa, sz as laid out
+ * in compressor.c): dentry -> dsa, dsz (added). */
+void compressor_pool_backward(const CompressorW *cw, const float *sa, const float *sz, const float *dentry, float *dsa,
+                              float *dsz);
 /* indexer.c */
 void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
                      const float *cq, int64_t T, int64_t t0, float *q_idx, float *w_idx);

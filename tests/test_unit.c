@@ -655,6 +655,61 @@ static void test_attention_backward(void) {
           Lf, att_loss(&ac), eq, ek, es);
 }
 
+/* compressor pooling: entry_c = Σ softmax(z) a over the candidates of channel c */
+typedef struct { double *a, *z; const float *g; int m, D, coff; } PoolCtx;
+static double pool_loss(void *p) {
+    PoolCtx *c = p;
+    const int W2 = c->coff * c->D;
+    double L = 0;
+    for (int ch = 0; ch < c->D; ch++) {
+        double num = 0, den = 0, mx = -1e300;
+        int idx[64], n = 0;
+        if (c->coff == 1) for (int j = 0; j < c->m; j++) idx[n++] = j * W2 + ch;
+        else {
+            for (int j = 0; j < c->m; j++) if (c->z[j * W2 + ch] > -1e30) idx[n++] = j * W2 + ch;
+            for (int j = 0; j < c->m; j++) idx[n++] = (c->m + j) * W2 + c->D + ch;
+        }
+        for (int i = 0; i < n; i++) mx = fmax(mx, c->z[idx[i]]);
+        for (int i = 0; i < n; i++) { double e = exp(c->z[idx[i]] - mx); den += e; num += e * c->a[idx[i]]; }
+        L += c->g[ch] * num / den;
+    }
+    return L;
+}
+
+static void test_compressor_backward(void) {
+    g_test = "compressor backward";
+    for (int cs = 0; cs < 3; cs++) {   /* ratio 4 (overlapping, with a missing window), 5 and 8 */
+        const int m = cs == 0 ? 4 : cs == 1 ? 5 : 8, D = 6, coff = cs == 0 ? 2 : 1, rows = coff * m, W2 = coff * D;
+        CompressorW cw = {.ratio = m, .coff = coff, .width = D};
+        float sa[96], sz[96], g[8], ent[8], dsa[96] = {0}, dsz[96] = {0};
+        double ad[96], zd[96];
+        for (int i = 0; i < rows * W2; i++) { sa[i] = (float)nrand(); sz[i] = (float)nrand(); }
+        if (cw.coff == 2 && cs == 0)   /* a missing previous window in two channels */
+            for (int j = 0; j < m; j++) { sz[j * W2 + 1] = -INFINITY; sz[j * W2 + 4] = -INFINITY; }
+        for (int i = 0; i < rows * W2; i++) { ad[i] = sa[i]; zd[i] = sz[i] == -INFINITY ? -1e300 : sz[i]; }
+        for (int i = 0; i < D; i++) g[i] = (float)nrand();
+        compressor_pool(&cw, sa, sz, ent);
+        compressor_pool_backward(&cw, sa, sz, g, dsa, dsz);
+        PoolCtx pc = {ad, zd, g, m, D, cw.coff};
+        double Lf = 0;
+        for (int i = 0; i < D; i++) Lf += g[i] * ent[i];
+        /* finite differences only over finite gate scores */
+        double num = 0, den = 0;
+        for (int i = 0; i < rows * W2; i++) {
+            if (sz[i] == -INFINITY) continue;
+            const double keep = zd[i];
+            zd[i] = keep + 1e-6; const double lp = pool_loss(&pc);
+            zd[i] = keep - 1e-6; const double lm = pool_loss(&pc);
+            zd[i] = keep;
+            const double fd = (lp - lm) / 2e-6;
+            num += (fd - dsz[i]) * (fd - dsz[i]); den += fd * fd;
+        }
+        const double ea = fd_check(ad, rows * W2, dsa, pool_loss, &pc), ez = sqrt(num / den);
+        CHECK(fabs(Lf - pool_loss(&pc)) < 1e-5 && ea < 1e-5 && ez < 1e-5, "ratio %d coff %d: forward %.3g/%.3g, errors da %.2g dz %.2g", m,
+              cw.coff, Lf, pool_loss(&pc), ea, ez);
+    }
+}
+
 /* ---- sampling ---- */
 static void test_sampling(void) {
     g_test = "sampling";
@@ -733,6 +788,7 @@ int main(void) {
     test_mhc_backward();
     test_kernel_backward();
     test_attention_backward();
+    test_compressor_backward();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

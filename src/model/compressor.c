@@ -13,7 +13,7 @@
 #include "../dsv4_internal.h"
 
 /* Pools the full window in the state into entry[width] (before norm and RoPE). */
-static void pool_entry(const CompressorW *cw, const float *sa, const float *sz, float *entry) {
+void compressor_pool(const CompressorW *cw, const float *sa, const float *sz, float *entry) {
     const int m = cw->ratio, D = cw->width, W2 = cw->coff * D;
     for (int ch = 0; ch < D; ch++) {
         /* candidates: (row, column) pairs of the state */
@@ -49,6 +49,33 @@ static void pool_entry(const CompressorW *cw, const float *sa, const float *sz, 
     }
 }
 
+/* Backward of pool_entry: dentry [width] -> dsa, dsz (added) over the same state rows.
+ * entry_c = Σ_j p_j a_j with p = softmax_j(z): ∂/∂a_j = p_j, ∂/∂z_j = p_j (a_j − entry_c). */
+void compressor_pool_backward(const CompressorW *cw, const float *sa, const float *sz, const float *dentry, float *dsa,
+                              float *dsz) {
+    const int m = cw->ratio, D = cw->width, W2 = cw->coff * D;
+    int64_t *at = xmalloc(sizeof(int64_t) * (size_t)(2 * m));   /* the candidates of one channel */
+    for (int ch = 0; ch < D; ch++) {
+        int nc = 0;
+        if (cw->coff == 1) for (int j = 0; j < m; j++) at[nc++] = (int64_t)j * W2 + ch;
+        else {
+            for (int j = 0; j < m; j++) if (sz[(int64_t)j * W2 + ch] != -INFINITY) at[nc++] = (int64_t)j * W2 + ch;
+            for (int j = 0; j < m; j++) at[nc++] = (int64_t)(m + j) * W2 + D + ch;
+        }
+        float mx = -INFINITY;
+        for (int i = 0; i < nc; i++) mx = fmaxf(mx, sz[at[i]]);
+        double den = 0, entry = 0;
+        for (int i = 0; i < nc; i++) { const double p = exp((double)sz[at[i]] - mx); den += p; entry += p * sa[at[i]]; }
+        entry /= den;
+        for (int i = 0; i < nc; i++) {
+            const double p = exp((double)sz[at[i]] - mx) / den;
+            dsa[at[i]] += (float)(p * dentry[ch]);
+            dsz[at[i]] += (float)(p * (sa[at[i]] - entry) * dentry[ch]);
+        }
+    }
+    free(at);
+}
+
 void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq, int rotate_fp4,
                         const float *h, int64_t T, int64_t t0, float *state_a, float *state_z, float *entries) {
     const Config *c = &m->cfg;
@@ -68,7 +95,7 @@ void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double
         if ((pos + 1) % ratio != 0) continue;
         const int64_t w = pos / ratio;
         float *entry = entries + w * D;
-        pool_entry(cw, state_a, state_z, entry);
+        compressor_pool(cw, state_a, state_z, entry);
         rmsnorm(entry, entry, cw->norm, D, c->norm_eps);
         rope_rotate(entry + D - r, r, rope_freq, w * ratio, 0);
         if (m->quant) {
