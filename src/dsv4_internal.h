@@ -305,6 +305,9 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
 /* moe.c */
 void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens,
                  int64_t T, float *out);
+void expert_backward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight, double limit,
+                     const float *dy, float *dx, float *dW1, float *dW2, float *dW3, float *dweight);
+void moe_gate_backward(const Config *c, const float *z, const int64_t *idx, const float *dw, float *dz);
 /* linear with the optional FP8 activation rounding in front of FP8/FP4 weights */
 void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
                   int64_t T, const Mat *W, int64_t r0, int64_t nr);

@@ -179,6 +179,15 @@ static void test_ops(void) {
     err = 0;
     for (int i = 0; i < 64; i++) err = fmax(err, fabs(v[i] - v0[i]));
     CHECK(err < 1e-5, "inverse RoPE undoes RoPE (%g)", err);
+    /* and is its backward: <R v, g> = <v, R⁻¹ g> (a rotation's transpose is its inverse) */
+    float gv[64], rv[64];
+    for (int i = 0; i < 64; i++) { gv[i] = (float)nrand(); rv[i] = v0[i]; }
+    rope_rotate(rv, 64, fy, 9876, 0);
+    double lhs = 0, rhs = 0;
+    for (int i = 0; i < 64; i++) lhs += (double)rv[i] * gv[i];
+    rope_rotate(gv, 64, fy, 9876, 1);
+    for (int i = 0; i < 64; i++) rhs += (double)v0[i] * gv[i];
+    CHECK(fabs(lhs - rhs) < 1e-4 * (fabs(lhs) + 1), "inverse RoPE is the backward of RoPE (%g vs %g)", lhs, rhs);
 
     g_test = "topk";
     float s[10] = {1, 5, 3, 5, -1, NAN, 5, 2, 0, 4};
@@ -710,6 +719,80 @@ static void test_compressor_backward(void) {
     }
 }
 
+/* MoE: one expert with the SwiGLU clamp, and the routing weights of the gate */
+typedef struct { double *x, *w1, *w2, *w3, *wt; const float *G; int n, d, f; double L; } ExpCtx;
+static double expert_loss(void *p) {
+    ExpCtx *c = p;
+    double Lo = 0;
+    for (int t = 0; t < c->n; t++)
+        for (int o = 0; o < c->d; o++) {
+            double y = 0;
+            for (int i = 0; i < c->f; i++) {
+                double g = 0, u = 0;
+                for (int k = 0; k < c->d; k++) { g += c->w1[i * c->d + k] * c->x[t * c->d + k]; u += c->w3[i * c->d + k] * c->x[t * c->d + k]; }
+                if (c->L > 0) { g = fmin(g, c->L); u = fmax(fmin(u, c->L), -c->L); }
+                y += c->w2[o * c->f + i] * c->wt[t] * g / (1 + exp(-g)) * u;
+            }
+            Lo += c->G[t * c->d + o] * y;
+        }
+    return Lo;
+}
+typedef struct { double *z; const int64_t *idx; const float *g; const Config *c; } GateCtx;
+static double gate_loss(void *p) {
+    GateCtx *q = p;
+    const int E = q->c->n_routed_experts, K = q->c->n_activated_experts;
+    double s[16], S = 0, mx = -1e300, zs = 0, L = 0;
+    for (int e = 0; e < E; e++) mx = fmax(mx, q->z[e]);
+    for (int e = 0; e < E; e++) zs += exp(q->z[e] - mx);
+    for (int e = 0; e < E; e++)
+        s[e] = q->c->score_func == SCORE_SOFTMAX ? exp(q->z[e] - mx) / zs : q->c->score_func == SCORE_SIGMOID ? 1 / (1 + exp(-q->z[e]))
+                                                                                                          : sqrt(log1p(exp(q->z[e])));
+    for (int k = 0; k < K; k++) S += s[q->idx[k]];
+    for (int k = 0; k < K; k++)
+        L += q->g[k] * (q->c->score_func == SCORE_SOFTMAX ? s[q->idx[k]] : s[q->idx[k]] / S) * q->c->route_scale;
+    return L;
+}
+
+static void test_moe_backward(void) {
+    g_test = "moe backward";
+    enum { NT = 3, DM = 8, FF = 6 };
+    for (int lim = 0; lim < 2; lim++) {
+        dsv4_model mdl;
+        memset(&mdl, 0, sizeof mdl);
+        mdl.cfg.dim = DM;
+        float w1[FF * DM], w2[DM * FF], w3[FF * DM], x[NT * DM], wt[NT], G[NT * DM];
+        double w1d[FF * DM], w2d[DM * FF], w3d[FF * DM], xd[NT * DM], wtd[NT];
+        for (int i = 0; i < FF * DM; i++) { w1[i] = (float)nrand(); w3[i] = (float)nrand(); w2[i] = (float)nrand(); w1d[i] = w1[i]; w3d[i] = w3[i]; w2d[i] = w2[i]; }
+        for (int i = 0; i < NT * DM; i++) { x[i] = (float)nrand(); xd[i] = x[i]; G[i] = (float)nrand(); }
+        for (int i = 0; i < NT; i++) { wt[i] = (float)(0.2 + urand()); wtd[i] = wt[i]; }
+        ExpertW e = {{.kind = W_F32, .rows = FF, .cols = DM, .w = w1}, {.kind = W_F32, .rows = DM, .cols = FF, .w = w2},
+                     {.kind = W_F32, .rows = FF, .cols = DM, .w = w3}};
+        const double L = lim ? 1.5 : 0.0;   /* a clamp that bites at this scale, and none */
+        float dx[NT * DM] = {0}, dw1[FF * DM] = {0}, dw2[DM * FF] = {0}, dw3[FF * DM] = {0}, dwt[NT];
+        expert_backward(&mdl, &e, x, NT, wt, L, G, dx, dw1, dw2, dw3, dwt);
+        ExpCtx ec = {xd, w1d, w2d, w3d, wtd, G, NT, DM, FF, L};
+        const double ex = fd_check(xd, NT * DM, dx, expert_loss, &ec), e1 = fd_check(w1d, FF * DM, dw1, expert_loss, &ec);
+        const double e2 = fd_check(w2d, DM * FF, dw2, expert_loss, &ec), e3 = fd_check(w3d, FF * DM, dw3, expert_loss, &ec);
+        const double ew = fd_check(wtd, NT, dwt, expert_loss, &ec);
+        CHECK(ex < 1e-4 && e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4 && ew < 1e-4, "expert (limit %.1f): errors dx %.2g dw1 %.2g dw2 %.2g dw3 %.2g dweight %.2g",
+              L, ex, e1, e2, e3, ew);
+    }
+    const ScoreFunc funcs[3] = {SCORE_SQRTSOFTPLUS, SCORE_SIGMOID, SCORE_SOFTMAX};
+    for (int fi = 0; fi < 3; fi++) {
+        Config c;
+        memset(&c, 0, sizeof c);
+        c.n_routed_experts = 7; c.n_activated_experts = 3; c.route_scale = 1.5; c.score_func = funcs[fi];
+        float z[7], g[3] = {0.7f, -1.2f, 0.4f}, dz[7];
+        double zd[7];
+        int64_t idx[3] = {5, 1, 3};
+        for (int i = 0; i < 7; i++) { z[i] = (float)nrand(); zd[i] = z[i]; }
+        moe_gate_backward(&c, z, idx, g, dz);
+        GateCtx gc = {zd, idx, g, &c};
+        const double err = fd_check(zd, 7, dz, gate_loss, &gc);
+        CHECK(err < 1e-4, "gate routing weights (score func %d): error %.2g", fi, err);
+    }
+}
+
 /* ---- sampling ---- */
 static void test_sampling(void) {
     g_test = "sampling";
@@ -789,6 +872,7 @@ int main(void) {
     test_kernel_backward();
     test_attention_backward();
     test_compressor_backward();
+    test_moe_backward();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

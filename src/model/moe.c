@@ -103,3 +103,73 @@ void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int
     for (int64_t i = 0; i < T * d; i++) out[i] += routed[i];
     free(xe); free(ye); free(we); free(routed); free(count); free(order); free(scores); free(idx); free(wts);
 }
+
+/* ---- backward ---------------------------------------------------------------------------- */
+
+/* Backward of expert_forward for n tokens x [n, d] with routing weights `weight` (NULL = 1):
+ * dy [n, d] -> dx (added), dW1/dW2/dW3 (f32 [rows, cols], added; NULL to skip), dweight [n]
+ * (written; may be NULL). The clamps pass gradient where the input lies inside them. */
+void expert_backward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight, double limit,
+                     const float *dy, float *dx, float *dW1, float *dW2, float *dW3, float *dweight) {
+    const int64_t d = m->cfg.dim, f = e->w1.rows;
+    float *g = xmalloc(sizeof(float) * (size_t)(n * f)), *u = xmalloc(sizeof(float) * (size_t)(n * f));
+    float *h = xmalloc(sizeof(float) * (size_t)(n * f)), *dh = xcalloc((size_t)(n * f), sizeof(float));
+    linear(g, f, x, d, n, &e->w1, 0, f);
+    linear(u, f, x, d, n, &e->w3, 0, f);
+    const float L = (float)limit;
+    for (int64_t i = 0; i < n * f; i++) {
+        const float gc = L > 0 ? fminf(g[i], L) : g[i], uc = L > 0 ? fminf(fmaxf(u[i], -L), L) : u[i];
+        h[i] = silu_f(gc) * uc * (weight ? weight[i / f] : 1.0f);
+    }
+    linear_backward(dh, f, dW2, dy, d, h, n, &e->w2, 0, d);   /* dh = dy W2, dW2 += dyᵀ h */
+    float *dg = h, *du = xmalloc(sizeof(float) * (size_t)(n * f));   /* h is no longer needed */
+    for (int64_t t = 0; t < n; t++) {
+        double dw = 0;
+        const float wt = weight ? weight[t] : 1.0f;
+        for (int64_t i = t * f; i < (t + 1) * f; i++) {
+            const float gc = L > 0 ? fminf(g[i], L) : g[i], uc = L > 0 ? fminf(fmaxf(u[i], -L), L) : u[i];
+            const float sg = sigmoid_f(gc), act = gc * sg;
+            dw += (double)dh[i] * act * uc;
+            const float da = dh[i] * wt;
+            dg[i] = (L > 0 && g[i] > L) ? 0.0f : da * uc * sg * (1.0f + gc * (1.0f - sg));
+            du[i] = (L > 0 && (u[i] < -L || u[i] > L)) ? 0.0f : da * act;
+        }
+        if (dweight) dweight[t] = (float)dw;
+    }
+    /* x went through w1 and w3: dx += dg W1 + du W3, dW1 += dgᵀ x, dW3 += duᵀ x */
+    float *dxs = xcalloc((size_t)(n * d), sizeof(float));
+    linear_backward(dxs, d, dW1, dg, f, x, n, &e->w1, 0, f);
+    linear_backward(dxs, d, dW3, du, f, x, n, &e->w3, 0, f);
+    for (int64_t i = 0; i < n * d; i++) dx[i] += dxs[i];
+    free(dxs); free(g); free(u); free(h); free(dh); free(du);
+}
+
+/* Backward of the routing weights of one token: z [E] are the raw gate logits x·gate, idx [K] the
+ * chosen experts, dw [K] the gradient of their weights. Writes dz [E]. Selection (top-k over
+ * score + bias, or the hash table) passes no gradient. */
+void moe_gate_backward(const Config *c, const float *z, const int64_t *idx, const float *dw, float *dz) {
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
+    float *s = xmalloc(sizeof(float) * (size_t)E), *ds = xcalloc((size_t)E, sizeof(float));
+    if (c->score_func == SCORE_SOFTMAX) {
+        float mx = -INFINITY;
+        double sum = 0;
+        for (int e = 0; e < E; e++) mx = fmaxf(mx, z[e]);
+        for (int e = 0; e < E; e++) { s[e] = expf(z[e] - mx); sum += s[e]; }
+        for (int e = 0; e < E; e++) s[e] = (float)(s[e] / sum);
+        for (int k = 0; k < K; k++) ds[idx[k]] += (float)(dw[k] * c->route_scale);   /* w = s route_scale */
+        double dot = 0;
+        for (int e = 0; e < E; e++) dot += (double)ds[e] * s[e];
+        for (int e = 0; e < E; e++) dz[e] = (float)(s[e] * (ds[e] - dot));
+    } else {
+        for (int e = 0; e < E; e++) s[e] = c->score_func == SCORE_SIGMOID ? sigmoid_f(z[e]) : sqrtf(softplus_f(z[e]));
+        double S = 0, sdw = 0;   /* w_k = route_scale s_k / S over the chosen */
+        for (int k = 0; k < K; k++) { S += s[idx[k]]; sdw += (double)dw[k] * s[idx[k]]; }
+        for (int k = 0; k < K; k++) ds[idx[k]] += (float)(c->route_scale * (dw[k] / S - sdw / (S * S)));
+        for (int e = 0; e < E; e++) {
+            if (c->score_func == SCORE_SIGMOID) dz[e] = ds[e] * s[e] * (1 - s[e]);
+            else dz[e] = s[e] > 0 ? ds[e] * sigmoid_f(z[e]) / (2 * s[e]) : 0.0f;   /* d sqrt(softplus) */
+        }
+    }
+    free(s);
+    free(ds);
+}
