@@ -15,3 +15,7 @@ for m in tiny-bf16 tiny-fp8 alt-f32; do
   $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --out "$F/$m/ref_logits.f32" --mtp-out "$F/$m/ref_mtp.f32"
 done
 $PY reference/v4_ref.py -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --out "$F/tiny-fp8/ref_logits_quant.f32" --quant
+# gradients of the mean next-token cross-entropy (float64 autograd), for `dsv4 grad`
+for m in tiny-fp8 alt-f32; do
+  $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads.safetensors" > /dev/null
+done

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """DeepSeek V4 forward pass: an independent, non-incremental float64 reference.
 
-    /usr/bin/python3 reference/v4_ref.py -m MODEL_DIR --tokens TOKENS_FILE --out LOGITS.f32
-                                         [--mtp-out MTP.f32] [--quant]
+    /usr/bin/python3 reference/v4_ref.py -m MODEL_DIR --tokens TOKENS_FILE [--out LOGITS.f32]
+                                         [--mtp-out MTP.f32] [--quant] [--grad-out GRAD.safetensors]
 
 TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
 --out        little-endian float32 [N, vocab]: main-model logits at every position.
@@ -10,6 +10,16 @@ TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
              hidden streams at position i combined with the embedding of token i+1.
 --quant      the official quantisation-aware rounding (FP8 activations before FP8/FP4 linears,
              FP8 kv, Hadamard + FP4 in the indexer). Default: exact math.
+--grad-out   gradient mode (exact math only; not with --quant): loss = mean next-token cross-entropy
+             of the main head (logits at i predict token i+1, i = 0..N-2; no MTP or auxiliary
+             losses), d loss / d parameter by float64 autograd for every floating-point tensor of
+             the checkpoint, written as a safetensors file of F32 tensors named as in the
+             checkpoint. Quantised weights (FP8, FP4) get the gradient of their dequantised values
+             in their logical [out, in] shape; `*.scale` of quantised weights and integer tables
+             (tid2eid) are left out. The indexer's and MoE's top-k / hash selections pass no
+             gradient (the indexer runs in inference mode; gate.bias only selects: zero gradient);
+             the MTP block gets zeros. Prints `loss <value>` as the last line on stdout.
+At least one of --out, --grad-out is required.
 
 Written from shared/spec/V4.md (section names cited above each function) and checked against
 the facts of the official DeepSeek-V4-Flash inference code (inference/model.py, kernel.py), which
@@ -327,15 +337,44 @@ def hadamard(x):
 # Weights and the two kinds of matmul of the official code.
 # ---------------------------------------------------------------------------------------------
 
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E8M0")
+
+
 class Model:
-    def __init__(self, cfg, st, quant):
-        self.cfg, self.st, self.quant = cfg, st, quant
+    def __init__(self, cfg, st, quant, grad=False):
+        """grad=True: every floating-point tensor is decoded once and kept as a float64 leaf with
+        requires_grad (the dequantised values for FP8/FP4 weights)."""
+        self.cfg, self.st, self.quant, self.grad = cfg, st, quant, grad
+        self.params = {}
 
     def has(self, name):
         return name in self.st
 
+    def is_param(self, name):
+        """A floating-point tensor of the checkpoint that is not the scale of a quantised weight."""
+        dtype, _ = self.st.info(name)
+        if name.endswith(".scale"):
+            wname = name[:-len(".scale")] + ".weight"
+            if wname in self.st and self.st.weight_kind(wname) != "plain":
+                return False
+        return dtype in FLOAT_DTYPES or self.st.weight_kind(name) != "plain"
+
+    def logical_shape(self, name):
+        _, shape = self.st.info(name)
+        if self.st.weight_kind(name) == "fp4":
+            return (shape[0], 2 * shape[1])
+        return tuple(shape)
+
     def w(self, name, shape=None):
-        t = self.st.load(name)
+        if self.grad:
+            t = self.params.get(name)
+            if t is None:
+                t = self.st.load(name)
+                if self.is_param(name):
+                    t.requires_grad_(True)
+                self.params[name] = t
+        else:
+            t = self.st.load(name)
         if shape is not None and tuple(t.shape) != tuple(shape):
             raise RefError(f"tensor {name}: shape {list(t.shape)}, config expects {list(shape)}")
         return t
@@ -454,7 +493,8 @@ def hc_head(model, X, prefix):
 
 
 def output_logits(model, X, prefix):
-    """hc_head -> RMSNorm(norm) -> x @ head^T (the head is applied in row chunks)."""
+    """hc_head -> RMSNorm(norm) -> x @ head^T (the head is applied in row chunks).
+    float32 logits; in grad mode float64 logits that carry the autograd graph."""
     c = model.cfg
     p = f"{prefix}." if prefix else ""
     y = hc_head(model, X, prefix)
@@ -462,8 +502,12 @@ def output_logits(model, X, prefix):
     dt, shape = model.st.info("head.weight")
     if tuple(shape) != (c["vocab_size"], c["dim"]):
         raise RefError(f"head.weight: shape {list(shape)}, expected {[c['vocab_size'], c['dim']]}")
-    out = torch.empty(y.shape[0], c["vocab_size"], dtype=torch.float32)
     step = max(1, (1 << 24) // max(1, c["dim"]))
+    if model.grad:                              # float64 logits (same chunks) for the loss
+        head = model.w("head.weight")
+        return torch.cat([y @ head[r0:min(c["vocab_size"], r0 + step)].t()
+                          for r0 in range(0, c["vocab_size"], step)], dim=1)
+    out = torch.empty(y.shape[0], c["vocab_size"], dtype=torch.float32)
     for r0 in range(0, c["vocab_size"], step):
         r1 = min(c["vocab_size"], r0 + step)
         out[:, r0:r1] = (y @ model.st.load("head.weight", r0, r1).t()).float()
@@ -584,7 +628,8 @@ def attention(model, x, prefix, ratio):
         comp = compressor(model, x, f"{p}.compressor", ratio, D, rotate=False)
         cmask = compressed_visible(T, comp.shape[0], ratio)
         if ratio == 4:
-            cmask = cmask & indexer(model, x, c_q, f"{p}.indexer", ratio)
+            with torch.no_grad():                                   # top-k passes no gradient
+                cmask = cmask & indexer(model, x, c_q, f"{p}.indexer", ratio)
 
     o = torch.empty(T, H, D, dtype=F64)
     step = max(1, (1 << 24) // max(1, H * (W + comp.shape[0])))     # bounds memory
@@ -652,7 +697,7 @@ def moe(model, x, prefix, layer_id, token_ids):
             raise RefError(f"{p}.gate.tid2eid: expert id out of range [0, {E})")
     else:
         bias = model.w(f"{p}.gate.bias", (E,)) if model.has(f"{p}.gate.bias") else torch.zeros(E)
-        sel = (scores + bias).numpy()                 # bias only affects the selection
+        sel = (scores + bias).detach().numpy()        # bias only affects the selection
         idx = torch.from_numpy(np.argsort(-sel, axis=-1, kind="stable")[:, :k].copy())  # ties -> lower
     weights = scores.gather(1, idx)
     if c["score_func"] != "softmax":
@@ -691,13 +736,16 @@ def embed(model, token_ids):
     dt, shape = model.st.info("embed.weight")
     if tuple(shape) != (c["vocab_size"], c["dim"]):
         raise RefError(f"embed.weight: shape {list(shape)}, expected {[c['vocab_size'], c['dim']]}")
+    if model.grad:
+        return model.w("embed.weight")[token_ids]
     uniq, inv = np.unique(token_ids.numpy(), return_inverse=True)
     rows = torch.stack([model.st.load("embed.weight", int(u), int(u) + 1)[0] for u in uniq])
     return rows[torch.from_numpy(inv)]
 
 
 def forward_main(model, token_ids, log):
-    """Returns (logits [T, vocab] float32, final residual streams [T, n, d])."""
+    """Returns (logits [T, vocab] float32 (float64 with the graph in grad mode), final residual
+    streams [T, n, d])."""
     c = model.cfg
     X = embed(model, token_ids).unsqueeze(1).repeat(1, c["hc_mult"], 1)
     for L in range(c["n_layers"]):
@@ -719,6 +767,48 @@ def mtp(model, X, token_ids):
          + model.linear(h, "mtp.0.h_proj.weight", (d, d)))
     Y = block(model, Y, "mtp.0", L, ratio, nxt)
     return output_logits(model, Y, "mtp.0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient mode: main-head next-token cross-entropy, d loss / d every parameter.
+# ---------------------------------------------------------------------------------------------
+
+def lm_loss(logits, token_ids):
+    """Mean cross-entropy of logits[i] against token i+1, i = 0..N-2 (float64)."""
+    return torch.nn.functional.cross_entropy(logits[:-1], token_ids[1:], reduction="mean")
+
+
+def param_grads(model):
+    """[(name, float64 gradient in the logical shape)] for every parameter of the checkpoint, in
+    checkpoint order; zeros where no gradient flows (never used, or used without a graph)."""
+    out = []
+    for name in model.st.entries:
+        if not model.is_param(name):
+            continue
+        t = model.params.get(name)
+        if t is not None and t.grad is not None:
+            g = t.grad
+        else:
+            g = torch.zeros(model.logical_shape(name), dtype=F64)
+        out.append((name, g))
+    return out
+
+
+def write_safetensors_f32(path, tensors):
+    """tensors: [(name, tensor)] -> safetensors file of little-endian F32 tensors."""
+    header, blobs, off = {}, [], 0
+    for name, t in tensors:
+        b = np.ascontiguousarray(t.detach().numpy().astype("<f4")).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((-len(h)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,11 +838,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="DeepSeek V4 float64 reference forward pass")
     ap.add_argument("-m", "--model", required=True, help="model directory (config.json + *.safetensors)")
     ap.add_argument("--tokens", required=True, help="token ids, whitespace/comma separated")
-    ap.add_argument("--out", required=True, help="float32 logits [N, vocab]")
+    ap.add_argument("--out", help="float32 logits [N, vocab]")
     ap.add_argument("--mtp-out", help="float32 MTP logits [N-1, vocab]")
     ap.add_argument("--quant", action="store_true", help="official quantisation-aware rounding")
+    ap.add_argument("--grad-out", help="gradient mode: F32 safetensors of d loss / d parameter "
+                    "(loss = mean next-token cross-entropy of the main head)")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-layer timing on stderr")
     args = ap.parse_args(argv)
+    if not args.out and not args.grad_out:
+        ap.error("one of --out, --grad-out is required")
+    if args.grad_out and args.quant:
+        ap.error("--grad-out works on the exact math only; it cannot be combined with --quant")
 
     def log(msg):
         if args.verbose:
@@ -767,16 +863,30 @@ def main(argv=None):
         tokens = read_tokens(args.tokens, cfg["vocab_size"])
         if args.mtp_out and (cfg["n_mtp_layers"] < 1 or "mtp.0.e_proj.weight" not in st):
             raise RefError("--mtp-out: the model has no MTP layer (n_mtp_layers = 0 or mtp.0.* missing)")
-        model = Model(cfg, st, args.quant)
         N = len(tokens)
+        grad = bool(args.grad_out)
+        if grad and N < 2:
+            raise RefError("--grad-out: need at least 2 tokens (the loss predicts token i+1)")
+        model = Model(cfg, st, args.quant, grad=grad)
         logits, X = forward_main(model, tokens, log)
-        logits.numpy().astype("<f4").tofile(args.out)
+        if grad:
+            t0 = time.time()
+            loss = lm_loss(logits, tokens)
+            loss.backward()
+            grads = param_grads(model)
+            log(f"backward {time.time() - t0:.2f}s")
+            logits, X = logits.detach().float(), X.detach()
+        if args.out:
+            logits.numpy().astype("<f4").tofile(args.out)
         if args.mtp_out:
-            if N >= 2:
-                mlog = mtp(model, X, tokens)
-            else:
-                mlog = torch.zeros(0, cfg["vocab_size"], dtype=torch.float32)
+            with torch.no_grad():
+                if N >= 2:
+                    mlog = mtp(model, X, tokens).float()
+                else:
+                    mlog = torch.zeros(0, cfg["vocab_size"], dtype=torch.float32)
             mlog.numpy().astype("<f4").tofile(args.mtp_out)
+        if grad:
+            write_safetensors_f32(args.grad_out, grads)
     except RefError as e:
         print(f"v4_ref: error: {e}", file=sys.stderr)
         return 2
@@ -789,12 +899,15 @@ def main(argv=None):
     print(f"v4_ref: {len(st.files)} safetensors file(s), {len(st.entries)} tensors; "
           f"dim {cfg['dim']}, {cfg['n_layers']} layers, ratios {cfg['compress_ratios']}, "
           f"mode {'quant' if args.quant else 'exact'}", file=sys.stderr)
-    print(f"v4_ref: {N} tokens -> {args.out} [{N}, {cfg['vocab_size']}]"
-          + (f", {args.mtp_out} [{max(N - 1, 0)}, {cfg['vocab_size']}]" if args.mtp_out else "")
-          + f" in {time.time() - t_start:.1f}s", file=sys.stderr)
+    outs = ([f"{args.out} [{N}, {cfg['vocab_size']}]"] if args.out else []) \
+        + ([f"{args.mtp_out} [{max(N - 1, 0)}, {cfg['vocab_size']}]"] if args.mtp_out else []) \
+        + ([f"{args.grad_out} ({len(grads)} gradient tensors)"] if args.grad_out else [])
+    print(f"v4_ref: {N} tokens -> {', '.join(outs)} in {time.time() - t_start:.1f}s", file=sys.stderr)
     print("v4_ref: last position top-5: "
           + ", ".join(f"{i}:{v:.4f}" for v, i in zip(top.values.tolist(), top.indices.tolist())),
           file=sys.stderr)
+    if args.grad_out:
+        print(f"loss {loss.item()!r}")
     return 0
 
 

@@ -263,6 +263,12 @@ struct dsv4_session {
 int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
                   const int32_t *tokens, int64_t T, int64_t t0);
 
+/* model.c: one layer's KV cache for ctx tokens (0, or -1 when memory runs out), the final head */
+int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx);
+void cache_free(LayerCache *c);
+void final_logits(const dsv4_model *m, const Mat *fn, const float *base, const float *scale, const float *norm,
+                  const float *X, int64_t T, float *logits);
+
 /* mhc.c */
 void mhc_pre(const Config *c, const Mat *fn, const float *base, const float *scale,
              const float *X, int64_t T, float *y, float *post, float *comb);
@@ -305,12 +311,23 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
 /* moe.c */
 void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens,
                  int64_t T, float *out);
+void moe_route(const dsv4_model *m, const LayerW *L, float *scores, const int32_t *tokens, int64_t T, int64_t *idx,
+               float *wts);
+void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight, double limit,
+                    float *y);
 void expert_backward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight, double limit,
                      const float *dy, float *dx, float *dW1, float *dW2, float *dW3, float *dweight);
 void moe_gate_backward(const Config *c, const float *z, const int64_t *idx, const float *dw, float *dz);
 /* linear with the optional FP8 activation rounding in front of FP8/FP4 weights */
 void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
                   int64_t T, const Mat *W, int64_t r0, int64_t nr);
+
+/* training (model/train.c): the mean next-token cross-entropy of the main head over `tokens`
+ * and its gradient for every parameter that receives one, by checkpoint tensor name. */
+typedef struct Grads Grads;
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss);
+const float *grads_find(const Grads *G, const char *name, int64_t *numel);
+void grads_free(Grads *G);
 
 /* loader (model/load.c) */
 int model_bind(dsv4_model *m);

@@ -94,6 +94,13 @@ for m in tiny-bf16 tiny-fp8 alt-f32; do
     fi
   done
 done
+# gradients: `dsv4 grad` against float64 autograd of the reference, every parameter tensor
+for m in tiny-fp8 alt-f32; do
+  if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then
+    last=$(echo "$out" | tail -1)
+    r=$($PY tests/compare_grads.py "$TMP/g.safetensors" "$F/$m/ref_grads.safetensors") && ok "grad $m ($last): $r" || bad "grad $m: $r"
+  else bad "grad $m: $(head -c 300 "$TMP/err.txt")"; fi
+done
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 300 --out "$TMP/b.f32" 2>/dev/null

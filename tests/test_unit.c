@@ -490,8 +490,15 @@ static double fd_check(double *vals, int64_t count, const float *analytic, doubl
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-typedef struct { HcRef h; double *X, *fn, *base, *scale; const float *gy, *gp, *gc; } PreCtx;
-static double pre_loss_cb(void *p) { PreCtx *c = p; return hc_pre_loss(&c->h, c->X, c->fn, c->base, c->scale, c->gy, c->gp, c->gc); }
+typedef struct { HcRef h; double *X, *fn, *base, *scale; const float *gy, *gp, *gc; int T; } PreCtx;
+static double pre_loss_cb(void *p) {
+    PreCtx *c = p;
+    const int n = c->h.n, d = c->h.d;
+    double L = 0;
+    for (int t = 0; t < c->T; t++)
+        L += hc_pre_loss(&c->h, c->X + t * n * d, c->fn, c->base, c->scale, c->gy + t * d, c->gp + t * n, c->gc + t * n * n);
+    return L;
+}
 
 static void test_mhc_backward(void) {
     g_test = "mhc backward";
@@ -501,25 +508,26 @@ static void test_mhc_backward(void) {
         Config c;
         memset(&c, 0, sizeof c);
         c.hc_mult = n; c.dim = d; c.hc_sinkhorn_iters = iters; c.hc_eps = 1e-6; c.norm_eps = 1e-6;
-        float *X = xmalloc(sizeof(float) * nd), *fn = xmalloc(sizeof(float) * nm * nd), base[48], scale[3];
-        float gy[64], gp[16], gc[256];
-        for (int i = 0; i < nd; i++) X[i] = (float)nrand();
+        enum { TT = 3 };
+        float *X = xmalloc(sizeof(float) * TT * nd), *fn = xmalloc(sizeof(float) * nm * nd), base[48], scale[3];
+        float gy[TT * 64], gp[TT * 16], gc[TT * 256];
+        for (int i = 0; i < TT * nd; i++) X[i] = (float)nrand();
         for (int i = 0; i < nm * nd; i++) fn[i] = (float)(nrand() * 0.3);
         for (int i = 0; i < nm; i++) base[i] = (float)nrand();
         for (int i = 0; i < 3; i++) scale[i] = (float)(0.8 + 0.4 * urand());
-        for (int i = 0; i < d; i++) gy[i] = (float)nrand();
-        for (int i = 0; i < n; i++) gp[i] = (float)nrand();
-        for (int i = 0; i < n * n; i++) gc[i] = (float)nrand();
+        for (int i = 0; i < TT * d; i++) gy[i] = (float)nrand();
+        for (int i = 0; i < TT * n; i++) gp[i] = (float)nrand();
+        for (int i = 0; i < TT * n * n; i++) gc[i] = (float)nrand();
         Mat W = {.kind = W_F32, .rows = nm, .cols = nd, .w = fn, .name = "fn"};
-        float *dX = xcalloc(nd, sizeof(float)), *dfn = xcalloc((size_t)(nm * nd), sizeof(float)), dbase[48] = {0}, dscale[3] = {0};
-        mhc_pre_backward(&c, &W, base, scale, X, 1, gy, gp, gc, dX, dfn, dbase, dscale);
-        PreCtx ctx = {{n, d, iters, 1e-6, 1e-6}, xmalloc(sizeof(double) * nd), xmalloc(sizeof(double) * nm * nd), xmalloc(sizeof(double) * nm),
-                      xmalloc(sizeof(double) * 3), gy, gp, gc};
-        for (int i = 0; i < nd; i++) ctx.X[i] = X[i];
+        float *dX = xcalloc(TT * nd, sizeof(float)), *dfn = xcalloc((size_t)(nm * nd), sizeof(float)), dbase[48] = {0}, dscale[3] = {0};
+        mhc_pre_backward(&c, &W, base, scale, X, TT, gy, gp, gc, dX, dfn, dbase, dscale);
+        PreCtx ctx = {{n, d, iters, 1e-6, 1e-6}, xmalloc(sizeof(double) * TT * nd), xmalloc(sizeof(double) * nm * nd), xmalloc(sizeof(double) * nm),
+                      xmalloc(sizeof(double) * 3), gy, gp, gc, TT};
+        for (int i = 0; i < TT * nd; i++) ctx.X[i] = X[i];
         for (int i = 0; i < nm * nd; i++) ctx.fn[i] = fn[i];
         for (int i = 0; i < nm; i++) ctx.base[i] = base[i];
         for (int i = 0; i < 3; i++) ctx.scale[i] = scale[i];
-        const double ex = fd_check(ctx.X, nd, dX, pre_loss_cb, &ctx), ef = fd_check(ctx.fn, nm * nd, dfn, pre_loss_cb, &ctx);
+        const double ex = fd_check(ctx.X, TT * nd, dX, pre_loss_cb, &ctx), ef = fd_check(ctx.fn, nm * nd, dfn, pre_loss_cb, &ctx);
         const double eb = fd_check(ctx.base, nm, dbase, pre_loss_cb, &ctx), es = fd_check(ctx.scale, 3, dscale, pre_loss_cb, &ctx);
         CHECK(ex < 1e-4 && ef < 1e-4 && eb < 1e-4 && es < 1e-4,
               "mhc_pre n=%d iters=%d: relative errors dX %.2g dfn %.2g dbase %.2g dscale %.2g", n, iters, ex, ef, eb, es);

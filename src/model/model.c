@@ -64,7 +64,7 @@ static void cache_init_state(const LayerW *L, LayerCache *c, const Config *cf) {
 }
 
 /* Allocates one layer's cache; 0 on success, -1 when memory runs out. */
-static int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
+int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
     memset(c, 0, sizeof *c);
     c->ring = calloc((size_t)cf->window_size * (size_t)cf->head_dim, sizeof(float));
     int ok = c->ring != NULL;
@@ -88,7 +88,7 @@ static int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t
     return 0;
 }
 
-static void cache_free(LayerCache *c) {
+void cache_free(LayerCache *c) {
     free(c->ring); free(c->comp); free(c->comp_a); free(c->comp_z); free(c->idx_keys); free(c->idx_a); free(c->idx_z);
 }
 
@@ -149,7 +149,7 @@ static int check_tokens(const dsv4_model *m, const int32_t *tokens, int64_t n) {
 }
 
 /* logits[T_out, vocab] from the final streams X[T_out, n*d] via hc_head_*, norm and head. */
-static void final_logits(const dsv4_model *m, const Mat *fn, const float *base, const float *scale,
+void final_logits(const dsv4_model *m, const Mat *fn, const float *base, const float *scale,
                          const float *norm, const float *X, int64_t T, float *logits) {
     const int64_t d = m->cfg.dim;
     float *y = xmalloc(sizeof(float) * (size_t)(T * d));

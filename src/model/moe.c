@@ -9,7 +9,7 @@
 #include "../dsv4_internal.h"
 
 /* expert(x) = w2 · (weight · silu(min(x·w1, L)) ⊙ clamp(x·w3, −L, L)); L = 0 means no clamp. */
-static void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight,
+void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight,
                            double limit, float *y) {
     const int64_t d = m->cfg.dim, f = e->w1.rows;
     float *g = xmalloc(sizeof(float) * (size_t)(n * f));
@@ -31,16 +31,14 @@ static void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x
     free(u);
 }
 
-void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens, int64_t T, float *out) {
+/* Routing of T tokens (spec "MoE"): from the gate logits z [T, E] (overwritten by the scores
+ * s_e = sqrt(softplus(z)), sigmoid or softmax), the chosen experts idx [T, K] — top-k of
+ * score + bias, or tid2eid in hash layers — and their weights [T, K]: the unbiased scores,
+ * normalised unless softmax, times route_scale. */
+void moe_route(const dsv4_model *m, const LayerW *L, float *scores, const int32_t *tokens, int64_t T, int64_t *idx,
+               float *wts) {
     const Config *c = &m->cfg;
     const int E = c->n_routed_experts, K = c->n_activated_experts;
-    const int64_t d = c->dim;
-
-    /* gate: s_e = sqrt(softplus(x·gate_e)) (or sigmoid / softmax), in fp32 */
-    float *scores = xmalloc(sizeof(float) * (size_t)(T * E));
-    linear(scores, E, h, d, T, &L->gate, 0, E);
-    int64_t *idx = xmalloc(sizeof(int64_t) * (size_t)(T * K));
-    float *wts = xmalloc(sizeof(float) * (size_t)(T * K));
     float *biased = xmalloc(sizeof(float) * (size_t)E);
     for (int64_t t = 0; t < T; t++) {
         float *s = scores + t * E;
@@ -72,6 +70,17 @@ void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int
         }
     }
     free(biased);
+}
+
+void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens, int64_t T, float *out) {
+    const Config *c = &m->cfg;
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
+    const int64_t d = c->dim;
+    float *scores = xmalloc(sizeof(float) * (size_t)(T * E));
+    linear(scores, E, h, d, T, &L->gate, 0, E);
+    int64_t *idx = xmalloc(sizeof(int64_t) * (size_t)(T * K));
+    float *wts = xmalloc(sizeof(float) * (size_t)(T * K));
+    moe_route(m, L, scores, tokens, T, idx, wts);
 
     /* group the (token, slot) pairs by expert */
     int64_t *count = xcalloc((size_t)E + 1, sizeof(int64_t));

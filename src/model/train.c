@@ -1,0 +1,394 @@
+/* Gradients of the V4 network: the mean next-token cross-entropy of the main head over a
+ * sequence, and its gradient for every floating-point parameter (`dsv4 grad`).
+ *
+ * The forward runs the inference code (the same caches and kernels) and keeps only each
+ * layer's input streams. The backward walks the layers in reverse; for each it recomputes the
+ * layer once more with its intermediates saved (layer_forward_saved), then backpropagates
+ * through them with the backward passes that sit beside each forward (mhc.c, attention.c,
+ * compressor.c, moe.c, kernels/). Selections — the indexer's top-k, the MoE top-k or hash
+ * table — pass no gradient; the indexer and the selection bias get zeros. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../dsv4_internal.h"
+
+/* ---- gradient buffers, registered by checkpoint tensor name ---- */
+struct Grads {
+    char **name;
+    float **g;
+    int64_t *numel;
+    int64_t n, cap;
+};
+
+static float *grad_of(Grads *G, const char *name, int64_t numel) {
+    for (int64_t i = 0; i < G->n; i++)
+        if (!strcmp(G->name[i], name)) return G->g[i];
+    if (G->n == G->cap) {
+        G->cap = G->cap ? G->cap * 2 : 256;
+        G->name = realloc(G->name, sizeof(char *) * (size_t)G->cap);
+        G->g = realloc(G->g, sizeof(float *) * (size_t)G->cap);
+        G->numel = realloc(G->numel, sizeof(int64_t) * (size_t)G->cap);
+    }
+    G->name[G->n] = strdup(name);
+    G->g[G->n] = xcalloc((size_t)numel, sizeof(float));
+    G->numel[G->n] = numel;
+    return G->g[G->n++];
+}
+
+const float *grads_find(const Grads *G, const char *name, int64_t *numel) {
+    for (int64_t i = 0; i < G->n; i++)
+        if (!strcmp(G->name[i], name)) { *numel = G->numel[i]; return G->g[i]; }
+    return NULL;
+}
+
+void grads_free(Grads *G) {
+    if (!G) return;
+    for (int64_t i = 0; i < G->n; i++) { free(G->name[i]); free(G->g[i]); }
+    free(G->name); free(G->g); free(G->numel);
+    free(G);
+}
+
+static float *gmat(Grads *G, const Mat *W) { return grad_of(G, W->name, W->rows * W->cols); }
+static float *gvec(Grads *G, const char *pre, const char *suffix, int64_t n) {
+    char nm[1100];
+    snprintf(nm, sizeof nm, "%s.%s", pre, suffix);
+    return grad_of(G, nm, n);
+}
+
+/* ---- one layer, recomputed with its intermediates ---- */
+typedef struct {
+    int64_t T;
+    float *Xa, *Xm;                                      /* streams before each sublayer */
+    float *y1, *post1, *comb1, *h1;                      /* attention sublayer input */
+    float *cq_raw, *cq, *q_raw, *q, *kv_raw, *kv;        /* q and kv paths */
+    float *ca, *cz;                                      /* compressor a, z + ape [T, coff*D] */
+    float *pooled, *ent;                                 /* entries before norm, after norm+RoPE */
+    int64_t n_ent;
+    int64_t *sel, *n_sel, sel_max;                       /* compressed entries each query attends */
+    float *o, *u, *f1;                                   /* attention output path */
+    float *y2, *post2, *comb2, *h2, *z2, *s2, *w2, *f2;  /* FFN sublayer */
+    int64_t *idx2;
+} LayerAct;
+
+static void act_free(LayerAct *a) {
+    void *p[] = {a->Xa, a->Xm, a->y1, a->post1, a->comb1, a->h1, a->cq_raw, a->cq, a->q_raw, a->q, a->kv_raw, a->kv, a->ca,
+                 a->cz, a->pooled, a->ent, a->sel, a->n_sel, a->o, a->u, a->f1, a->y2, a->post2, a->comb2, a->h2, a->z2,
+                 a->s2, a->w2, a->f2, a->idx2};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+}
+
+#define ALLOC(n) xcalloc((size_t)(n), sizeof(float))
+
+/* The state rows of compressor window w (layout of compressor.c): coff 1 — tokens w*m..;
+ * coff 2 — rows [0, m) the previous window (or nothing for w = 0), rows [m, 2m) window w. */
+static void window_state(const CompressorW *cw, const float *a, const float *z, int64_t w, float *sa, float *sz) {
+    const int m = cw->ratio, W2 = cw->coff * cw->width;
+    if (cw->coff == 1) {
+        memcpy(sa, a + w * m * W2, sizeof(float) * (size_t)(m * W2));
+        memcpy(sz, z + w * m * W2, sizeof(float) * (size_t)(m * W2));
+        return;
+    }
+    for (int j = 0; j < m; j++)
+        for (int k = 0; k < W2; k++) {
+            const int64_t prev = (w - 1) * m + j, cur = w * m + j;
+            sa[j * W2 + k] = w > 0 ? a[prev * W2 + k] : 0.0f;
+            sz[j * W2 + k] = w > 0 ? z[prev * W2 + k] : -INFINITY;
+            sa[(m + j) * W2 + k] = a[cur * W2 + k];
+            sz[(m + j) * W2 + k] = z[cur * W2 + k];
+        }
+}
+
+static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const float *X_in, const int32_t *tokens, int64_t T,
+                                LayerAct *a) {
+    const Config *c = &m->cfg;
+    const int n = c->hc_mult, H = c->n_heads, D = c->head_dim, r = c->rope_head_dim, W = c->window_size;
+    const int G = c->o_groups, R = c->o_lora_rank, q_r = c->q_lora_rank, E = c->n_routed_experts, K = c->n_activated_experts;
+    const int64_t d = c->dim, nd = n * d, qd = (int64_t)H * D;
+    memset(a, 0, sizeof *a);
+    a->T = T;
+    a->Xa = xmalloc(sizeof(float) * (size_t)(T * nd));
+    memcpy(a->Xa, X_in, sizeof(float) * (size_t)(T * nd));
+    /* attention sublayer */
+    a->y1 = ALLOC(T * d); a->post1 = ALLOC(T * n); a->comb1 = ALLOC(T * n * n); a->h1 = ALLOC(T * d);
+    mhc_pre(c, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, a->Xa, T, a->y1, a->post1, a->comb1);
+    for (int64_t t = 0; t < T; t++) rmsnorm(a->h1 + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
+    a->cq_raw = ALLOC(T * q_r); a->cq = ALLOC(T * q_r); a->q_raw = ALLOC(T * qd); a->q = ALLOC(T * qd);
+    a->kv_raw = ALLOC(T * D); a->kv = ALLOC(T * D);
+    linear(a->cq_raw, q_r, a->h1, d, T, &L->wq_a, 0, q_r);
+    for (int64_t t = 0; t < T; t++) rmsnorm(a->cq + t * q_r, a->cq_raw + t * q_r, L->q_norm, q_r, c->norm_eps);
+    linear(a->q_raw, qd, a->cq, q_r, T, &L->wq_b, 0, qd);
+    linear(a->kv_raw, D, a->h1, d, T, &L->wkv, 0, D);
+    for (int64_t t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) {
+            float *qh = a->q + t * qd + (int64_t)h * D;
+            rmsnorm(qh, a->q_raw + t * qd + (int64_t)h * D, NULL, D, c->norm_eps);
+            rope_rotate(qh + D - r, r, L->rope_freq, t, 0);
+        }
+        rmsnorm(a->kv + t * D, a->kv_raw + t * D, L->kv_norm, D, c->norm_eps);
+        rope_rotate(a->kv + t * D + D - r, r, L->rope_freq, t, 0);
+    }
+    if (L->has_compressor) {
+        const CompressorW *cw = &L->comp;
+        const int m_ = cw->ratio, W2 = cw->coff * D;
+        a->ca = ALLOC(T * W2); a->cz = ALLOC(T * W2);
+        linear(a->ca, W2, a->h1, d, T, &cw->wkv, 0, W2);
+        linear(a->cz, W2, a->h1, d, T, &cw->wgate, 0, W2);
+        for (int64_t t = 0; t < T; t++)
+            for (int k = 0; k < W2; k++) a->cz[t * W2 + k] += cw->ape[(t % m_) * W2 + k];
+        a->n_ent = T / m_;
+        a->pooled = ALLOC(a->n_ent * D); a->ent = ALLOC(a->n_ent * D);
+        float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2);
+        for (int64_t w = 0; w < a->n_ent; w++) {
+            window_state(cw, a->ca, a->cz, w, sa, sz);
+            compressor_pool(cw, sa, sz, a->pooled + w * D);
+            rmsnorm(a->ent + w * D, a->pooled + w * D, cw->norm, D, c->norm_eps);
+            rope_rotate(a->ent + w * D + D - r, r, L->rope_freq, w * m_, 0);
+        }
+        free(sa); free(sz);
+    }
+    /* which compressed entries each query sees: the indexer's top-k (ratio 4) or all visible */
+    a->n_sel = xcalloc((size_t)T, sizeof(int64_t));
+    a->sel_max = 1;
+    if (L->has_indexer) {
+        LayerCache lc;
+        if (cache_alloc(L, &lc, c, T) == 0) {
+            const int HI = c->index_n_heads, I = c->index_head_dim;
+            float *q_idx = ALLOC(T * HI * I), *w_idx = ALLOC(T * HI), *scratch = ALLOC(a->n_ent + 1);
+            indexer_forward(m, L, &lc, a->h1, a->cq, T, 0, q_idx, w_idx);
+            a->sel_max = c->index_topk < a->n_ent ? c->index_topk : a->n_ent;
+            if (a->sel_max < 1) a->sel_max = 1;
+            a->sel = xcalloc((size_t)(T * a->sel_max), sizeof(int64_t));
+            for (int64_t t = 0; t < T; t++)
+                a->n_sel[t] = indexer_topk(m, L, &lc, q_idx + t * HI * I, w_idx + t * HI, (t + 1) / L->ratio, a->sel + t * a->sel_max, scratch);
+            free(q_idx); free(w_idx); free(scratch);
+            cache_free(&lc);
+        }
+    } else if (L->ratio) {
+        for (int64_t t = 0; t < T; t++) a->n_sel[t] = (t + 1) / L->ratio;
+    }
+    /* attention per query */
+    a->o = ALLOC(T * qd);
+    const float **keys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
+    float *scores = ALLOC((int64_t)H * (W + a->n_ent + 1));
+    for (int64_t t = 0; t < T; t++) {
+        int64_t nk = 0;
+        for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) keys[nk++] = a->kv + s * D;
+        for (int64_t i = 0; i < a->n_sel[t]; i++) keys[nk++] = a->ent + (L->has_indexer ? a->sel[t * a->sel_max + i] : i) * D;
+        attend_heads(a->q + t * qd, H, keys, nk, D, L->attn_sink, scores, a->o + t * qd);
+        for (int h = 0; h < H; h++) rope_rotate(a->o + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 1);
+    }
+    free(keys); free(scores);
+    a->u = ALLOC(T * G * R); a->f1 = ALLOC(T * d);
+    for (int g = 0; g < G; g++) linear(a->u + (int64_t)g * R, (int64_t)G * R, a->o + g * (qd / G), qd, T, &L->wo_a, (int64_t)g * R, R);
+    linear(a->f1, d, a->u, (int64_t)G * R, T, &L->wo_b, 0, d);
+    a->Xm = xmalloc(sizeof(float) * (size_t)(T * nd));
+    memcpy(a->Xm, a->Xa, sizeof(float) * (size_t)(T * nd));
+    mhc_post(c, a->Xm, a->f1, a->post1, a->comb1, T);
+    /* FFN sublayer */
+    a->y2 = ALLOC(T * d); a->post2 = ALLOC(T * n); a->comb2 = ALLOC(T * n * n); a->h2 = ALLOC(T * d);
+    mhc_pre(c, &L->hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, a->Xm, T, a->y2, a->post2, a->comb2);
+    for (int64_t t = 0; t < T; t++) rmsnorm(a->h2 + t * d, a->y2 + t * d, L->ffn_norm, d, c->norm_eps);
+    a->z2 = ALLOC(T * E); a->s2 = ALLOC(T * E); a->w2 = ALLOC(T * K);
+    a->idx2 = xcalloc((size_t)(T * K), sizeof(int64_t));
+    linear(a->z2, E, a->h2, d, T, &L->gate, 0, E);
+    memcpy(a->s2, a->z2, sizeof(float) * (size_t)(T * E));
+    moe_route(m, L, a->s2, tokens, T, a->idx2, a->w2);
+    a->f2 = ALLOC(T * d);
+    moe_forward(m, L, a->h2, tokens, T, a->f2);
+}
+
+/* Backward of one layer: dX [T, n*d] holds d loss / d X_out on entry and d loss / d X_in on exit. */
+static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre, const LayerAct *a, float *dX, Grads *Gr) {
+    const Config *c = &m->cfg;
+    const int n = c->hc_mult, H = c->n_heads, D = c->head_dim, r = c->rope_head_dim, W = c->window_size;
+    const int G = c->o_groups, R = c->o_lora_rank, q_r = c->q_lora_rank, E = c->n_routed_experts, K = c->n_activated_experts;
+    const int64_t d = c->dim, nd = n * d, qd = (int64_t)H * D, T = a->T, mix = (int64_t)n * (n + 2);
+    float *df = ALLOC(T * d), *dpost = ALLOC(T * n), *dcomb = ALLOC(T * n * n), *dh = ALLOC(T * d), *dy = ALLOC(T * d);
+
+    /* ---- FFN sublayer ---- */
+    mhc_post_backward(c, a->Xm, a->f2, a->post2, a->comb2, T, dX, df, dpost, dcomb);
+    /* shared expert, then the routed experts token group by token group */
+    expert_backward(m, &L->shared, a->h2, T, NULL, 0.0, df, dh, gmat(Gr, &L->shared.w1), gmat(Gr, &L->shared.w2),
+                    gmat(Gr, &L->shared.w3), NULL);
+    float *dw = ALLOC(T * K), *xe = ALLOC(T * d), *dye = ALLOC(T * d), *dxe = ALLOC(T * d), *we = ALLOC(T), *dwe = ALLOC(T);
+    int64_t *who = xmalloc(sizeof(int64_t) * (size_t)(T * K));
+    for (int e = 0; e < E; e++) {
+        int64_t ne = 0;
+        for (int64_t i = 0; i < T * K; i++)
+            if (a->idx2[i] == e) {
+                who[ne] = i;
+                memcpy(xe + ne * d, a->h2 + (i / K) * d, sizeof(float) * (size_t)d);
+                memcpy(dye + ne * d, df + (i / K) * d, sizeof(float) * (size_t)d);
+                we[ne] = a->w2[i];
+                ne++;
+            }
+        if (!ne) continue;
+        memset(dxe, 0, sizeof(float) * (size_t)(ne * d));
+        const ExpertW *ex = &L->experts[e];
+        expert_backward(m, ex, xe, ne, we, c->swiglu_limit, dye, dxe, gmat(Gr, &ex->w1), gmat(Gr, &ex->w2), gmat(Gr, &ex->w3), dwe);
+        for (int64_t j = 0; j < ne; j++) {
+            axpy_f32(dh + (who[j] / K) * d, 1.0f, dxe + j * d, d);
+            dw[who[j]] = dwe[j];
+        }
+    }
+    /* routing weights -> gate logits -> gate weight and h2 */
+    float *dz = ALLOC(T * E);
+    for (int64_t t = 0; t < T; t++) moe_gate_backward(c, a->z2 + t * E, a->idx2 + t * K, dw + t * K, dz + t * E);
+    linear_backward(dh, d, gmat(Gr, &L->gate), dz, E, a->h2, T, &L->gate, 0, E);
+    free(dw); free(xe); free(dye); free(dxe); free(we); free(dwe); free(who); free(dz);
+    float *g_ffn_norm = gvec(Gr, pre, "ffn_norm.weight", d);
+    for (int64_t t = 0; t < T; t++) rmsnorm_backward(dy + t * d, g_ffn_norm, dh + t * d, a->y2 + t * d, L->ffn_norm, d, c->norm_eps);
+    mhc_pre_backward(c, &L->hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, a->Xm, T, dy, dpost, dcomb, dX, gmat(Gr, &L->hc_ffn_fn),
+                     gvec(Gr, pre, "hc_ffn_base", mix), gvec(Gr, pre, "hc_ffn_scale", 3));
+
+    /* ---- attention sublayer ---- */
+    mhc_post_backward(c, a->Xa, a->f1, a->post1, a->comb1, T, dX, df, dpost, dcomb);
+    float *du = ALLOC(T * G * R), *dO = ALLOC(T * qd);
+    linear_backward(du, (int64_t)G * R, gmat(Gr, &L->wo_b), df, d, a->u, T, &L->wo_b, 0, d);
+    float *g_wo_a = gmat(Gr, &L->wo_a);
+    for (int g = 0; g < G; g++) {
+        /* u_g = o_g · wo_a[g]ᵀ with o_g a strided slice of o */
+        float *og = ALLOC(T * (qd / G)), *dog = ALLOC(T * (qd / G)), *dug = ALLOC(T * R);
+        for (int64_t t = 0; t < T; t++) {
+            memcpy(og + t * (qd / G), a->o + t * qd + g * (qd / G), sizeof(float) * (size_t)(qd / G));
+            memcpy(dug + t * R, du + t * G * R + (int64_t)g * R, sizeof(float) * (size_t)R);
+        }
+        linear_backward(dog, qd / G, g_wo_a, dug, R, og, T, &L->wo_a, (int64_t)g * R, R);
+        for (int64_t t = 0; t < T; t++) memcpy(dO + t * qd + g * (qd / G), dog + t * (qd / G), sizeof(float) * (size_t)(qd / G));
+        free(og); free(dog); free(dug);
+    }
+    /* through the inverse RoPE on the output, then the attention core, query by query */
+    float *dq = ALLOC(T * qd), *dkv = ALLOC(T * D), *dent = ALLOC((a->n_ent + 1) * D);
+    float *g_sink = gvec(Gr, pre, "attn.attn_sink", H);
+    const float **keys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
+    float **dkeys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
+    float *scores = ALLOC((int64_t)H * (W + a->n_ent + 1));
+    for (int64_t t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) rope_rotate(dO + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 0);
+        int64_t nk = 0;
+        for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) { keys[nk] = a->kv + s * D; dkeys[nk++] = dkv + s * D; }
+        for (int64_t i = 0; i < a->n_sel[t]; i++) {
+            const int64_t w = L->has_indexer ? a->sel[t * a->sel_max + i] : i;
+            keys[nk] = a->ent + w * D;
+            dkeys[nk++] = dent + w * D;
+        }
+        attend_heads_backward(a->q + t * qd, H, keys, nk, D, L->attn_sink, dO + t * qd, scores, dq + t * qd, dkeys, g_sink);
+    }
+    free(keys); free(dkeys); free(scores);
+    /* q: RoPE, per-head RMS, wq_b, q_norm, wq_a */
+    float *dq_raw = ALLOC(T * qd), *dcq = ALLOC(T * q_r), *dcq_raw = ALLOC(T * q_r);
+    for (int64_t t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            float *g = dq + t * qd + (int64_t)h * D;
+            rope_rotate(g + D - r, r, L->rope_freq, t, 1);
+            rmsnorm_backward(dq_raw + t * qd + (int64_t)h * D, NULL, g, a->q_raw + t * qd + (int64_t)h * D, NULL, D, c->norm_eps);
+        }
+    memset(dh, 0, sizeof(float) * (size_t)(T * d));
+    linear_backward(dcq, q_r, gmat(Gr, &L->wq_b), dq_raw, qd, a->cq, T, &L->wq_b, 0, qd);
+    float *g_q_norm = gvec(Gr, pre, "attn.q_norm.weight", q_r);
+    for (int64_t t = 0; t < T; t++) rmsnorm_backward(dcq_raw + t * q_r, g_q_norm, dcq + t * q_r, a->cq_raw + t * q_r, L->q_norm, q_r, c->norm_eps);
+    linear_backward(dh, d, gmat(Gr, &L->wq_a), dcq_raw, q_r, a->h1, T, &L->wq_a, 0, q_r);
+    /* kv: RoPE, kv_norm, wkv */
+    float *dkv_raw = ALLOC(T * D), *g_kv_norm = gvec(Gr, pre, "attn.kv_norm.weight", D);
+    for (int64_t t = 0; t < T; t++) {
+        rope_rotate(dkv + t * D + D - r, r, L->rope_freq, t, 1);
+        rmsnorm_backward(dkv_raw + t * D, g_kv_norm, dkv + t * D, a->kv_raw + t * D, L->kv_norm, D, c->norm_eps);
+    }
+    linear_backward(dh, d, gmat(Gr, &L->wkv), dkv_raw, D, a->h1, T, &L->wkv, 0, D);
+    /* compressed entries: RoPE, norm, softmax pooling, ape, wkv and wgate */
+    if (L->has_compressor) {
+        const CompressorW *cw = &L->comp;
+        const int m_ = cw->ratio, W2 = cw->coff * D;
+        char cpre[512];
+        snprintf(cpre, sizeof cpre, "%s.attn.compressor", pre);
+        float *g_norm = gvec(Gr, cpre, "norm.weight", D), *g_ape = gvec(Gr, cpre, "ape", (int64_t)m_ * W2);
+        float *da = ALLOC(T * W2), *dzz = ALLOC(T * W2), *dp = ALLOC(D);
+        float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2), *dsa = ALLOC(2 * m_ * W2), *dsz = ALLOC(2 * m_ * W2);
+        for (int64_t w = 0; w < a->n_ent; w++) {
+            float *g = dent + w * D;
+            rope_rotate(g + D - r, r, L->rope_freq, w * m_, 1);
+            rmsnorm_backward(dp, g_norm, g, a->pooled + w * D, cw->norm, D, c->norm_eps);
+            window_state(cw, a->ca, a->cz, w, sa, sz);
+            memset(dsa, 0, sizeof(float) * (size_t)(2 * m_ * W2));
+            memset(dsz, 0, sizeof(float) * (size_t)(2 * m_ * W2));
+            compressor_pool_backward(cw, sa, sz, dp, dsa, dsz);
+            for (int j = 0; j < (cw->coff == 2 ? 2 * m_ : m_); j++) {   /* the rows back to their tokens */
+                const int64_t tok = cw->coff == 1 ? w * m_ + j : j < m_ ? (w - 1) * m_ + j : w * m_ + (j - m_);
+                if (tok < 0) continue;
+                axpy_f32(da + tok * W2, 1.0f, dsa + (int64_t)j * W2, W2);
+                axpy_f32(dzz + tok * W2, 1.0f, dsz + (int64_t)j * W2, W2);
+            }
+        }
+        for (int64_t t = 0; t < T; t++) axpy_f32(g_ape + (t % m_) * W2, 1.0f, dzz + t * W2, W2);
+        linear_backward(dh, d, gmat(Gr, &cw->wkv), da, W2, a->h1, T, &cw->wkv, 0, W2);
+        linear_backward(dh, d, gmat(Gr, &cw->wgate), dzz, W2, a->h1, T, &cw->wgate, 0, W2);
+        free(da); free(dzz); free(dp); free(sa); free(sz); free(dsa); free(dsz);
+    }
+    float *g_attn_norm = gvec(Gr, pre, "attn_norm.weight", d);
+    for (int64_t t = 0; t < T; t++) rmsnorm_backward(dy + t * d, g_attn_norm, dh + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
+    mhc_pre_backward(c, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, a->Xa, T, dy, dpost, dcomb, dX,
+                     gmat(Gr, &L->hc_attn_fn), gvec(Gr, pre, "hc_attn_base", mix), gvec(Gr, pre, "hc_attn_scale", 3));
+    free(du); free(dO); free(dq); free(dkv); free(dent); free(dq_raw); free(dcq); free(dcq_raw); free(dkv_raw);
+    free(df); free(dpost); free(dcomb); free(dh); free(dy);
+    (void)nd;
+}
+
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss) {
+    const Config *c = &m->cfg;
+    if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
+    if (T < 2) { dsv4_fail("a gradient needs at least 2 tokens"); return NULL; }
+    for (int64_t i = 0; i < T; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) { dsv4_fail("token id %d at index %lld is out of range (vocab_size %lld)", tokens[i], (long long)i, (long long)c->vocab_size); return NULL; }
+    const int n = c->hc_mult;
+    const int64_t d = c->dim, nd = n * d, V = c->vocab_size;
+    /* forward with the inference code; keep each layer's input */
+    float **Xin = xcalloc((size_t)c->n_layers, sizeof(float *));
+    float *X = xmalloc(sizeof(float) * (size_t)(T * nd));
+    for (int64_t t = 0; t < T; t++) {
+        mat_dequant_rows(&m->embed, tokens[t], 1, X + t * nd);
+        for (int i = 1; i < n; i++) memcpy(X + t * nd + i * d, X + t * nd, sizeof(float) * (size_t)d);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerCache lc;
+        if (cache_alloc(&m->layers[l], &lc, c, T)) { dsv4_fail("out of memory for the layer caches"); return NULL; }
+        Xin[l] = xmalloc(sizeof(float) * (size_t)(T * nd));
+        memcpy(Xin[l], X, sizeof(float) * (size_t)(T * nd));
+        block_forward(m, &m->layers[l], &lc, X, tokens, T, 0);
+        cache_free(&lc);
+    }
+    /* head and loss: logits[t] predicts tokens[t + 1] */
+    float *yh = ALLOC(T * d), *yn = ALLOC(T * d), *logits = ALLOC(T * V), *dlogits = ALLOC(T * V);
+    hc_head(c, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, X, T, yh);
+    for (int64_t t = 0; t < T; t++) rmsnorm(yn + t * d, yh + t * d, m->norm, d, c->norm_eps);
+    linear(logits, V, yn, d, T, &m->head, 0, V);
+    *loss = cross_entropy(logits, tokens + 1, T - 1, V, dlogits);
+    free(logits);
+    /* backward through the head */
+    Grads *Gr = xcalloc(1, sizeof *Gr);
+    float *dyn = ALLOC(T * d), *dyh = ALLOC(T * d), *dX = ALLOC(T * nd);
+    linear_backward(dyn, d, gmat(Gr, &m->head), dlogits, V, yn, T - 1, &m->head, 0, V);
+    float *g_norm = grad_of(Gr, "norm.weight", d);
+    for (int64_t t = 0; t < T; t++) rmsnorm_backward(dyh + t * d, g_norm, dyn + t * d, yh + t * d, m->norm, d, c->norm_eps);
+    hc_head_backward(c, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, X, T, dyh, dX, gmat(Gr, &m->hc_head_fn),
+                     grad_of(Gr, "hc_head_base", n), grad_of(Gr, "hc_head_scale", 1));
+    free(yh); free(yn); free(dlogits); free(dyn); free(dyh);
+    /* the layers in reverse, each recomputed with its intermediates */
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        LayerAct a;
+        layer_forward_saved(m, &m->layers[l], Xin[l], tokens, T, &a);
+        char pre[64];
+        snprintf(pre, sizeof pre, "layers.%d", l);
+        layer_backward(m, &m->layers[l], pre, &a, dX, Gr);
+        act_free(&a);
+        if (l + 1 < c->n_layers) free(Xin[l + 1]);
+    }
+    free(Xin[0]);
+    /* the embedding was copied into every stream */
+    float *g_embed = gmat(Gr, &m->embed);
+    for (int64_t t = 0; t < T; t++)
+        for (int i = 0; i < n; i++) axpy_f32(g_embed + (int64_t)tokens[t] * d, 1.0f, dX + t * nd + i * d, d);
+    free(dX); free(X); free(Xin);
+    return Gr;
+}
