@@ -7,7 +7,7 @@ CFLAGS  ?= -O3
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp $(ARCH) -Iinclude $(BLAS_INC) -fPIC
 LDLIBS   = $(BLAS_LIB) -lcjson -lpcre2-8 -lm -fopenmp
 
-LIB_SRC = $(wildcard src/util/*.c src/io/*.c src/kernels/*.c src/model/*.c src/infer/*.c)
+LIB_SRC = $(wildcard src/util/*.c src/io/*.c src/kernels/*.c src/model/*.c src/infer/*.c src/train/*.c)
 CLI_SRC = $(wildcard src/cli/*.c)
 HDRS    = $(wildcard include/*.h src/*.h src/cli/*.h src/io/*.h src/io/*.inc)
 

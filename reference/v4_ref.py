@@ -166,10 +166,23 @@ def decode_plain(raw, dtype):
 
 
 class SafeTensorsDir:
-    """Every *.safetensors file of a folder: 8-byte LE header length, JSON header, data."""
+    """The shards of a model folder: the files named by model.safetensors.index.json when it
+    exists (as the engine does: other *.safetensors files there, e.g. a gradient file, are not
+    part of the checkpoint), else every *.safetensors file. Each: 8-byte LE header length, JSON
+    header, data."""
 
     def __init__(self, model_dir):
-        files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+        index = os.path.join(model_dir, "model.safetensors.index.json")
+        weight_map = None
+        if os.path.exists(index):
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f)["weight_map"]
+                files = sorted({os.path.join(model_dir, v) for v in weight_map.values()})
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise RefError(f"{index}: not valid JSON with a \"weight_map\" object ({e})")
+        else:
+            files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
         if not files:
             raise RefError(f"no *.safetensors files in {model_dir}")
         self.entries = {}
@@ -196,6 +209,10 @@ class SafeTensorsDir:
                     raise RefError(f"tensor {name} appears in more than one file")
                 self.entries[name] = (mm, dtype, shape, 8 + hlen + begin)
         self.files = files
+        if weight_map is not None:
+            for name in weight_map:
+                if name not in self.entries:
+                    raise RefError(f"{index}: tensor {name!r} is listed in {weight_map[name]} but not stored there")
 
     def __contains__(self, name):
         return name in self.entries

@@ -222,6 +222,14 @@ typedef struct LayerW {
     double *rope_freq;             /* [rope_dim/2] for this layer's type */
 } LayerW;
 
+/* Every tensor bound to the network, by checkpoint name: a matrix or a decoded vector. */
+typedef struct ParamRef {
+    const char *name;
+    Mat *mat;                      /* a weight matrix, or */
+    float **vec;                   /* a decoded vector (norms, mHC, sinks, ape, bias) */
+    int64_t numel;
+} ParamRef;
+
 struct dsv4_model {
     Config cfg;
     StSet st;
@@ -236,7 +244,12 @@ struct dsv4_model {
     LayerW *mtp;                   /* n_mtp_layers */
     void **owned;                  /* decoded small vectors, freed on close */
     int64_t n_owned, cap_owned;
+    ParamRef *params;
+    int64_t n_params, cap_params;
 };
+
+/* Makes every weight matrix an owned, writable F32 copy (dequantised), for training. */
+void model_make_trainable(dsv4_model *m);
 
 typedef struct LayerCache {
     float *ring;                   /* [W, D] window kv, slot t mod W */
@@ -326,8 +339,14 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
  * and its gradient for every parameter that receives one, by checkpoint tensor name. */
 typedef struct Grads Grads;
 Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss);
+double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
 const float *grads_find(const Grads *G, const char *name, int64_t *numel);
 void grads_free(Grads *G);
+
+/* optimisation (train/optim.c) */
+void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2, double eps,
+                double wd, int64_t t);
+double lr_schedule(int64_t s, int64_t total, int64_t warmup, double lr, double min_ratio);
 
 /* loader (model/load.c) */
 int model_bind(dsv4_model *m);

@@ -18,6 +18,14 @@ static void *own(dsv4_model *m, void *p) {
     return p;
 }
 
+static void register_param(dsv4_model *m, const char *name, Mat *mat, float **vec, int64_t numel) {
+    if (m->n_params == m->cap_params) {
+        m->cap_params = m->cap_params ? m->cap_params * 2 : 256;
+        m->params = realloc(m->params, sizeof(ParamRef) * (size_t)m->cap_params);
+    }
+    m->params[m->n_params++] = (ParamRef){own(m, strdup(name)), mat, vec, numel};
+}
+
 static const char *file_of(const dsv4_model *m, const StTensor *t) { return m->st.files[t->file].path; }
 
 static void shape_str(const StTensor *t, char *buf, size_t n) {
@@ -62,9 +70,9 @@ static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int
                          t->dtype == DT_I8 ? " (FP4: two values per byte, in-dim a multiple of 32)" : "");
     }
     switch (t->dtype) {
-    case DT_F32: out->kind = W_F32; return 0;
-    case DT_BF16: out->kind = W_BF16; return 0;
-    case DT_F16: out->kind = W_F16; return 0;
+    case DT_F32: out->kind = W_F32; register_param(m, t->name, out, NULL, rows * cols); return 0;
+    case DT_BF16: out->kind = W_BF16; register_param(m, t->name, out, NULL, rows * cols); return 0;
+    case DT_F16: out->kind = W_F16; register_param(m, t->name, out, NULL, rows * cols); return 0;
     case DT_F8_E4M3: case DT_I8: break;
     default:
         return dsv4_fail("%s: tensor '%s' has dtype %s; a weight matrix must be F32, BF16, F16, F8_E4M3 or FP4 (I8)",
@@ -93,6 +101,7 @@ static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int
     out->scale = s->data;
     out->scale_f32 = s->dtype == DT_F32;
     out->scale_cols = sc;
+    register_param(m, t->name, out, NULL, rows * cols);
     return 0;
 }
 
@@ -119,6 +128,7 @@ static int bind_f32(dsv4_model *m, float **out, const char *name, int64_t d0, in
     for (int64_t i = 0; i < n; i++)
         if (!isfinite(v[i])) return dsv4_fail("%s: tensor '%s' holds a non-finite value at element %lld", file_of(m, t), name, (long long)i);
     *out = v;
+    register_param(m, t->name, NULL, out, n);
     return 0;
 }
 
@@ -291,10 +301,24 @@ dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
     return m;
 }
 
+void model_make_trainable(dsv4_model *m) {
+    for (int64_t i = 0; i < m->n_params; i++) {
+        Mat *W = m->params[i].mat;
+        if (!W) continue;
+        float *buf = own(m, xmalloc(sizeof(float) * (size_t)(W->rows * W->cols)));
+        mat_dequant_rows(W, 0, W->rows, buf);
+        W->kind = W_F32;
+        W->w = buf;
+        W->scale = NULL;
+    }
+    m->quant = 0;
+}
+
 void dsv4_model_close(dsv4_model *m) {
     if (!m) return;
     for (int64_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    free(m->params);
     st_close(&m->st);
     free(m->dir);
     free(m);

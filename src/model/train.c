@@ -335,28 +335,66 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
     (void)nd;
 }
 
-Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss) {
+/* The forward of the main model over a whole sequence with the inference code: X [T, n*d] gets
+ * the final streams; Xin (may be NULL) keeps each layer's input. */
+static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T, float *X, float **Xin) {
     const Config *c = &m->cfg;
-    if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
-    if (T < 2) { dsv4_fail("a gradient needs at least 2 tokens"); return NULL; }
-    for (int64_t i = 0; i < T; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) { dsv4_fail("token id %d at index %lld is out of range (vocab_size %lld)", tokens[i], (long long)i, (long long)c->vocab_size); return NULL; }
     const int n = c->hc_mult;
-    const int64_t d = c->dim, nd = n * d, V = c->vocab_size;
-    /* forward with the inference code; keep each layer's input */
-    float **Xin = xcalloc((size_t)c->n_layers, sizeof(float *));
-    float *X = xmalloc(sizeof(float) * (size_t)(T * nd));
+    const int64_t d = c->dim, nd = n * d;
     for (int64_t t = 0; t < T; t++) {
         mat_dequant_rows(&m->embed, tokens[t], 1, X + t * nd);
         for (int i = 1; i < n; i++) memcpy(X + t * nd + i * d, X + t * nd, sizeof(float) * (size_t)d);
     }
     for (int l = 0; l < c->n_layers; l++) {
         LayerCache lc;
-        if (cache_alloc(&m->layers[l], &lc, c, T)) { dsv4_fail("out of memory for the layer caches"); return NULL; }
-        Xin[l] = xmalloc(sizeof(float) * (size_t)(T * nd));
-        memcpy(Xin[l], X, sizeof(float) * (size_t)(T * nd));
+        if (cache_alloc(&m->layers[l], &lc, c, T)) return dsv4_fail("out of memory for the layer caches");
+        if (Xin) {
+            Xin[l] = xmalloc(sizeof(float) * (size_t)(T * nd));
+            memcpy(Xin[l], X, sizeof(float) * (size_t)(T * nd));
+        }
         block_forward(m, &m->layers[l], &lc, X, tokens, T, 0);
         cache_free(&lc);
+    }
+    return 0;
+}
+
+static int check_sequence(const dsv4_model *m, const int32_t *tokens, int64_t T) {
+    if (T < 2) return dsv4_fail("a loss needs at least 2 tokens");
+    for (int64_t i = 0; i < T; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+            return dsv4_fail("token id %d at index %lld is out of range (vocab_size %lld)", tokens[i], (long long)i, (long long)m->cfg.vocab_size);
+    return 0;
+}
+
+double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T) {
+    const Config *c = &m->cfg;
+    if (check_sequence(m, tokens, T)) return NAN;
+    const int64_t nd = (int64_t)c->hc_mult * c->dim, V = c->vocab_size;
+    float *X = xmalloc(sizeof(float) * (size_t)(T * nd)), *logits = xmalloc(sizeof(float) * (size_t)(T * V));
+    double loss = NAN;
+    if (forward_streams(m, tokens, T, X, NULL) == 0) {
+        final_logits(m, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm, X, T, logits);
+        loss = cross_entropy(logits, tokens + 1, T - 1, V, NULL);
+    }
+    free(X);
+    free(logits);
+    return loss;
+}
+
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss) {
+    const Config *c = &m->cfg;
+    if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
+    if (check_sequence(m, tokens, T)) return NULL;
+    const int n = c->hc_mult;
+    const int64_t d = c->dim, nd = n * d, V = c->vocab_size;
+    /* forward with the inference code; keep each layer's input */
+    float **Xin = xcalloc((size_t)c->n_layers, sizeof(float *));
+    float *X = xmalloc(sizeof(float) * (size_t)(T * nd));
+    if (forward_streams(m, tokens, T, X, Xin)) {
+        for (int l = 0; l < c->n_layers; l++) free(Xin[l]);
+        free(Xin);
+        free(X);
+        return NULL;
     }
     /* head and loss: logits[t] predicts tokens[t + 1] */
     float *yh = ALLOC(T * d), *yn = ALLOC(T * d), *logits = ALLOC(T * V), *dlogits = ALLOC(T * V);
