@@ -237,6 +237,29 @@ print(f"{len(want)} documents: {meta['train_documents']} train / {meta['val_docu
 P
 ) && ok "data prepare: $r" || bad "data prepare: $r"
   else bad "data prepare: $(head -c 300 "$TMP/err.txt")"; fi
+  # training: 20 steps straight == 10 steps, a resume, 10 more (losses, weights, optimiser state)
+  if "$D" tokenizer train --vocab 400 --data "$TMP/train.txt" --out "$TMP/tok400.json" 2> "$TMP/err.txt" &&
+     "$D" data prepare --tokenizer "$TMP/tok400.json" --data "$TMP/train.txt" --out "$TMP/td" 2>> "$TMP/err.txt"; then
+    A="--config configs/tiny.json --data $TMP/td --steps 20 --seq 32 --batch 2 --eval-every 10 --eval-tokens 512 --ckpt-every 7 --warmup 5"
+    "$D" train $A --out "$TMP/trA" > "$TMP/a.txt" 2> "$TMP/err.txt"
+    "$D" train $A --out "$TMP/trB" --stop-at 10 > "$TMP/b1.txt" 2>> "$TMP/err.txt"
+    "$D" train --resume --data "$TMP/td" --out "$TMP/trB" > "$TMP/b2.txt" 2>> "$TMP/err.txt"
+    grep '^step' "$TMP/a.txt" | cut -d' ' -f1-4 > "$TMP/a.s"
+    cat "$TMP/b1.txt" "$TMP/b2.txt" | grep '^step' | cut -d' ' -f1-4 > "$TMP/b.s"
+    if sanitizer_clean "$TMP/err.txt" && [ "$(wc -l < "$TMP/a.s")" = 20 ] && cmp -s "$TMP/a.s" "$TMP/b.s" &&
+       cmp -s "$TMP/trA/checkpoint/model.safetensors" "$TMP/trB/checkpoint/model.safetensors" &&
+       cmp -s "$TMP/trA/checkpoint/optim.safetensors" "$TMP/trB/checkpoint/optim.safetensors"; then
+      ok "train: 20 steps straight and 10 + --resume + 10 give identical losses, weights and optimiser state ($(sed -n 1p "$TMP/a.s" | cut -d' ' -f3-4) -> $(tail -1 "$TMP/a.s" | cut -d' ' -f3-4))"
+    else bad "train resume: $(diff "$TMP/a.s" "$TMP/b.s" | head -4) $(head -c 300 "$TMP/err.txt")"; fi
+    [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q '^20,' "$TMP/trA/log.csv" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
+    "$D" run -m "$TMP/trA/checkpoint" --ids 1,2,3 -n 4 > /dev/null 2> "$TMP/err.txt" && ok "a checkpoint is a model directory (run loads it)" || bad "run on a checkpoint: $(head -c 200 "$TMP/err.txt")"
+    # killed at a random moment: the checkpoint left behind is complete and resumable
+    "$ROOT/dsv4" train $A --steps 400 --ckpt-every 1 --eval-every 0 --out "$TMP/trK" > /dev/null 2>&1 & kp=$!
+    sleep 1.5; kill -9 $kp 2>/dev/null; wait $kp 2>/dev/null
+    if "$ROOT/dsv4" train --resume --data "$TMP/td" --out "$TMP/trK" --stop-at 1000 > "$TMP/k.txt" 2> "$TMP/err.txt" && grep -q '^step' "$TMP/k.txt" ||
+       grep -q 'step' "$TMP/err.txt"; then ok "killed with SIGKILL mid-run, then resumed from its last checkpoint ($(head -1 "$TMP/k.txt" | cut -d' ' -f1-2))"
+    else bad "resume after SIGKILL: $(head -c 300 "$TMP/err.txt")"; fi
+  else bad "training data: $(head -c 300 "$TMP/err.txt")"; fi
   export TOKENIZER_JSON=$TJ
 else bad "no reference tokenizer.json (npm install failed)"; fi
 

@@ -14,6 +14,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 dsv4_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir, const char *file);
 
 /* Error exit helper: prints "dsv4 <cmd>: message" and returns 1. */

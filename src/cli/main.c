@@ -86,6 +86,7 @@ static void usage(FILE *f) {
             "  template render a conversation (JSON) into the V4 prompt text\n"
             "  logits   write the logits of a token sequence (prefill, then decode)\n"
             "  grad     the loss of a token sequence and its gradient for every parameter\n"
+            "  train    train a model on token shards (AdamW, checkpoints, --resume)\n"
             "  init     write a randomly initialised model directory in the official format\n"
             "  info     parameters, bytes and KV-cache size of a model directory\n"
             "  plan     the same from a config.json alone\n"
@@ -108,6 +109,7 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "tokenizer")) return cmd_tokenizer(argc, argv);
     if (!strcmp(c, "data")) return cmd_data(argc, argv);
     if (!strcmp(c, "grad")) return cmd_grad(argc, argv);
+    if (!strcmp(c, "train")) return cmd_train(argc, argv);
     fprintf(stderr, "dsv4: unknown command '%s'\n", c);
     usage(stderr);
     return 2;

@@ -1,0 +1,343 @@
+/* `dsv4 train`: next-token training of a V4 model on token shards, with AdamW, warm-up +
+ * cosine schedule, gradient clipping, validation, a CSV log, and checkpoints written atomically
+ * (model, optimiser state and run state together) from which --resume continues bit-exactly.
+ *
+ * Batches are drawn from the step number and the seed alone, so a resumed run sees exactly the
+ * sequences the uninterrupted run would have seen. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+typedef struct {
+    int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every;
+    double lr, min_lr_ratio, wd, clip, b1, b2, eps;
+    uint64_t seed;
+} RunCfg;
+
+static const char *HELP =
+    "usage: dsv4 train --config CFG --data DIR --out DIR [options]\n"
+    "  Trains on DIR/train.bin (validation on DIR/val.bin), made by `dsv4 data prepare`.\n"
+    "  --init-from MODEL  start from an existing model directory instead of a random one\n"
+    "  --resume           continue from OUT/checkpoint (bit-exactly; settings come from it)\n"
+    "  --steps N (200)  --seq N tokens per sequence (256)  --batch N sequences per step (4)\n"
+    "  --lr X (3e-3)  --min-lr-ratio X (0.1)  --warmup N (20)  --wd X (0.1)  --clip X (1.0)\n"
+    "  --eval-every N (50)  --eval-tokens N (8192)  --ckpt-every N (50)  --seed N (1)\n"
+    "  --stop-at N        end this run after step N with a checkpoint (the schedule still spans --steps)\n"
+    "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* weight decay applies to 2-D weight matrices other than the embedding */
+static int decays(const ParamRef *p) {
+    const size_t l = strlen(p->name);
+    return p->mat && l > 7 && !strcmp(p->name + l - 7, ".weight") && strcmp(p->name, "embed.weight");
+}
+
+/* A model directory with the current parameters as F32 (integer tables copied). */
+static int save_model(const dsv4_model *m, const char *dir) {
+    StWriter w = {0};
+    for (int64_t i = 0; i < m->st.n_tensors; i++) {
+        const StTensor *t = &m->st.tensors[i];
+        const ParamRef *p = NULL;
+        for (int64_t k = 0; k < m->n_params && !p; k++) if (!strcmp(m->params[k].name, t->name)) p = &m->params[k];
+        int64_t shape[4];
+        for (int k = 0; k < t->ndim && k < 4; k++) shape[k] = t->shape[k];
+        if (p) {
+            if (t->dtype == DT_I8) shape[t->ndim - 1] *= 2;
+            float *v = xmalloc(sizeof(float) * (size_t)p->numel);
+            memcpy(v, p->mat ? p->mat->w : *p->vec, sizeof(float) * (size_t)p->numel);
+            st_writer_add(&w, t->name, DT_F32, t->ndim, shape, v);
+        } else if (t->dtype == DT_I32 || t->dtype == DT_I64) {
+            void *v = xmalloc(t->nbytes);
+            memcpy(v, t->data, t->nbytes);
+            st_writer_add(&w, t->name, t->dtype, t->ndim, shape, v);
+        }   /* quantisation scales are dropped: the weights are F32 now */
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = st_writer_save(&w, path, 0);
+    st_writer_free(&w);
+    return rc;
+}
+
+static int save_optim(const dsv4_model *m, float **mom, float **var, const char *dir) {
+    StWriter w = {0};
+    char nm[1024];
+    for (int64_t i = 0; i < m->n_params; i++) {
+        const int64_t n = m->params[i].numel;
+        float *a = xmalloc(sizeof(float) * (size_t)n), *b = xmalloc(sizeof(float) * (size_t)n);
+        memcpy(a, mom[i], sizeof(float) * (size_t)n);
+        memcpy(b, var[i], sizeof(float) * (size_t)n);
+        snprintf(nm, sizeof nm, "m.%s", m->params[i].name);
+        st_writer_add(&w, nm, DT_F32, 1, &n, a);
+        snprintf(nm, sizeof nm, "v.%s", m->params[i].name);
+        st_writer_add(&w, nm, DT_F32, 1, &n, b);
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/optim.safetensors", dir);
+    int rc = st_writer_save(&w, path, 0);
+    st_writer_free(&w);
+    return rc;
+}
+
+static int load_optim(const dsv4_model *m, float **mom, float **var, const char *dir) {
+    char path[4200], nm[1024];
+    snprintf(path, sizeof path, "%s/optim.safetensors", dir);
+    StSet s = {0};
+    if (st_open_file(&s, path)) return -1;
+    int rc = 0;
+    for (int64_t i = 0; i < m->n_params && rc == 0; i++)
+        for (int k = 0; k < 2 && rc == 0; k++) {
+            snprintf(nm, sizeof nm, "%s.%s", k ? "v" : "m", m->params[i].name);
+            const StTensor *t = st_find(&s, nm);
+            if (!t || t->dtype != DT_F32 || t->nbytes != sizeof(float) * (size_t)m->params[i].numel)
+                rc = dsv4_fail("%s: optimiser state '%s' is missing or has the wrong size", path, nm);
+            else memcpy(k ? var[i] : mom[i], t->data, t->nbytes);
+        }
+    st_close(&s);
+    return rc;
+}
+
+static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", (double)step);
+    cJSON_AddNumberToObject(j, "steps", (double)r->steps);
+    cJSON_AddNumberToObject(j, "seq", (double)r->seq);
+    cJSON_AddNumberToObject(j, "batch", (double)r->batch);
+    cJSON_AddNumberToObject(j, "warmup", (double)r->warmup);
+    cJSON_AddNumberToObject(j, "eval_every", (double)r->eval_every);
+    cJSON_AddNumberToObject(j, "eval_tokens", (double)r->eval_tokens);
+    cJSON_AddNumberToObject(j, "ckpt_every", (double)r->ckpt_every);
+    cJSON_AddNumberToObject(j, "lr", r->lr);
+    cJSON_AddNumberToObject(j, "min_lr_ratio", r->min_lr_ratio);
+    cJSON_AddNumberToObject(j, "wd", r->wd);
+    cJSON_AddNumberToObject(j, "clip", r->clip);
+    cJSON_AddNumberToObject(j, "seed", (double)r->seed);
+    (void)config_text;
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
+    char *txt = read_file(path, NULL);
+    if (!txt) return -1;
+    cJSON *j = cJSON_Parse(txt);
+    free(txt);
+    if (!j) return dsv4_fail("%s: malformed JSON", path);
+    const char *keys[] = {"step", "steps", "seq", "batch", "warmup", "eval_every", "eval_tokens", "ckpt_every", "lr",
+                          "min_lr_ratio", "wd", "clip", "seed"};
+    double v[13];
+    for (int i = 0; i < 13; i++) {
+        cJSON *x = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
+        if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
+        v[i] = x->valuedouble;
+    }
+    cJSON_Delete(j);
+    *step = (int64_t)v[0];
+    r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
+    r->eval_every = (int64_t)v[5]; r->eval_tokens = (int64_t)v[6]; r->ckpt_every = (int64_t)v[7]; r->lr = v[8];
+    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12];
+    return 0;
+}
+
+static int rm_rf(const char *dir) {
+    char cmd[8300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* OUT/checkpoint.tmp is written completely, then swapped in: checkpoint -> checkpoint.old,
+ * checkpoint.tmp -> checkpoint, checkpoint.old removed. A crash at any point leaves a complete
+ * checkpoint or checkpoint.old, which --resume falls back to. */
+static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const RunCfg *r, int64_t step, const char *out,
+                           const char *config_text) {
+    char tmp[4096], cur[4096], old[4096], path[4200];
+    snprintf(tmp, sizeof tmp, "%s/checkpoint.tmp", out);
+    snprintf(cur, sizeof cur, "%s/checkpoint", out);
+    snprintf(old, sizeof old, "%s/checkpoint.old", out);
+    rm_rf(tmp);
+    if (mkdir(tmp, 0755)) return dsv4_fail("%s: cannot create: %s", tmp, strerror(errno));
+    snprintf(path, sizeof path, "%s/config.json", tmp);
+    if (write_file_atomic(path, config_text, strlen(config_text))) return -1;
+    if (save_model(m, tmp) || save_optim(m, mom, var, tmp)) return -1;
+    char *rj = run_json(r, step, config_text);
+    snprintf(path, sizeof path, "%s/state.json", tmp);
+    int rc = write_file_atomic(path, rj, strlen(rj));
+    free(rj);
+    if (rc) return -1;
+    rm_rf(old);
+    if (access(cur, F_OK) == 0 && rename(cur, old)) return dsv4_fail("%s: cannot move aside: %s", cur, strerror(errno));
+    if (rename(tmp, cur)) return dsv4_fail("%s: cannot rename into place: %s", cur, strerror(errno));
+    rm_rf(old);
+    return 0;
+}
+
+static double eval_loss(const dsv4_model *m, const int32_t *val, int64_t nval, const RunCfg *r) {
+    double sum = 0;
+    int64_t n = 0;
+    for (int64_t o = 0; o + r->seq + 1 <= nval && o < r->eval_tokens; o += r->seq) {
+        const double l = model_loss(m, val + o, r->seq + 1);
+        if (isnan(l)) return NAN;
+        sum += l;
+        n++;
+    }
+    return n ? sum / n : NAN;
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *cfgp = NULL, *data = NULL, *out = NULL, *init_from = NULL;
+    int resume = 0;
+    int64_t stop_at = 0, steps_given = 0;
+    RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
+                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .seed = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char *end;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(HELP, stdout); return 0; }
+        else if (!strcmp(a, "--resume")) resume = 1;
+        else if (i + 1 >= argc) return cli_error("train", "option %s needs a value (see --help)", a);
+        else if (!strcmp(a, "--config")) cfgp = argv[++i];
+        else if (!strcmp(a, "--data")) data = argv[++i];
+        else if (!strcmp(a, "--out")) out = argv[++i];
+        else if (!strcmp(a, "--init-from")) init_from = argv[++i];
+        else if (!strcmp(a, "--steps")) r.steps = steps_given = cli_int("train", a, argv[++i], 1, 1 << 30);
+        else if (!strcmp(a, "--seq")) r.seq = cli_int("train", a, argv[++i], 2, 1 << 20);
+        else if (!strcmp(a, "--batch")) r.batch = cli_int("train", a, argv[++i], 1, 1 << 16);
+        else if (!strcmp(a, "--warmup")) r.warmup = cli_int("train", a, argv[++i], 0, 1 << 30);
+        else if (!strcmp(a, "--eval-every")) r.eval_every = cli_int("train", a, argv[++i], 0, 1 << 30);
+        else if (!strcmp(a, "--eval-tokens")) r.eval_tokens = cli_int("train", a, argv[++i], 0, INT64_MAX);
+        else if (!strcmp(a, "--ckpt-every")) r.ckpt_every = cli_int("train", a, argv[++i], 0, 1 << 30);
+        else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
+        else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
+        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip")) {
+            const double x = strtod(argv[++i], &end);
+            if (*end || !(x >= 0) || x > 1e6) return cli_error("train", "%s needs a non-negative number", a);
+            if (!strcmp(a, "--lr")) r.lr = x; else if (!strcmp(a, "--min-lr-ratio")) r.min_lr_ratio = x;
+            else if (!strcmp(a, "--wd")) r.wd = x; else r.clip = x;
+        }
+        else return cli_error("train", "unknown option '%s' (see --help)", a);
+    }
+    if (!data || !out || (!cfgp && !init_from && !resume)) return cli_error("train", "needs --config CFG (or --init-from MODEL) --data DIR --out DIR");
+    if (mkdir(out, 0755) && errno != EEXIST) return cli_error("train", "%s: cannot create: %s", out, strerror(errno));
+
+    /* the starting point: a checkpoint, an existing model, or a fresh random one */
+    char mdir[4096], path[4200];
+    int64_t start = 0;
+    if (resume) {
+        snprintf(mdir, sizeof mdir, "%s/checkpoint", out);
+        if (access(mdir, F_OK) != 0) snprintf(mdir, sizeof mdir, "%s/checkpoint.old", out);
+        if (access(mdir, F_OK) != 0) return cli_error("train", "--resume: no checkpoint in %s", out);
+        snprintf(path, sizeof path, "%s/state.json", mdir);
+        if (read_run_json(path, &r, &start)) return cli_error("train", "%s", dsv4_last_error());
+        if (steps_given > r.steps) r.steps = steps_given;   /* a run may be extended */
+    } else if (init_from) {
+        snprintf(mdir, sizeof mdir, "%s", init_from);
+    } else {
+        snprintf(mdir, sizeof mdir, "%s/init", out);
+        char seed[32];
+        snprintf(seed, sizeof seed, "%llu", (unsigned long long)r.seed);
+        char *args[] = {"init", "--config", (char *)cfgp, "--seed", seed, "--out", mdir, "--dtype", "f32", NULL};
+        if (cmd_init(9, args)) return 1;
+    }
+    snprintf(path, sizeof path, "%s/config.json", mdir);
+    char *config_text = read_file(path, NULL);
+    if (!config_text) return cli_error("train", "%s", dsv4_last_error());
+    dsv4_open_options o = {.quant_rounding = 0};
+    dsv4_model *m = dsv4_model_open(mdir, &o);
+    if (!m) { free(config_text); return cli_error("train", "%s", dsv4_last_error()); }
+    model_make_trainable(m);
+    const int64_t P = m->n_params;
+    float **mom = xcalloc((size_t)P, sizeof(float *)), **var = xcalloc((size_t)P, sizeof(float *));
+    for (int64_t i = 0; i < P; i++) {
+        mom[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
+        var[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
+    }
+    int rc = 0;
+    if (resume && load_optim(m, mom, var, mdir)) rc = cli_error("train", "%s", dsv4_last_error());
+    int64_t ntrain = 0, nval = 0;
+    snprintf(path, sizeof path, "%s/train.bin", data);
+    int32_t *train = rc ? NULL : shard_read(path, &ntrain);
+    snprintf(path, sizeof path, "%s/val.bin", data);
+    int32_t *val = train ? shard_read(path, &nval) : NULL;
+    if (!rc && (!train || !val)) rc = cli_error("train", "%s", dsv4_last_error());
+    if (!rc && ntrain < r.seq + 2) rc = cli_error("train", "%s/train.bin has %lld tokens; --seq %lld needs more", data, (long long)ntrain, (long long)r.seq);
+    for (int64_t i = 0; !rc && i < ntrain; i++)
+        if (train[i] >= m->cfg.vocab_size) rc = cli_error("train", "%s/train.bin: token %d at %lld is beyond the model's vocab_size %lld", data, train[i], (long long)i, (long long)m->cfg.vocab_size);
+
+    snprintf(path, sizeof path, "%s/log.csv", out);
+    FILE *logf = rc ? NULL : fopen(path, start ? "a" : "w");
+    if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
+    if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss\n");
+    float **gsum = xcalloc((size_t)P, sizeof(float *));
+    for (int64_t i = 0; i < P; i++) gsum[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
+    const double t0 = now_sec();
+    int64_t tokens_done = 0;
+    for (int64_t step = start; !rc && step < r.steps; step++) {
+        const double ts = now_sec();
+        for (int64_t i = 0; i < P; i++) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
+        double loss = 0;
+        for (int64_t b = 0; b < r.batch && !rc; b++) {
+            /* the sequence of (step, b) depends on nothing else: a resumed run sees the same data */
+            const uint64_t off = mix64(r.seed * 0x100000001b3ull ^ mix64((uint64_t)step * 4096 + (uint64_t)b)) % (uint64_t)(ntrain - r.seq - 1);
+            double l;
+            Grads *G = model_grad(m, train + off, r.seq + 1, &l);
+            if (!G) { rc = cli_error("train", "step %lld: %s", (long long)step, dsv4_last_error()); break; }
+            loss += l / (double)r.batch;
+            for (int64_t i = 0; i < P; i++) {
+                int64_t n;
+                const float *g = grads_find(G, m->params[i].name, &n);
+                if (g && n == m->params[i].numel) axpy_f32(gsum[i], 1.0f / (float)r.batch, g, n);
+            }
+            grads_free(G);
+        }
+        if (rc) break;
+        /* global-norm clipping, then AdamW */
+        double gn2 = 0;
+        for (int64_t i = 0; i < P; i++) for (int64_t k = 0; k < m->params[i].numel; k++) gn2 += (double)gsum[i][k] * gsum[i][k];
+        const double gnorm = sqrt(gn2), clip = r.clip > 0 && gnorm > r.clip ? r.clip / gnorm : 1.0;
+        const double lr = lr_schedule(step, r.steps, r.warmup, r.lr, r.min_lr_ratio);
+        for (int64_t i = 0; i < P; i++) {
+            ParamRef *p = &m->params[i];
+            if (clip != 1.0) for (int64_t k = 0; k < p->numel; k++) gsum[i][k] *= (float)clip;
+            float *w = p->mat ? (float *)p->mat->w : *p->vec;
+            adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);
+        }
+        tokens_done += r.batch * r.seq;
+        const double tps = (double)(r.batch * r.seq) / (now_sec() - ts);
+        double vl = NAN;
+        if (r.eval_every && ((step + 1) % r.eval_every == 0 || step + 1 == r.steps)) vl = eval_loss(m, val, nval, &r);
+        fprintf(logf, "%lld,%.6f,%.6g,%.6g,%.1f,", (long long)(step + 1), loss, lr, gnorm, tps);
+        if (!isnan(vl)) fprintf(logf, "%.6f", vl);
+        fprintf(logf, "\n");
+        fflush(logf);
+        printf("step %lld/%lld loss %.6f lr %.3g grad_norm %.3g %.0f tok/s%s", (long long)(step + 1), (long long)r.steps, loss, lr,
+               gnorm, tps, isnan(vl) ? "" : "");
+        if (!isnan(vl)) printf(" val_loss %.6f", vl);
+        printf("\n");
+        fflush(stdout);
+        progress("train", step + 1 - start, r.steps - start, t0);
+        const int last = step + 1 == r.steps || step + 1 == stop_at;
+        if ((r.ckpt_every && (step + 1) % r.ckpt_every == 0) || last)
+            if (save_checkpoint(m, mom, var, &r, step + 1, out, config_text)) rc = cli_error("train", "checkpoint: %s", dsv4_last_error());
+        if (step + 1 == stop_at) break;
+    }
+    if (logf) fclose(logf);
+    if (!rc) fprintf(stderr, "dsv4 train: %lld tokens in %.1f s; model in %s/checkpoint\n", (long long)tokens_done, now_sec() - t0, out);
+    for (int64_t i = 0; i < P; i++) { free(mom[i]); free(var[i]); free(gsum[i]); }
+    free(mom); free(var); free(gsum); free(train); free(val); free(config_text);
+    dsv4_model_close(m);
+    return rc;
+}
