@@ -252,7 +252,13 @@ P
       ok "train: 20 steps straight and 10 + --resume + 10 give identical losses, weights and optimiser state ($(sed -n 1p "$TMP/a.s" | cut -d' ' -f3-4) -> $(tail -1 "$TMP/a.s" | cut -d' ' -f3-4))"
     else bad "train resume: $(diff "$TMP/a.s" "$TMP/b.s" | head -4) $(head -c 300 "$TMP/err.txt")"; fi
     [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q '^20,' "$TMP/trA/log.csv" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
+    [ "$(head -c 4 "$TMP/trA/loss.png" | od -An -c | tr -d ' ')" = '211PNG' ] && ok "train draws loss.png with gnuplot" || bad "no loss.png"
     "$D" run -m "$TMP/trA/checkpoint" --ids 1,2,3 -n 4 > /dev/null 2> "$TMP/err.txt" && ok "a checkpoint is a model directory (run loads it)" || bad "run on a checkpoint: $(head -c 200 "$TMP/err.txt")"
+    # perplexity over the validation shard == the last validation loss of the log (same windows)
+    pp=$("$D" perplexity -m "$TMP/trA/checkpoint" --data "$TMP/td/val.bin" --seq 32 --max-tokens 512 2> "$TMP/err.txt")
+    vl=$(tail -1 "$TMP/trA/log.csv" | cut -d, -f6)
+    $PY -c "import sys; a = float(sys.argv[1].split('loss ')[1].split()[0]); b = float(sys.argv[2]); sys.exit(0 if abs(a - b) < 1e-3 else 1)" "$pp" "$vl" &&
+      ok "perplexity: $pp (train's validation loss $vl)" || bad "perplexity: '$pp' vs validation loss '$vl' $(head -c 200 "$TMP/err.txt")"
     # killed at a random moment: the checkpoint left behind is complete and resumable
     "$ROOT/dsv4" train $A --steps 400 --ckpt-every 1 --eval-every 0 --out "$TMP/trK" > /dev/null 2>&1 & kp=$!
     sleep 1.5; kill -9 $kp 2>/dev/null; wait $kp 2>/dev/null

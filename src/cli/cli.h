@@ -15,6 +15,7 @@ int cmd_tokenizer(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
 dsv4_tokenizer *cli_load_tokenizer(const char *cmd, const char *dir, const char *file);
 
 /* Error exit helper: prints "dsv4 <cmd>: message" and returns 1. */

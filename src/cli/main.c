@@ -87,6 +87,7 @@ static void usage(FILE *f) {
             "  logits   write the logits of a token sequence (prefill, then decode)\n"
             "  grad     the loss of a token sequence and its gradient for every parameter\n"
             "  train    train a model on token shards (AdamW, checkpoints, --resume)\n"
+            "  perplexity  loss and perplexity of a model over text or token shards\n"
             "  init     write a randomly initialised model directory in the official format\n"
             "  info     parameters, bytes and KV-cache size of a model directory\n"
             "  plan     the same from a config.json alone\n"
@@ -110,6 +111,7 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "data")) return cmd_data(argc, argv);
     if (!strcmp(c, "grad")) return cmd_grad(argc, argv);
     if (!strcmp(c, "train")) return cmd_train(argc, argv);
+    if (!strcmp(c, "perplexity")) return cmd_perplexity(argc, argv);
     fprintf(stderr, "dsv4: unknown command '%s'\n", c);
     usage(stderr);
     return 2;

@@ -185,6 +185,27 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
     return 0;
 }
 
+/* OUT/loss.png from OUT/log.csv with gnuplot (skipped, with a note, when gnuplot is missing). */
+static void plot_loss(const char *out) {
+    char cmd[8400];
+    snprintf(cmd, sizeof cmd, "command -v gnuplot >/dev/null 2>&1 && gnuplot 2>/dev/null <<'EOF'\n"
+             "set terminal pngcairo size 900,540 font 'sans,11' noenhanced\n"
+             "set output '%s/loss.png.tmp'\n"
+             "set datafile separator ','\n"
+             "set title 'dsv4 train: next-token cross-entropy'\n"
+             "set xlabel 'step'\nset ylabel 'loss (nats)'\nset grid\nset key top right\n"
+             "plot '%s/log.csv' every ::1 using 1:2 with lines lw 1.5 title 'train', "
+             "'' every ::1 using 1:($6 > 0 ? $6 : 1/0) with linespoints pt 7 ps 0.8 lw 2 title 'validation'\n"
+             "EOF\n", out, out);
+    if (system(cmd) == 0) {
+        char a[4200], b[4200];
+        snprintf(a, sizeof a, "%s/loss.png.tmp", out);
+        snprintf(b, sizeof b, "%s/loss.png", out);
+        if (rename(a, b) == 0) { fprintf(stderr, "dsv4 train: loss curve in %s\n", b); return; }
+    }
+    fprintf(stderr, "dsv4 train: no loss.png (gnuplot not available)\n");
+}
+
 static double eval_loss(const dsv4_model *m, const int32_t *val, int64_t nval, const RunCfg *r) {
     double sum = 0;
     int64_t n = 0;
@@ -278,6 +299,21 @@ int cmd_train(int argc, char **argv) {
         if (train[i] >= m->cfg.vocab_size) rc = cli_error("train", "%s/train.bin: token %d at %lld is beyond the model's vocab_size %lld", data, train[i], (long long)i, (long long)m->cfg.vocab_size);
 
     snprintf(path, sizeof path, "%s/log.csv", out);
+    if (!rc && start) {
+        /* steps logged after the checkpoint we resume from were lost with the process: drop them */
+        char *txt = read_file(path, NULL);
+        if (txt) {
+            char *line = strchr(txt, '\n');   /* the end of the header */
+            while (line) {
+                char *next = strchr(line + 1, '\n');
+                if (!next || strtoll(line + 1, NULL, 10) > start) break;
+                line = next;
+            }
+            const size_t n = line ? (size_t)(line - txt + 1) : strlen(txt);
+            write_file_atomic(path, txt, n);
+            free(txt);
+        }
+    }
     FILE *logf = rc ? NULL : fopen(path, start ? "a" : "w");
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
     if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss\n");
@@ -335,6 +371,7 @@ int cmd_train(int argc, char **argv) {
         if (step + 1 == stop_at) break;
     }
     if (logf) fclose(logf);
+    if (!rc) plot_loss(out);
     if (!rc) fprintf(stderr, "dsv4 train: %lld tokens in %.1f s; model in %s/checkpoint\n", (long long)tokens_done, now_sec() - t0, out);
     for (int64_t i = 0; i < P; i++) { free(mom[i]); free(var[i]); free(gsum[i]); }
     free(mom); free(var); free(gsum); free(train); free(val); free(config_text);
