@@ -341,6 +341,7 @@ typedef struct Grads Grads;
 Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss);
 double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
 const float *grads_find(const Grads *G, const char *name, int64_t *numel);
+const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */
 void grads_free(Grads *G);
 
 /* optimisation (train/optim.c) */

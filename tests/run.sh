@@ -253,6 +253,23 @@ P
     else bad "train resume: $(diff "$TMP/a.s" "$TMP/b.s" | head -4) $(head -c 300 "$TMP/err.txt")"; fi
     [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q '^20,' "$TMP/trA/log.csv" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
     [ "$(head -c 4 "$TMP/trA/loss.png" | od -An -c | tr -d ' ')" = '211PNG' ] && ok "train draws loss.png with gnuplot" || bad "no loss.png"
+    r=$($PY - "$TMP/trA" <<'P'
+import json, struct, sys
+import numpy as np
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4") for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
+a, b = tensors(sys.argv[1] + "/init/model-00001-of-00001.safetensors"), tensors(sys.argv[1] + "/checkpoint/model.safetensors")
+moved = 0
+for k in a:
+    if k.endswith("ffn.gate.bias"):
+        d = (b[k].astype(np.float64) - a[k]) / 1e-3          # whole steps of gamma = 0.001, at most 20 of them
+        assert np.all(np.abs(d - np.round(d)) < 1e-2) and np.abs(d).max() <= 20.01, (k, d)
+        moved += int(np.abs(d).max() > 0.5)
+assert moved > 0
+print(f"gate biases moved in steps of 0.001 in {moved} learned layers")
+P
+) && ok "aux-loss-free balancing: $r" || bad "bias balancing: $r"
     "$D" run -m "$TMP/trA/checkpoint" --ids 1,2,3 -n 4 > /dev/null 2> "$TMP/err.txt" && ok "a checkpoint is a model directory (run loads it)" || bad "run on a checkpoint: $(head -c 200 "$TMP/err.txt")"
     # perplexity over the validation shard == the last validation loss of the log (same windows)
     pp=$("$D" perplexity -m "$TMP/trA/checkpoint" --data "$TMP/td/val.bin" --seq 32 --max-tokens 512 2> "$TMP/err.txt")

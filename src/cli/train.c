@@ -17,7 +17,7 @@
 
 typedef struct {
     int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every;
-    double lr, min_lr_ratio, wd, clip, b1, b2, eps;
+    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update;
     uint64_t seed;
 } RunCfg;
 
@@ -30,6 +30,8 @@ static const char *HELP =
     "  --lr X (3e-3)  --min-lr-ratio X (0.1)  --warmup N (20)  --wd X (0.1)  --clip X (1.0)\n"
     "  --eval-every N (50)  --eval-tokens N (8192)  --ckpt-every N (50)  --seed N (1)\n"
     "  --stop-at N        end this run after step N with a checkpoint (the schedule still spans --steps)\n"
+    "  --bias-update G    aux-loss-free balancing: after each step, gate bias += G sign(mean load - load)\n"
+    "                     in every learned MoE layer (0.001; 0 = off)\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
 
 static uint64_t mix64(uint64_t z) {
@@ -124,6 +126,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "min_lr_ratio", r->min_lr_ratio);
     cJSON_AddNumberToObject(j, "wd", r->wd);
     cJSON_AddNumberToObject(j, "clip", r->clip);
+    cJSON_AddNumberToObject(j, "bias_update", r->bias_update);
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
     (void)config_text;
     char *s = cJSON_Print(j);
@@ -138,9 +141,9 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     free(txt);
     if (!j) return dsv4_fail("%s: malformed JSON", path);
     const char *keys[] = {"step", "steps", "seq", "batch", "warmup", "eval_every", "eval_tokens", "ckpt_every", "lr",
-                          "min_lr_ratio", "wd", "clip", "seed"};
-    double v[13];
-    for (int i = 0; i < 13; i++) {
+                          "min_lr_ratio", "wd", "clip", "seed", "bias_update"};
+    double v[14];
+    for (int i = 0; i < 14; i++) {
         cJSON *x = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
         v[i] = x->valuedouble;
@@ -149,7 +152,7 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
     r->eval_every = (int64_t)v[5]; r->eval_tokens = (int64_t)v[6]; r->ckpt_every = (int64_t)v[7]; r->lr = v[8];
-    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12];
+    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13];
     return 0;
 }
 
@@ -223,7 +226,8 @@ int cmd_train(int argc, char **argv) {
     int resume = 0;
     int64_t stop_at = 0, steps_given = 0;
     RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
-                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .seed = 1};
+                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3,
+                .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         char *end;
@@ -243,11 +247,11 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--ckpt-every")) r.ckpt_every = cli_int("train", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
-        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip")) {
+        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update")) {
             const double x = strtod(argv[++i], &end);
             if (*end || !(x >= 0) || x > 1e6) return cli_error("train", "%s needs a non-negative number", a);
             if (!strcmp(a, "--lr")) r.lr = x; else if (!strcmp(a, "--min-lr-ratio")) r.min_lr_ratio = x;
-            else if (!strcmp(a, "--wd")) r.wd = x; else r.clip = x;
+            else if (!strcmp(a, "--wd")) r.wd = x; else if (!strcmp(a, "--clip")) r.clip = x; else r.bias_update = x;
         }
         else return cli_error("train", "unknown option '%s' (see --help)", a);
     }
@@ -317,6 +321,8 @@ int cmd_train(int argc, char **argv) {
     FILE *logf = rc ? NULL : fopen(path, start ? "a" : "w");
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
     if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss\n");
+    const int E = m->cfg.n_routed_experts;
+    int64_t *load = xcalloc((size_t)m->cfg.n_layers * (size_t)E, sizeof(int64_t));
     float **gsum = xcalloc((size_t)P, sizeof(float *));
     for (int64_t i = 0; i < P; i++) gsum[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
     const double t0 = now_sec();
@@ -324,6 +330,7 @@ int cmd_train(int argc, char **argv) {
     for (int64_t step = start; !rc && step < r.steps; step++) {
         const double ts = now_sec();
         for (int64_t i = 0; i < P; i++) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
+        memset(load, 0, sizeof(int64_t) * (size_t)m->cfg.n_layers * (size_t)E);
         double loss = 0;
         for (int64_t b = 0; b < r.batch && !rc; b++) {
             /* the sequence of (step, b) depends on nothing else: a resumed run sees the same data */
@@ -337,6 +344,8 @@ int cmd_train(int argc, char **argv) {
                 const float *g = grads_find(G, m->params[i].name, &n);
                 if (g && n == m->params[i].numel) axpy_f32(gsum[i], 1.0f / (float)r.batch, g, n);
             }
+            const int64_t *lg = grads_expert_load(G);
+            for (int64_t i = 0; i < (int64_t)m->cfg.n_layers * E; i++) load[i] += lg[i];
             grads_free(G);
         }
         if (rc) break;
@@ -350,6 +359,17 @@ int cmd_train(int argc, char **argv) {
             if (clip != 1.0) for (int64_t k = 0; k < p->numel; k++) gsum[i][k] *= (float)clip;
             float *w = p->mat ? (float *)p->mat->w : *p->vec;
             adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);
+        }
+        /* auxiliary-loss-free balancing (spec "MoE"): experts above the mean load get less bias */
+        for (int l = 0; r.bias_update > 0 && l < m->cfg.n_layers; l++) {
+            float *bias = m->layers[l].gate_bias;
+            if (!bias || m->layers[l].tid2eid) continue;
+            double mean = 0;
+            for (int e = 0; e < E; e++) mean += (double)load[(int64_t)l * E + e] / E;
+            for (int e = 0; e < E; e++) {
+                const double diff = mean - (double)load[(int64_t)l * E + e];
+                bias[e] += (float)(r.bias_update * (diff > 0 ? 1 : diff < 0 ? -1 : 0));
+            }
         }
         tokens_done += r.batch * r.seq;
         const double tps = (double)(r.batch * r.seq) / (now_sec() - ts);
@@ -374,7 +394,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) plot_loss(out);
     if (!rc) fprintf(stderr, "dsv4 train: %lld tokens in %.1f s; model in %s/checkpoint\n", (long long)tokens_done, now_sec() - t0, out);
     for (int64_t i = 0; i < P; i++) { free(mom[i]); free(var[i]); free(gsum[i]); }
-    free(mom); free(var); free(gsum); free(train); free(val); free(config_text);
+    free(mom); free(var); free(gsum); free(load); free(train); free(val); free(config_text);
     dsv4_model_close(m);
     return rc;
 }

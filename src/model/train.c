@@ -20,7 +20,10 @@ struct Grads {
     float **g;
     int64_t *numel;
     int64_t n, cap;
+    int64_t *load;      /* [n_layers, E]: tokens routed to each expert (for aux-loss-free balancing) */
 };
+
+const int64_t *grads_expert_load(const Grads *G) { return G->load; }
 
 static float *grad_of(Grads *G, const char *name, int64_t numel) {
     for (int64_t i = 0; i < G->n; i++)
@@ -46,7 +49,7 @@ const float *grads_find(const Grads *G, const char *name, int64_t *numel) {
 void grads_free(Grads *G) {
     if (!G) return;
     for (int64_t i = 0; i < G->n; i++) { free(G->name[i]); free(G->g[i]); }
-    free(G->name); free(G->g); free(G->numel);
+    free(G->name); free(G->g); free(G->numel); free(G->load);
     free(G);
 }
 
@@ -405,6 +408,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double 
     free(logits);
     /* backward through the head */
     Grads *Gr = xcalloc(1, sizeof *Gr);
+    Gr->load = xcalloc((size_t)c->n_layers * (size_t)c->n_routed_experts, sizeof(int64_t));
     float *dyn = ALLOC(T * d), *dyh = ALLOC(T * d), *dX = ALLOC(T * nd);
     linear_backward(dyn, d, gmat(Gr, &m->head), dlogits, V, yn, T - 1, &m->head, 0, V);
     float *g_norm = grad_of(Gr, "norm.weight", d);
@@ -418,6 +422,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double 
         layer_forward_saved(m, &m->layers[l], Xin[l], tokens, T, &a);
         char pre[64];
         snprintf(pre, sizeof pre, "layers.%d", l);
+        for (int64_t i = 0; i < T * c->n_activated_experts; i++) Gr->load[(int64_t)l * c->n_routed_experts + a.idx2[i]]++;
         layer_backward(m, &m->layers[l], pre, &a, dX, Gr);
         act_free(&a);
         if (l + 1 < c->n_layers) free(Xin[l + 1]);
