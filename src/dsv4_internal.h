@@ -338,7 +338,8 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
 /* training (model/train.c): the mean next-token cross-entropy of the main head over `tokens`
  * and its gradient for every parameter that receives one, by checkpoint tensor name. */
 typedef struct Grads Grads;
-Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss);
+/* mtp_weight > 0 adds mtp_weight x the MTP block's cross-entropy (token i+2 from position i). */
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double mtp_weight, double *loss);
 double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
 const float *grads_find(const Grads *G, const char *name, int64_t *numel);
 const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */

@@ -13,10 +13,12 @@ static const char *HELP =
     "  losses, indexer in inference mode) and its gradient for every floating-point parameter,\n"
     "  as F32 tensors under the checkpoint's names (zeros where no gradient flows; quantisation\n"
     "  scales and integer tables omitted; quantised weights get the gradient of their dequantised\n"
-    "  values). Prints `loss <value>` last.\n";
+    "  values). Prints `loss <value>` last.\n"
+    "  --mtp-weight X   add X times the MTP block's cross-entropy (token i+2 from position i) to the loss\n";
 
 int cmd_grad(int argc, char **argv) {
     const char *dir = NULL, *tokf = NULL, *out = NULL;
+    double mtp_weight = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(HELP, stdout); return 0; }
@@ -24,6 +26,11 @@ int cmd_grad(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
         else if (!strcmp(a, "--tokens")) tokf = argv[++i];
         else if (!strcmp(a, "--out")) out = argv[++i];
+        else if (!strcmp(a, "--mtp-weight")) {
+            char *end;
+            mtp_weight = strtod(argv[++i], &end);
+            if (*end || !(mtp_weight >= 0) || mtp_weight > 1e6) return cli_error("grad", "--mtp-weight needs a non-negative number");
+        }
         else return cli_error("grad", "unknown option '%s' (see --help)", a);
     }
     if (!dir || !tokf || !out) return cli_error("grad", "needs -m DIR --tokens FILE --out OUT.safetensors (see --help)");
@@ -34,7 +41,7 @@ int cmd_grad(int argc, char **argv) {
     dsv4_model *m = dsv4_model_open(dir, &o);
     if (!m) { free(ids); return cli_error("grad", "%s", dsv4_last_error()); }
     double loss = 0;
-    Grads *G = model_grad(m, ids, N, &loss);
+    Grads *G = model_grad(m, ids, N, mtp_weight, &loss);
     int rc = 0;
     if (!G) rc = cli_error("grad", "%s: %s", tokf, dsv4_last_error());
     else {

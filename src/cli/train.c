@@ -17,7 +17,7 @@
 
 typedef struct {
     int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every;
-    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update;
+    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight;
     uint64_t seed;
 } RunCfg;
 
@@ -32,6 +32,7 @@ static const char *HELP =
     "  --stop-at N        end this run after step N with a checkpoint (the schedule still spans --steps)\n"
     "  --bias-update G    aux-loss-free balancing: after each step, gate bias += G sign(mean load - load)\n"
     "                     in every learned MoE layer (0.001; 0 = off)\n"
+    "  --mtp-weight X     weight of the MTP block's loss (0.3; 0 = off); the logged loss includes it\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
 
 static uint64_t mix64(uint64_t z) {
@@ -127,6 +128,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "wd", r->wd);
     cJSON_AddNumberToObject(j, "clip", r->clip);
     cJSON_AddNumberToObject(j, "bias_update", r->bias_update);
+    cJSON_AddNumberToObject(j, "mtp_weight", r->mtp_weight);
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
     (void)config_text;
     char *s = cJSON_Print(j);
@@ -141,9 +143,9 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     free(txt);
     if (!j) return dsv4_fail("%s: malformed JSON", path);
     const char *keys[] = {"step", "steps", "seq", "batch", "warmup", "eval_every", "eval_tokens", "ckpt_every", "lr",
-                          "min_lr_ratio", "wd", "clip", "seed", "bias_update"};
-    double v[14];
-    for (int i = 0; i < 14; i++) {
+                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight"};
+    double v[15];
+    for (int i = 0; i < 15; i++) {
         cJSON *x = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
         v[i] = x->valuedouble;
@@ -152,7 +154,7 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
     r->eval_every = (int64_t)v[5]; r->eval_tokens = (int64_t)v[6]; r->ckpt_every = (int64_t)v[7]; r->lr = v[8];
-    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13];
+    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14];
     return 0;
 }
 
@@ -226,7 +228,7 @@ int cmd_train(int argc, char **argv) {
     int resume = 0;
     int64_t stop_at = 0, steps_given = 0;
     RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
-                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3,
+                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3,
                 .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -247,11 +249,11 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--ckpt-every")) r.ckpt_every = cli_int("train", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
-        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update")) {
+        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update") || !strcmp(a, "--mtp-weight")) {
             const double x = strtod(argv[++i], &end);
             if (*end || !(x >= 0) || x > 1e6) return cli_error("train", "%s needs a non-negative number", a);
             if (!strcmp(a, "--lr")) r.lr = x; else if (!strcmp(a, "--min-lr-ratio")) r.min_lr_ratio = x;
-            else if (!strcmp(a, "--wd")) r.wd = x; else if (!strcmp(a, "--clip")) r.clip = x; else r.bias_update = x;
+            else if (!strcmp(a, "--wd")) r.wd = x; else if (!strcmp(a, "--clip")) r.clip = x; else if (!strcmp(a, "--mtp-weight")) r.mtp_weight = x; else r.bias_update = x;
         }
         else return cli_error("train", "unknown option '%s' (see --help)", a);
     }
@@ -336,7 +338,7 @@ int cmd_train(int argc, char **argv) {
             /* the sequence of (step, b) depends on nothing else: a resumed run sees the same data */
             const uint64_t off = mix64(r.seed * 0x100000001b3ull ^ mix64((uint64_t)step * 4096 + (uint64_t)b)) % (uint64_t)(ntrain - r.seq - 1);
             double l;
-            Grads *G = model_grad(m, train + off, r.seq + 1, &l);
+            Grads *G = model_grad(m, train + off, r.seq + 1, r.mtp_weight, &l);
             if (!G) { rc = cli_error("train", "step %lld: %s", (long long)step, dsv4_last_error()); break; }
             loss += l / (double)r.batch;
             for (int64_t i = 0; i < P; i++) {

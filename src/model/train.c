@@ -361,6 +361,67 @@ static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T
     return 0;
 }
 
+/* MTP (spec "MTP"): at position i the block sees the main streams X_i and the embedding of token
+ * i+1 and predicts token i+2. Returns the mean cross-entropy over the T-2 predictions; adds
+ * weight x its gradient to the parameters and to dX (the main model's final streams). */
+static double mtp_loss_backward(const dsv4_model *m, const int32_t *tokens, int64_t T, const float *X, double weight,
+                                float *dX, Grads *Gr) {
+    const Config *c = &m->cfg;
+    const LayerW *L = &m->mtp[0];
+    const int n = c->hc_mult;
+    const int64_t d = c->dim, nd = n * d, V = c->vocab_size, Tm = T - 1;
+    const int32_t *next = tokens + 1;
+    float *e = ALLOC(Tm * d), *en = ALLOC(Tm * d), *ep = ALLOC(Tm * d), *hn = ALLOC(Tm * nd), *X0 = ALLOC(Tm * nd);
+    for (int64_t t = 0; t < Tm; t++) {
+        mat_dequant_rows(&m->embed, next[t], 1, e + t * d);
+        rmsnorm(en + t * d, e + t * d, L->enorm, d, c->norm_eps);
+        for (int i = 0; i < n; i++) rmsnorm(hn + t * nd + i * d, X + t * nd + i * d, L->hnorm, d, c->norm_eps);
+    }
+    linear(ep, d, en, d, Tm, &L->e_proj, 0, d);
+    linear(X0, d, hn, d, Tm * n, &L->h_proj, 0, d);
+    for (int64_t t = 0; t < Tm; t++)
+        for (int i = 0; i < n; i++) axpy_f32(X0 + t * nd + i * d, 1.0f, ep + t * d, d);
+    LayerAct a;
+    layer_forward_saved(m, L, X0, next, Tm, &a);
+    float *Xo = xmalloc(sizeof(float) * (size_t)(Tm * nd));
+    memcpy(Xo, a.Xm, sizeof(float) * (size_t)(Tm * nd));
+    mhc_post(c, Xo, a.f2, a.post2, a.comb2, Tm);
+    float *yh = ALLOC(Tm * d), *yn = ALLOC(Tm * d), *logits = ALLOC(Tm * V), *dl = ALLOC(Tm * V);
+    hc_head(c, &L->hc_head_fn, L->hc_head_base, L->hc_head_scale, Xo, Tm, yh);
+    for (int64_t t = 0; t < Tm; t++) rmsnorm(yn + t * d, yh + t * d, L->mtp_norm, d, c->norm_eps);
+    linear(logits, V, yn, d, Tm, &m->head, 0, V);
+    const double loss = cross_entropy(logits, tokens + 2, Tm - 1, V, dl);
+    for (int64_t i = 0; i < (Tm - 1) * V; i++) dl[i] *= (float)weight;
+    /* back through the shared head, the MTP norm and hc head, the block */
+    float *dyn = ALLOC(Tm * d), *dyh = ALLOC(Tm * d), *dXo = ALLOC(Tm * nd);
+    linear_backward(dyn, d, gmat(Gr, &m->head), dl, V, yn, Tm - 1, &m->head, 0, V);
+    float *g_norm = gvec(Gr, "mtp.0", "norm.weight", d);
+    for (int64_t t = 0; t < Tm; t++) rmsnorm_backward(dyh + t * d, g_norm, dyn + t * d, yh + t * d, L->mtp_norm, d, c->norm_eps);
+    hc_head_backward(c, &L->hc_head_fn, L->hc_head_base, L->hc_head_scale, Xo, Tm, dyh, dXo, gmat(Gr, &L->hc_head_fn),
+                     gvec(Gr, "mtp.0", "hc_head_base", n), gvec(Gr, "mtp.0", "hc_head_scale", 1));
+    layer_backward(m, L, "mtp.0", &a, dXo, Gr);
+    /* X0 = h_proj(hnorm(X_i)) per stream + e_proj(enorm(Embed(token i+1))) broadcast */
+    float *dhn = ALLOC(Tm * nd), *dep = ALLOC(Tm * d), *den = ALLOC(Tm * d), *tmp = ALLOC(d);
+    linear_backward(dhn, d, gmat(Gr, &L->h_proj), dXo, d, hn, Tm * n, &L->h_proj, 0, d);
+    for (int64_t t = 0; t < Tm; t++)
+        for (int i = 0; i < n; i++) axpy_f32(dep + t * d, 1.0f, dXo + t * nd + i * d, d);
+    linear_backward(den, d, gmat(Gr, &L->e_proj), dep, d, en, Tm, &L->e_proj, 0, d);
+    float *g_enorm = gvec(Gr, "mtp.0", "enorm.weight", d), *g_hnorm = gvec(Gr, "mtp.0", "hnorm.weight", d);
+    float *g_embed = gmat(Gr, &m->embed);
+    for (int64_t t = 0; t < Tm; t++) {
+        rmsnorm_backward(tmp, g_enorm, den + t * d, e + t * d, L->enorm, d, c->norm_eps);
+        axpy_f32(g_embed + (int64_t)next[t] * d, 1.0f, tmp, d);
+        for (int i = 0; i < n; i++) {
+            rmsnorm_backward(tmp, g_hnorm, dhn + t * nd + i * d, X + t * nd + i * d, L->hnorm, d, c->norm_eps);
+            axpy_f32(dX + t * nd + i * d, 1.0f, tmp, d);
+        }
+    }
+    act_free(&a);
+    free(e); free(en); free(ep); free(hn); free(X0); free(Xo); free(yh); free(yn); free(logits); free(dl);
+    free(dyn); free(dyh); free(dXo); free(dhn); free(dep); free(den); free(tmp);
+    return loss;
+}
+
 static int check_sequence(const dsv4_model *m, const int32_t *tokens, int64_t T) {
     if (T < 2) return dsv4_fail("a loss needs at least 2 tokens");
     for (int64_t i = 0; i < T; i++)
@@ -384,7 +445,7 @@ double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T) {
     return loss;
 }
 
-Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double *loss) {
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double mtp_weight, double *loss) {
     const Config *c = &m->cfg;
     if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
     if (check_sequence(m, tokens, T)) return NULL;
@@ -416,6 +477,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double 
     hc_head_backward(c, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, X, T, dyh, dX, gmat(Gr, &m->hc_head_fn),
                      grad_of(Gr, "hc_head_base", n), grad_of(Gr, "hc_head_scale", 1));
     free(yh); free(yn); free(dlogits); free(dyn); free(dyh);
+    if (mtp_weight > 0 && c->n_mtp_layers > 0 && T >= 3) *loss += mtp_weight * mtp_loss_backward(m, tokens, T, X, mtp_weight, dX, Gr);
     /* the layers in reverse, each recomputed with its intermediates */
     for (int l = c->n_layers - 1; l >= 0; l--) {
         LayerAct a;
