@@ -168,7 +168,7 @@ static int rm_rf(const char *dir) {
  * checkpoint.tmp -> checkpoint, checkpoint.old removed. A crash at any point leaves a complete
  * checkpoint or checkpoint.old, which --resume falls back to. */
 static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const RunCfg *r, int64_t step, const char *out,
-                           const char *config_text) {
+                           const char *config_text, const char *tokenizer) {
     char tmp[4096], cur[4096], old[4096], path[4200];
     snprintf(tmp, sizeof tmp, "%s/checkpoint.tmp", out);
     snprintf(cur, sizeof cur, "%s/checkpoint", out);
@@ -183,6 +183,13 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
     int rc = write_file_atomic(path, rj, strlen(rj));
     free(rj);
     if (rc) return -1;
+    if (tokenizer && tokenizer[0]) {   /* a complete model directory: text in and out */
+        size_t tl;
+        char *tj = read_file(tokenizer, &tl);
+        snprintf(path, sizeof path, "%s/tokenizer.json", tmp);
+        if (!tj || write_file_atomic(path, tj, tl)) { free(tj); return -1; }
+        free(tj);
+    }
     rm_rf(old);
     if (access(cur, F_OK) == 0 && rename(cur, old)) return dsv4_fail("%s: cannot move aside: %s", cur, strerror(errno));
     if (rename(tmp, cur)) return dsv4_fail("%s: cannot rename into place: %s", cur, strerror(errno));
@@ -209,6 +216,29 @@ static void plot_loss(const char *out) {
         if (rename(a, b) == 0) { fprintf(stderr, "dsv4 train: loss curve in %s\n", b); return; }
     }
     fprintf(stderr, "dsv4 train: no loss.png (gnuplot not available)\n");
+}
+
+/* A short greedy continuation of <｜begin▁of▁sentence｜> with the current weights. */
+static void print_sample(dsv4_model *m, dsv4_tokenizer *tk, int64_t step) {
+    const int32_t bos = dsv4_token_id(tk, "<｜begin▁of▁sentence｜>"), eos = dsv4_token_id(tk, "<｜end▁of▁sentence｜>");
+    dsv4_session *s = dsv4_session_new(m, 64);
+    if (!s || bos < 0) { dsv4_session_free(s); return; }
+    float *logits = xmalloc(sizeof(float) * (size_t)m->cfg.vocab_size);
+    int32_t tok = bos;
+    char buf[4096];
+    dsv4_utf8_stream st = {0};
+    printf("sample at step %lld: ", (long long)step);
+    for (int i = 0; i < 48 && dsv4_forward(s, &tok, 1, logits, NULL) == 0; i++) {
+        int64_t best = 0;
+        for (int64_t v = 1; v < m->cfg.vocab_size; v++) if (logits[v] > logits[best]) best = v;
+        tok = (int32_t)best;
+        if (tok == eos) break;
+        const size_t k = dsv4_stream_decode(tk, &st, tok, buf, sizeof buf);
+        for (size_t j = 0; j < k; j++) putchar(buf[j] == '\n' ? ' ' : buf[j]);
+    }
+    printf("\n");
+    free(logits);
+    dsv4_session_free(s);
 }
 
 static double eval_loss(const dsv4_model *m, const int32_t *val, int64_t nval, const RunCfg *r) {
@@ -304,6 +334,22 @@ int cmd_train(int argc, char **argv) {
     for (int64_t i = 0; !rc && i < ntrain; i++)
         if (train[i] >= m->cfg.vocab_size) rc = cli_error("train", "%s/train.bin: token %d at %lld is beyond the model's vocab_size %lld", data, train[i], (long long)i, (long long)m->cfg.vocab_size);
 
+    /* the data's tokenizer (meta.json) gives samples and travels with the checkpoints */
+    dsv4_tokenizer *tk = NULL;
+    char tok_path[4096] = "";
+    snprintf(path, sizeof path, "%s/meta.json", data);
+    char *meta = rc ? NULL : read_file(path, NULL);
+    if (meta) {
+        cJSON *j = cJSON_Parse(meta);
+        cJSON *tp = j ? cJSON_GetObjectItemCaseSensitive(j, "tokenizer") : NULL;
+        if (cJSON_IsString(tp)) {
+            snprintf(tok_path, sizeof tok_path, "%s", tp->valuestring);
+            tk = dsv4_tokenizer_load(tok_path);
+            if (!tk) tok_path[0] = 0;
+        }
+        cJSON_Delete(j);
+        free(meta);
+    }
     snprintf(path, sizeof path, "%s/log.csv", out);
     if (!rc && start) {
         /* steps logged after the checkpoint we resume from were lost with the process: drop them */
@@ -385,17 +431,19 @@ int cmd_train(int argc, char **argv) {
                gnorm, tps, isnan(vl) ? "" : "");
         if (!isnan(vl)) printf(" val_loss %.6f", vl);
         printf("\n");
+        if (tk && !isnan(vl)) print_sample(m, tk, step + 1);
         fflush(stdout);
         progress("train", step + 1 - start, r.steps - start, t0);
         const int last = step + 1 == r.steps || step + 1 == stop_at;
         if ((r.ckpt_every && (step + 1) % r.ckpt_every == 0) || last)
-            if (save_checkpoint(m, mom, var, &r, step + 1, out, config_text)) rc = cli_error("train", "checkpoint: %s", dsv4_last_error());
+            if (save_checkpoint(m, mom, var, &r, step + 1, out, config_text, tok_path)) rc = cli_error("train", "checkpoint: %s", dsv4_last_error());
         if (step + 1 == stop_at) break;
     }
     if (logf) fclose(logf);
     if (!rc) plot_loss(out);
     if (!rc) fprintf(stderr, "dsv4 train: %lld tokens in %.1f s; model in %s/checkpoint\n", (long long)tokens_done, now_sec() - t0, out);
     for (int64_t i = 0; i < P; i++) { free(mom[i]); free(var[i]); free(gsum[i]); }
+    dsv4_tokenizer_free(tk);
     free(mom); free(var); free(gsum); free(load); free(train); free(val); free(config_text);
     dsv4_model_close(m);
     return rc;
