@@ -19,3 +19,7 @@ $PY reference/v4_ref.py -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --out "$F/tiny
 for m in tiny-fp8 alt-f32; do
   $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads.safetensors" > /dev/null
 done
+# the same with the MTP term: loss = CE_main + 0.3 * CE_mtp (MTP logits at i predict token i+2)
+for m in tiny-fp8 alt-f32; do
+  $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_mtp.safetensors" --mtp-weight 0.3 > /dev/null
+done

@@ -3,6 +3,7 @@
 
     /usr/bin/python3 reference/v4_ref.py -m MODEL_DIR --tokens TOKENS_FILE [--out LOGITS.f32]
                                          [--mtp-out MTP.f32] [--quant] [--grad-out GRAD.safetensors]
+                                         [--mtp-weight LAMBDA]
 
 TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
 --out        little-endian float32 [N, vocab]: main-model logits at every position.
@@ -11,14 +12,22 @@ TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
 --quant      the official quantisation-aware rounding (FP8 activations before FP8/FP4 linears,
              FP8 kv, Hadamard + FP4 in the indexer). Default: exact math.
 --grad-out   gradient mode (exact math only; not with --quant): loss = mean next-token cross-entropy
-             of the main head (logits at i predict token i+1, i = 0..N-2; no MTP or auxiliary
-             losses), d loss / d parameter by float64 autograd for every floating-point tensor of
-             the checkpoint, written as a safetensors file of F32 tensors named as in the
-             checkpoint. Quantised weights (FP8, FP4) get the gradient of their dequantised values
-             in their logical [out, in] shape; `*.scale` of quantised weights and integer tables
-             (tid2eid) are left out. The indexer's and MoE's top-k / hash selections pass no
-             gradient (the indexer runs in inference mode; gate.bias only selects: zero gradient);
-             the MTP block gets zeros. Prints `loss <value>` as the last line on stdout.
+             of the main head (logits at i predict token i+1, i = 0..N-2; no auxiliary losses;
+             MTP only with --mtp-weight), d loss / d parameter by float64 autograd for every
+             floating-point tensor of the checkpoint, written as a safetensors file of F32 tensors
+             named as in the checkpoint. Quantised weights (FP8, FP4) get the gradient of their
+             dequantised values in their logical [out, in] shape; `*.scale` of quantised weights
+             and integer tables (tid2eid) are left out. The indexer's and MoE's top-k / hash
+             selections pass no gradient (the indexer runs in inference mode; gate.bias only
+             selects: zero gradient); the MTP block gets zeros (unless --mtp-weight > 0). Prints
+             `loss <value>` as the last line on stdout.
+--mtp-weight with --grad-out only; LAMBDA >= 0, default 0 (= the loss above, output unchanged).
+             LAMBDA > 0: loss = CE_main + LAMBDA * CE_mtp, CE_mtp = mean over i = 0..N-3 of the
+             cross-entropy of the MTP logits at i (as --mtp-out: main final streams at i + token
+             i+1) against token i+2 (0 when N < 3). Gradients then also reach the MTP block
+             (mtp.0.*; its indexer and gate.bias only select: zeros) and the main model: its
+             layers through hnorm/h_proj, embed and head (shared); not the main hc_head_* and
+             norm (the MTP reads the streams before them). `loss` prints the total.
 At least one of --out, --grad-out is required.
 
 Written from shared/spec/V4.md (section names cited above each function) and checked against
@@ -795,6 +804,12 @@ def lm_loss(logits, token_ids):
     return torch.nn.functional.cross_entropy(logits[:-1], token_ids[1:], reduction="mean")
 
 
+def mtp_loss(mtp_logits, token_ids):
+    """Mean cross-entropy of MTP logits[i] (streams at i + token i+1) against token i+2,
+    i = 0..N-3 (float64); mtp_logits has N-1 rows, the last one predicts past the sequence."""
+    return torch.nn.functional.cross_entropy(mtp_logits[:-1], token_ids[2:], reduction="mean")
+
+
 def param_grads(model):
     """[(name, float64 gradient in the logical shape)] for every parameter of the checkpoint, in
     checkpoint order; zeros where no gradient flows (never used, or used without a graph)."""
@@ -860,12 +875,20 @@ def main(argv=None):
     ap.add_argument("--quant", action="store_true", help="official quantisation-aware rounding")
     ap.add_argument("--grad-out", help="gradient mode: F32 safetensors of d loss / d parameter "
                     "(loss = mean next-token cross-entropy of the main head)")
+    ap.add_argument("--mtp-weight", type=float, metavar="LAMBDA",
+                    help="with --grad-out: loss = CE_main + LAMBDA * CE_mtp (MTP logits at i "
+                    "predict token i+2); LAMBDA >= 0, default 0")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-layer timing on stderr")
     args = ap.parse_args(argv)
     if not args.out and not args.grad_out:
         ap.error("one of --out, --grad-out is required")
     if args.grad_out and args.quant:
         ap.error("--grad-out works on the exact math only; it cannot be combined with --quant")
+    if args.mtp_weight is not None and not args.grad_out:
+        ap.error("--mtp-weight needs --grad-out")
+    if args.mtp_weight is not None and not (0 <= args.mtp_weight < math.inf):
+        ap.error(f"--mtp-weight must be a finite value >= 0, got {args.mtp_weight!r}")
+    lam = args.mtp_weight or 0.0
 
     def log(msg):
         if args.verbose:
@@ -878,8 +901,9 @@ def main(argv=None):
         cfg = load_config(args.model)
         st = SafeTensorsDir(args.model)
         tokens = read_tokens(args.tokens, cfg["vocab_size"])
-        if args.mtp_out and (cfg["n_mtp_layers"] < 1 or "mtp.0.e_proj.weight" not in st):
-            raise RefError("--mtp-out: the model has no MTP layer (n_mtp_layers = 0 or mtp.0.* missing)")
+        for opt, on in (("--mtp-out", args.mtp_out), ("--mtp-weight", lam > 0)):
+            if on and (cfg["n_mtp_layers"] < 1 or "mtp.0.e_proj.weight" not in st):
+                raise RefError(f"{opt}: the model has no MTP layer (n_mtp_layers = 0 or mtp.0.* missing)")
         N = len(tokens)
         grad = bool(args.grad_out)
         if grad and N < 2:
@@ -889,6 +913,13 @@ def main(argv=None):
         if grad:
             t0 = time.time()
             loss = lm_loss(logits, tokens)
+            if lam > 0:
+                loss_main = loss
+                # MTP term on the main streams X with the graph: gradients reach mtp.0.* and,
+                # through hnorm/h_proj and the shared embed/head, the main model
+                loss_mtp = (mtp_loss(mtp(model, X, tokens), tokens) if N >= 3
+                            else torch.zeros((), dtype=F64))
+                loss = loss_main + lam * loss_mtp
             loss.backward()
             grads = param_grads(model)
             log(f"backward {time.time() - t0:.2f}s")
@@ -923,6 +954,9 @@ def main(argv=None):
     print("v4_ref: last position top-5: "
           + ", ".join(f"{i}:{v:.4f}" for v, i in zip(top.values.tolist(), top.indices.tolist())),
           file=sys.stderr)
+    if args.grad_out and lam > 0:
+        print(f"v4_ref: loss = CE_main {loss_main.item()!r} + {lam!r} * CE_mtp {loss_mtp.item()!r}",
+              file=sys.stderr)
     if args.grad_out:
         print(f"loss {loss.item()!r}")
     return 0

@@ -100,6 +100,10 @@ for m in tiny-fp8 alt-f32; do
     last=$(echo "$out" | tail -1)
     r=$($PY tests/compare_grads.py "$TMP/g.safetensors" "$F/$m/ref_grads.safetensors") && ok "grad $m ($last): $r" || bad "grad $m: $r"
   else bad "grad $m: $(head -c 300 "$TMP/err.txt")"; fi
+  # with the MTP loss (weight 0.3): gradients reach the MTP block and, through it, the main model
+  if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" --mtp-weight 0.3 --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then
+    r=$($PY tests/compare_grads.py "$TMP/g.safetensors" "$F/$m/ref_grads_mtp.safetensors") && ok "grad --mtp-weight 0.3 $m ($(echo "$out" | tail -1)): $r" || bad "grad mtp $m: $r"
+  else bad "grad mtp $m: $(head -c 300 "$TMP/err.txt")"; fi
 done
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
