@@ -801,6 +801,35 @@ static void test_moe_backward(void) {
     }
 }
 
+/* ---- optimisers ---- */
+static void test_optim(void) {
+    g_test = "optimisers";
+    /* Newton–Schulz: the singular values of the result are close to 1 (OᵀO ≈ I on the small side) */
+    for (int tr = 0; tr < 2; tr++) {
+        const int R = tr ? 48 : 16, C = tr ? 16 : 48, k = 16;
+        float *G = xmalloc(sizeof(float) * R * C);
+        for (int i = 0; i < R * C; i++) G[i] = (float)nrand();
+        newton_schulz(G, R, C, 8, 2);
+        double worst = 0;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++) {
+                double dot = 0;
+                for (int t = 0; t < (tr ? R : C); t++) dot += tr ? (double)G[t * C + i] * G[t * C + j] : (double)G[i * C + t] * G[j * C + t];
+                worst = fmax(worst, fabs(dot - (i == j)));
+            }
+        CHECK(worst < 0.15, "orthogonalised %dx%d: |OOᵀ - I| max %.3g", R, C, worst);
+        free(G);
+    }
+    /* AdamW: the first step moves each parameter by lr (m̂/sqrt(v̂) = sign(g)) plus the decay */
+    float p[3] = {1, -2, 0.5f}, g[3] = {0.3f, -4, 0}, m[3] = {0}, v[3] = {0};
+    adamw_step(p, g, m, v, 3, 0.01, 0.9, 0.95, 1e-12, 0.1, 1);
+    CHECK(fabs(p[0] - (1 - 0.01 * (1 + 0.1))) < 1e-6 && fabs(p[1] - (-2 - 0.01 * (-1 + 0.1 * -2))) < 1e-6 && fabs(p[2] - (0.5 - 0.01 * 0.1 * 0.5)) < 1e-6,
+          "AdamW first step: %g %g %g", p[0], p[1], p[2]);
+    CHECK(fabs(lr_schedule(0, 100, 10, 1, 0.1) - 0.1) < 1e-12 && fabs(lr_schedule(9, 100, 10, 1, 0.1) - 1) < 1e-12 &&
+          fabs(lr_schedule(55, 100, 10, 1, 0.1) - 0.55) < 1e-12 && fabs(lr_schedule(100, 100, 10, 1, 0.1) - 0.1) < 1e-12,
+          "warm-up then cosine to the floor");
+}
+
 /* ---- sampling ---- */
 static void test_sampling(void) {
     g_test = "sampling";
@@ -881,6 +910,7 @@ int main(void) {
     test_attention_backward();
     test_compressor_backward();
     test_moe_backward();
+    test_optim();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

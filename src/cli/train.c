@@ -19,6 +19,7 @@ typedef struct {
     int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every;
     double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight;
     uint64_t seed;
+    int muon;   /* 1: Muon for the hidden weight matrices, AdamW for the rest */
 } RunCfg;
 
 static const char *HELP =
@@ -33,6 +34,8 @@ static const char *HELP =
     "  --bias-update G    aux-loss-free balancing: after each step, gate bias += G sign(mean load - load)\n"
     "                     in every learned MoE layer (0.001; 0 = off)\n"
     "  --mtp-weight X     weight of the MTP block's loss (0.3; 0 = off); the logged loss includes it\n"
+    "  --optimizer muon|adamw  Muon (Newton-Schulz, 8 + 2 hybrid steps, momentum 0.95) for the hidden\n"
+    "                     weight matrices and AdamW for the rest (default), or AdamW for everything\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
 
 static uint64_t mix64(uint64_t z) {
@@ -40,6 +43,12 @@ static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+/* Muon takes the 2-D hidden weight matrices; embeddings, head, gates, mHC and vectors stay on AdamW */
+static int uses_muon(const ParamRef *p) {
+    return p->mat && p->mat->rows > 1 && strcmp(p->name, "embed.weight") && strcmp(p->name, "head.weight") &&
+           !strstr(p->name, "ffn.gate.") && !strstr(p->name, "hc_");
 }
 
 /* weight decay applies to 2-D weight matrices other than the embedding */
@@ -129,6 +138,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "clip", r->clip);
     cJSON_AddNumberToObject(j, "bias_update", r->bias_update);
     cJSON_AddNumberToObject(j, "mtp_weight", r->mtp_weight);
+    cJSON_AddNumberToObject(j, "muon", r->muon);
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
     (void)config_text;
     char *s = cJSON_Print(j);
@@ -143,9 +153,9 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     free(txt);
     if (!j) return dsv4_fail("%s: malformed JSON", path);
     const char *keys[] = {"step", "steps", "seq", "batch", "warmup", "eval_every", "eval_tokens", "ckpt_every", "lr",
-                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight"};
-    double v[15];
-    for (int i = 0; i < 15; i++) {
+                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight", "muon"};
+    double v[16];
+    for (int i = 0; i < 16; i++) {
         cJSON *x = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
         v[i] = x->valuedouble;
@@ -154,7 +164,7 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
     r->eval_every = (int64_t)v[5]; r->eval_tokens = (int64_t)v[6]; r->ckpt_every = (int64_t)v[7]; r->lr = v[8];
-    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14];
+    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14]; r->muon = (int)v[15];
     return 0;
 }
 
@@ -258,7 +268,7 @@ int cmd_train(int argc, char **argv) {
     int resume = 0;
     int64_t stop_at = 0, steps_given = 0;
     RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
-                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3,
+                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3, .muon = 1,
                 .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -277,6 +287,11 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--eval-every")) r.eval_every = cli_int("train", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--eval-tokens")) r.eval_tokens = cli_int("train", a, argv[++i], 0, INT64_MAX);
         else if (!strcmp(a, "--ckpt-every")) r.ckpt_every = cli_int("train", a, argv[++i], 0, 1 << 30);
+        else if (!strcmp(a, "--optimizer")) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "muon")) r.muon = 1; else if (!strcmp(v, "adamw")) r.muon = 0;
+            else return cli_error("train", "--optimizer takes muon or adamw, not '%s'", v);
+        }
         else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
         else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update") || !strcmp(a, "--mtp-weight")) {
@@ -369,6 +384,9 @@ int cmd_train(int argc, char **argv) {
     FILE *logf = rc ? NULL : fopen(path, start ? "a" : "w");
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
     if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss\n");
+    int64_t max_numel = 1;
+    for (int64_t i = 0; i < P; i++) if (m->params[i].numel > max_numel) max_numel = m->params[i].numel;
+    float *scratch = xmalloc(sizeof(float) * (size_t)max_numel);
     const int E = m->cfg.n_routed_experts;
     int64_t *load = xcalloc((size_t)m->cfg.n_layers * (size_t)E, sizeof(int64_t));
     float **gsum = xcalloc((size_t)P, sizeof(float *));
@@ -406,7 +424,8 @@ int cmd_train(int argc, char **argv) {
             ParamRef *p = &m->params[i];
             if (clip != 1.0) for (int64_t k = 0; k < p->numel; k++) gsum[i][k] *= (float)clip;
             float *w = p->mat ? (float *)p->mat->w : *p->vec;
-            adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);
+            if (r.muon && uses_muon(p)) muon_step(w, gsum[i], mom[i], p->mat->rows, p->mat->cols, lr, 0.95, r.wd, scratch);
+            else adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);
         }
         /* auxiliary-loss-free balancing (spec "MoE"): experts above the mean load get less bias */
         for (int l = 0; r.bias_update > 0 && l < m->cfg.n_layers; l++) {
@@ -444,6 +463,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc) fprintf(stderr, "dsv4 train: %lld tokens in %.1f s; model in %s/checkpoint\n", (long long)tokens_done, now_sec() - t0, out);
     for (int64_t i = 0; i < P; i++) { free(mom[i]); free(var[i]); free(gsum[i]); }
     dsv4_tokenizer_free(tk);
+    free(scratch);
     free(mom); free(var); free(gsum); free(load); free(train); free(val); free(config_text);
     dsv4_model_close(m);
     return rc;

@@ -1,6 +1,9 @@
 /* Optimisation: AdamW with decoupled weight decay, global-norm gradient clipping, and the
  * learning-rate schedule (linear warm-up, then cosine decay to a floor). */
+#include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../dsv4_internal.h"
 
@@ -25,4 +28,49 @@ double lr_schedule(int64_t s, int64_t total, int64_t warmup, double lr, double m
     const double x = span > 0 ? (double)(s - warmup) / span : 1.0;
     const double c = 0.5 * (1 + cos(M_PI * (x < 0 ? 0 : x > 1 ? 1 : x)));
     return lr * (min_ratio + (1 - min_ratio) * c);
+}
+
+/* Newton–Schulz orthogonalisation (Muon): X <- a X + (b A + c A²) X with A = X Xᵀ, on the
+ * normalised update, iterated; the hybrid schedule runs `fast` quintic steps with coefficients
+ * (3.4445, -4.7750, 2.0315) that push the singular values up quickly, then `settle` cubic steps
+ * (2, -1.5, 0.5) that converge them to 1. Works on the wide orientation (rows <= cols). */
+void newton_schulz(float *G, int64_t rows, int64_t cols, int fast, int settle) {
+    const int tr = rows > cols;
+    const int64_t r = tr ? cols : rows, c = tr ? rows : cols;
+    float *X = xmalloc(sizeof(float) * (size_t)(r * c)), *A = xmalloc(sizeof(float) * (size_t)(r * r));
+    float *B = xmalloc(sizeof(float) * (size_t)(r * r)), *Y = xmalloc(sizeof(float) * (size_t)(r * c));
+    double nrm = 0;
+    for (int64_t i = 0; i < rows * cols; i++) nrm += (double)G[i] * G[i];
+    const float inv = (float)(1.0 / (sqrt(nrm) + 1e-7));
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            const float v = G[i * cols + j] * inv;
+            if (tr) X[j * c + i] = v; else X[i * c + j] = v;
+        }
+    for (int it = 0; it < fast + settle; it++) {
+        const float a = it < fast ? 3.4445f : 2.0f, b = it < fast ? -4.7750f : -1.5f, cc = it < fast ? 2.0315f : 0.5f;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)r, (blasint)r, (blasint)c, 1.0f, X, (blasint)c, X, (blasint)c, 0.0f, A, (blasint)r);
+        /* B = b A + c A A */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)r, (blasint)r, cc, A, (blasint)r, A, (blasint)r, 0.0f, B, (blasint)r);
+        for (int64_t i = 0; i < r * r; i++) B[i] += b * A[i];
+        /* X = a X + B X */
+        memcpy(Y, X, sizeof(float) * (size_t)(r * c));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)r, (blasint)c, (blasint)r, 1.0f, B, (blasint)r, Y, (blasint)c, a, X, (blasint)c);
+    }
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) G[i * cols + j] = tr ? X[j * c + i] : X[i * c + j];
+    free(X); free(A); free(B); free(Y);
+}
+
+/* One Muon step on a [rows, cols] matrix: Nesterov momentum, Newton–Schulz, the update scaled to
+ * the RMS of an AdamW update (0.2 sqrt(max(rows, cols))), decoupled weight decay. */
+void muon_step(float *p, const float *g, float *mom, int64_t rows, int64_t cols, double lr, double mu, double wd, float *scratch) {
+    const int64_t n = rows * cols;
+    for (int64_t i = 0; i < n; i++) {
+        mom[i] = (float)(mu * mom[i] + g[i]);
+        scratch[i] = (float)(g[i] + mu * mom[i]);
+    }
+    newton_schulz(scratch, rows, cols, 8, 2);
+    const double k = 0.2 * sqrt((double)(rows > cols ? rows : cols));
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(p[i] - lr * (k * scratch[i] + wd * p[i]));
 }
