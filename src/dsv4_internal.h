@@ -331,6 +331,7 @@ void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64
 void expert_backward(const dsv4_model *m, const ExpertW *e, const float *x, int64_t n, const float *weight, double limit,
                      const float *dy, float *dx, float *dW1, float *dW2, float *dW3, float *dweight);
 void moe_gate_backward(const Config *c, const float *z, const int64_t *idx, const float *dw, float *dz);
+double moe_balance_loss(const Config *c, const float *z, const int64_t *idx, int64_t T, double alpha, float *dz);
 /* linear with the optional FP8 activation rounding in front of FP8/FP4 weights */
 void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
                   int64_t T, const Mat *W, int64_t r0, int64_t nr);
@@ -338,8 +339,10 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
 /* training (model/train.c): the mean next-token cross-entropy of the main head over `tokens`
  * and its gradient for every parameter that receives one, by checkpoint tensor name. */
 typedef struct Grads Grads;
-/* mtp_weight > 0 adds mtp_weight x the MTP block's cross-entropy (token i+2 from position i). */
-Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double mtp_weight, double *loss);
+/* Extra loss terms: mtp_weight x the MTP block's cross-entropy (token i+2 from position i);
+ * balance_alpha x the sequence-wise balance loss of every MoE layer. NULL = neither. */
+typedef struct LossOpts { double mtp_weight, balance_alpha; } LossOpts;
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const LossOpts *lo, double *loss);
 double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
 const float *grads_find(const Grads *G, const char *name, int64_t *numel);
 const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */

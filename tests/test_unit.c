@@ -801,6 +801,44 @@ static void test_moe_backward(void) {
     }
 }
 
+/* the sequence-wise balance loss, its gradient w.r.t. the gate logits */
+typedef struct { double *z; const int64_t *idx; const Config *c; int T; double alpha; } BalCtx;
+static double bal_loss(void *p) {
+    BalCtx *b = p;
+    const int E = b->c->n_routed_experts, K = b->c->n_activated_experts;
+    double f[16] = {0}, L = 0;
+    for (int i = 0; i < b->T * K; i++) f[b->idx[i]] += (double)E / (K * b->T);
+    for (int t = 0; t < b->T; t++) {
+        double s[16], S = 0, mx = -1e300;
+        for (int e = 0; e < E; e++) mx = fmax(mx, b->z[t * E + e]);
+        for (int e = 0; e < E; e++) {
+            const double z = b->z[t * E + e];
+            s[e] = b->c->score_func == SCORE_SOFTMAX ? exp(z - mx) : b->c->score_func == SCORE_SIGMOID ? 1 / (1 + exp(-z)) : sqrt(log1p(exp(z)));
+            S += s[e];
+        }
+        for (int e = 0; e < E; e++) L += b->alpha * f[e] * s[e] / S / b->T;
+    }
+    return L;
+}
+
+static void test_balance_loss(void) {
+    g_test = "balance loss";
+    const ScoreFunc funcs[3] = {SCORE_SQRTSOFTPLUS, SCORE_SIGMOID, SCORE_SOFTMAX};
+    for (int fi = 0; fi < 3; fi++) {
+        Config c;
+        memset(&c, 0, sizeof c);
+        c.n_routed_experts = 6; c.n_activated_experts = 2; c.score_func = funcs[fi];
+        enum { TT = 5 };
+        float z[TT * 6], dz[TT * 6] = {0};
+        double zd[TT * 6];
+        int64_t idx[TT * 2] = {0, 3, 1, 3, 5, 2, 0, 4, 3, 1};
+        for (int i = 0; i < TT * 6; i++) { z[i] = (float)nrand(); zd[i] = z[i]; }
+        const double L = moe_balance_loss(&c, z, idx, TT, 0.5, dz);
+        BalCtx bc = {zd, idx, &c, TT, 0.5};
+        CHECK(fabs(L - bal_loss(&bc)) < 1e-6 && fd_check(zd, TT * 6, dz, bal_loss, &bc) < 1e-4, "score func %d: loss %.4g vs %.4g", fi, L, bal_loss(&bc));
+    }
+}
+
 /* ---- optimisers ---- */
 static void test_optim(void) {
     g_test = "optimisers";
@@ -911,6 +949,7 @@ int main(void) {
     test_compressor_backward();
     test_moe_backward();
     test_optim();
+    test_balance_loss();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;
     printf("unit: %d passed, %d failed\n", g_pass, g_fail);

@@ -41,7 +41,8 @@ int cmd_grad(int argc, char **argv) {
     dsv4_model *m = dsv4_model_open(dir, &o);
     if (!m) { free(ids); return cli_error("grad", "%s", dsv4_last_error()); }
     double loss = 0;
-    Grads *G = model_grad(m, ids, N, mtp_weight, &loss);
+    LossOpts lo = {mtp_weight, 0.0};
+    Grads *G = model_grad(m, ids, N, &lo, &loss);
     int rc = 0;
     if (!G) rc = cli_error("grad", "%s: %s", tokf, dsv4_last_error());
     else {

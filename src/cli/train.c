@@ -17,7 +17,7 @@
 
 typedef struct {
     int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every;
-    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight;
+    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight, balance_alpha;
     uint64_t seed;
     int muon;   /* 1: Muon for the hidden weight matrices, AdamW for the rest */
 } RunCfg;
@@ -34,6 +34,7 @@ static const char *HELP =
     "  --bias-update G    aux-loss-free balancing: after each step, gate bias += G sign(mean load - load)\n"
     "                     in every learned MoE layer (0.001; 0 = off)\n"
     "  --mtp-weight X     weight of the MTP block's loss (0.3; 0 = off); the logged loss includes it\n"
+    "  --balance-alpha X  weight of the sequence-wise expert balance loss (1e-4; 0 = off)\n"
     "  --optimizer muon|adamw  Muon (Newton-Schulz, 8 + 2 hybrid steps, momentum 0.95) for the hidden\n"
     "                     weight matrices and AdamW for the rest (default), or AdamW for everything\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
@@ -139,6 +140,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "bias_update", r->bias_update);
     cJSON_AddNumberToObject(j, "mtp_weight", r->mtp_weight);
     cJSON_AddNumberToObject(j, "muon", r->muon);
+    cJSON_AddNumberToObject(j, "balance_alpha", r->balance_alpha);
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
     (void)config_text;
     char *s = cJSON_Print(j);
@@ -153,9 +155,9 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     free(txt);
     if (!j) return dsv4_fail("%s: malformed JSON", path);
     const char *keys[] = {"step", "steps", "seq", "batch", "warmup", "eval_every", "eval_tokens", "ckpt_every", "lr",
-                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight", "muon"};
-    double v[16];
-    for (int i = 0; i < 16; i++) {
+                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight", "muon", "balance_alpha"};
+    double v[17];
+    for (int i = 0; i < 17; i++) {
         cJSON *x = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
         v[i] = x->valuedouble;
@@ -164,7 +166,7 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
     r->eval_every = (int64_t)v[5]; r->eval_tokens = (int64_t)v[6]; r->ckpt_every = (int64_t)v[7]; r->lr = v[8];
-    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14]; r->muon = (int)v[15];
+    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14]; r->muon = (int)v[15]; r->balance_alpha = v[16];
     return 0;
 }
 
@@ -268,7 +270,7 @@ int cmd_train(int argc, char **argv) {
     int resume = 0;
     int64_t stop_at = 0, steps_given = 0;
     RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
-                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3, .muon = 1,
+                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3, .balance_alpha = 1e-4, .muon = 1,
                 .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -294,11 +296,12 @@ int cmd_train(int argc, char **argv) {
         }
         else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
-        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update") || !strcmp(a, "--mtp-weight")) {
+        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update") || !strcmp(a, "--mtp-weight") || !strcmp(a, "--balance-alpha")) {
             const double x = strtod(argv[++i], &end);
             if (*end || !(x >= 0) || x > 1e6) return cli_error("train", "%s needs a non-negative number", a);
             if (!strcmp(a, "--lr")) r.lr = x; else if (!strcmp(a, "--min-lr-ratio")) r.min_lr_ratio = x;
-            else if (!strcmp(a, "--wd")) r.wd = x; else if (!strcmp(a, "--clip")) r.clip = x; else if (!strcmp(a, "--mtp-weight")) r.mtp_weight = x; else r.bias_update = x;
+            else if (!strcmp(a, "--wd")) r.wd = x; else if (!strcmp(a, "--clip")) r.clip = x; else if (!strcmp(a, "--mtp-weight")) r.mtp_weight = x;
+            else if (!strcmp(a, "--balance-alpha")) r.balance_alpha = x; else r.bias_update = x;
         }
         else return cli_error("train", "unknown option '%s' (see --help)", a);
     }
@@ -402,7 +405,8 @@ int cmd_train(int argc, char **argv) {
             /* the sequence of (step, b) depends on nothing else: a resumed run sees the same data */
             const uint64_t off = mix64(r.seed * 0x100000001b3ull ^ mix64((uint64_t)step * 4096 + (uint64_t)b)) % (uint64_t)(ntrain - r.seq - 1);
             double l;
-            Grads *G = model_grad(m, train + off, r.seq + 1, r.mtp_weight, &l);
+            LossOpts lo = {r.mtp_weight, r.balance_alpha};
+            Grads *G = model_grad(m, train + off, r.seq + 1, &lo, &l);
             if (!G) { rc = cli_error("train", "step %lld: %s", (long long)step, dsv4_last_error()); break; }
             loss += l / (double)r.batch;
             for (int64_t i = 0; i < P; i++) {

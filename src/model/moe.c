@@ -182,3 +182,37 @@ void moe_gate_backward(const Config *c, const float *z, const int64_t *idx, cons
     free(s);
     free(ds);
 }
+
+/* Sequence-wise balance loss (V3/V4 "complementary sequence-wise auxiliary loss") for one layer
+ * over T tokens: L = alpha Σ_e f_e P_e with f_e = E/(K T) Σ_t 1[e chosen at t] (no gradient) and
+ * P_e = (1/T) Σ_t s_{t,e} / Σ_e' s_{t,e'} (scores normalised over all experts). Returns L and adds
+ * dL/dz to dz [T, E] (z: the raw gate logits). Hash layers count their table's choices alike. */
+double moe_balance_loss(const Config *c, const float *z, const int64_t *idx, int64_t T, double alpha, float *dz) {
+    const int E = c->n_routed_experts, K = c->n_activated_experts;
+    double *f = xcalloc((size_t)E, sizeof(double)), L = 0;
+    for (int64_t i = 0; i < T * K; i++) f[idx[i]] += (double)E / ((double)K * (double)T);
+    float *s = xmalloc(sizeof(float) * (size_t)E), *dzt = xmalloc(sizeof(float) * (size_t)E);
+    for (int64_t t = 0; t < T; t++) {
+        const float *zt = z + t * E;
+        double S = 0;
+        if (c->score_func == SCORE_SOFTMAX) {
+            float mx = -INFINITY;
+            for (int e = 0; e < E; e++) mx = fmaxf(mx, zt[e]);
+            for (int e = 0; e < E; e++) { s[e] = expf(zt[e] - mx); S += s[e]; }
+        } else
+            for (int e = 0; e < E; e++) { s[e] = c->score_func == SCORE_SIGMOID ? sigmoid_f(zt[e]) : sqrtf(softplus_f(zt[e])); S += s[e]; }
+        double fs = 0;   /* Σ_e f_e s'_e */
+        for (int e = 0; e < E; e++) fs += f[e] * s[e] / S;
+        L += alpha * fs / (double)T;
+        /* ds_e = alpha/T (f_e - Σ f s') / S, then through the score function */
+        for (int e = 0; e < E; e++) {
+            const double ds = alpha / (double)T * (f[e] - fs) / S;
+            if (c->score_func == SCORE_SOFTMAX) dzt[e] = (float)(ds * s[e]);   /* s = exp: ds/dz = s (S cancels in s') */
+            else if (c->score_func == SCORE_SIGMOID) dzt[e] = (float)(ds * s[e] * (1 - s[e]));
+            else dzt[e] = s[e] > 0 ? (float)(ds * sigmoid_f(zt[e]) / (2 * s[e])) : 0.0f;
+        }
+        for (int e = 0; e < E; e++) dz[t * E + e] += dzt[e];
+    }
+    free(f); free(s); free(dzt);
+    return L;
+}

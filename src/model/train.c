@@ -203,7 +203,8 @@ static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const floa
 }
 
 /* Backward of one layer: dX [T, n*d] holds d loss / d X_out on entry and d loss / d X_in on exit. */
-static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre, const LayerAct *a, float *dX, Grads *Gr) {
+static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre, const LayerAct *a, float *dX, Grads *Gr,
+                           double balance_alpha, double *extra_loss) {
     const Config *c = &m->cfg;
     const int n = c->hc_mult, H = c->n_heads, D = c->head_dim, r = c->rope_head_dim, W = c->window_size;
     const int G = c->o_groups, R = c->o_lora_rank, q_r = c->q_lora_rank, E = c->n_routed_experts, K = c->n_activated_experts;
@@ -239,6 +240,7 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
     /* routing weights -> gate logits -> gate weight and h2 */
     float *dz = ALLOC(T * E);
     for (int64_t t = 0; t < T; t++) moe_gate_backward(c, a->z2 + t * E, a->idx2 + t * K, dw + t * K, dz + t * E);
+    if (balance_alpha > 0) *extra_loss += moe_balance_loss(c, a->z2, a->idx2, T, balance_alpha, dz);
     linear_backward(dh, d, gmat(Gr, &L->gate), dz, E, a->h2, T, &L->gate, 0, E);
     free(dw); free(xe); free(dye); free(dxe); free(we); free(dwe); free(who); free(dz);
     float *g_ffn_norm = gvec(Gr, pre, "ffn_norm.weight", d);
@@ -365,7 +367,7 @@ static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T
  * i+1 and predicts token i+2. Returns the mean cross-entropy over the T-2 predictions; adds
  * weight x its gradient to the parameters and to dX (the main model's final streams). */
 static double mtp_loss_backward(const dsv4_model *m, const int32_t *tokens, int64_t T, const float *X, double weight,
-                                float *dX, Grads *Gr) {
+                                double balance_alpha, double *extra_loss, float *dX, Grads *Gr) {
     const Config *c = &m->cfg;
     const LayerW *L = &m->mtp[0];
     const int n = c->hc_mult;
@@ -399,7 +401,7 @@ static double mtp_loss_backward(const dsv4_model *m, const int32_t *tokens, int6
     for (int64_t t = 0; t < Tm; t++) rmsnorm_backward(dyh + t * d, g_norm, dyn + t * d, yh + t * d, L->mtp_norm, d, c->norm_eps);
     hc_head_backward(c, &L->hc_head_fn, L->hc_head_base, L->hc_head_scale, Xo, Tm, dyh, dXo, gmat(Gr, &L->hc_head_fn),
                      gvec(Gr, "mtp.0", "hc_head_base", n), gvec(Gr, "mtp.0", "hc_head_scale", 1));
-    layer_backward(m, L, "mtp.0", &a, dXo, Gr);
+    layer_backward(m, L, "mtp.0", &a, dXo, Gr, balance_alpha, extra_loss);
     /* X0 = h_proj(hnorm(X_i)) per stream + e_proj(enorm(Embed(token i+1))) broadcast */
     float *dhn = ALLOC(Tm * nd), *dep = ALLOC(Tm * d), *den = ALLOC(Tm * d), *tmp = ALLOC(d);
     linear_backward(dhn, d, gmat(Gr, &L->h_proj), dXo, d, hn, Tm * n, &L->h_proj, 0, d);
@@ -445,7 +447,9 @@ double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T) {
     return loss;
 }
 
-Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double mtp_weight, double *loss) {
+Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const LossOpts *lo, double *loss) {
+    const double mtp_weight = lo ? lo->mtp_weight : 0, balance_alpha = lo ? lo->balance_alpha : 0;
+    double extra = 0;
     const Config *c = &m->cfg;
     if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
     if (check_sequence(m, tokens, T)) return NULL;
@@ -477,7 +481,8 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double 
     hc_head_backward(c, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, X, T, dyh, dX, gmat(Gr, &m->hc_head_fn),
                      grad_of(Gr, "hc_head_base", n), grad_of(Gr, "hc_head_scale", 1));
     free(yh); free(yn); free(dlogits); free(dyn); free(dyh);
-    if (mtp_weight > 0 && c->n_mtp_layers > 0 && T >= 3) *loss += mtp_weight * mtp_loss_backward(m, tokens, T, X, mtp_weight, dX, Gr);
+    if (mtp_weight > 0 && c->n_mtp_layers > 0 && T >= 3)
+        *loss += mtp_weight * mtp_loss_backward(m, tokens, T, X, mtp_weight, balance_alpha, &extra, dX, Gr);
     /* the layers in reverse, each recomputed with its intermediates */
     for (int l = c->n_layers - 1; l >= 0; l--) {
         LayerAct a;
@@ -485,11 +490,12 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, double 
         char pre[64];
         snprintf(pre, sizeof pre, "layers.%d", l);
         for (int64_t i = 0; i < T * c->n_activated_experts; i++) Gr->load[(int64_t)l * c->n_routed_experts + a.idx2[i]]++;
-        layer_backward(m, &m->layers[l], pre, &a, dX, Gr);
+        layer_backward(m, &m->layers[l], pre, &a, dX, Gr, balance_alpha, &extra);
         act_free(&a);
         if (l + 1 < c->n_layers) free(Xin[l + 1]);
     }
     free(Xin[0]);
+    *loss += extra;
     /* the embedding was copied into every stream */
     float *g_embed = gmat(Gr, &m->embed);
     for (int64_t t = 0; t < T; t++)
