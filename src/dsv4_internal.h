@@ -352,6 +352,7 @@ void grads_free(Grads *G);
 void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2, double eps,
                 double wd, int64_t t);
 double lr_schedule(int64_t s, int64_t total, int64_t warmup, double lr, double min_ratio);
+double lr_schedule_step(int64_t s, int64_t total, int64_t warmup, double lr);
 void newton_schulz(float *G, int64_t rows, int64_t cols, int fast, int settle);
 void muon_step(float *p, const float *g, float *mom, int64_t rows, int64_t cols, double lr, double mu, double wd, float *scratch);
 

@@ -866,6 +866,8 @@ static void test_optim(void) {
     CHECK(fabs(lr_schedule(0, 100, 10, 1, 0.1) - 0.1) < 1e-12 && fabs(lr_schedule(9, 100, 10, 1, 0.1) - 1) < 1e-12 &&
           fabs(lr_schedule(55, 100, 10, 1, 0.1) - 0.55) < 1e-12 && fabs(lr_schedule(100, 100, 10, 1, 0.1) - 0.1) < 1e-12,
           "warm-up then cosine to the floor");
+    CHECK(lr_schedule_step(50, 100, 10, 1) == 1 && fabs(lr_schedule_step(85, 100, 10, 1) - 0.316) < 1e-12 && fabs(lr_schedule_step(95, 100, 10, 1) - 0.1) < 1e-12,
+          "step schedule");
 }
 
 /* ---- sampling ---- */

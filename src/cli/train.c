@@ -20,6 +20,7 @@ typedef struct {
     double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight, balance_alpha;
     uint64_t seed;
     int muon;   /* 1: Muon for the hidden weight matrices, AdamW for the rest */
+    int step_schedule;   /* 1: multi-step decay instead of cosine */
 } RunCfg;
 
 static const char *HELP =
@@ -29,6 +30,8 @@ static const char *HELP =
     "  --resume           continue from OUT/checkpoint (bit-exactly; settings come from it)\n"
     "  --steps N (200)  --seq N tokens per sequence (256)  --batch N sequences per step (4)\n"
     "  --lr X (3e-3)  --min-lr-ratio X (0.1)  --warmup N (20)  --wd X (0.1)  --clip X (1.0)\n"
+    "  --schedule cosine|step  after warm-up: cosine to lr x min-lr-ratio (default), or x0.316 at 80%\n"
+    "                     and x0.1 at 90% of the steps\n"
     "  --eval-every N (50)  --eval-tokens N (8192)  --ckpt-every N (50)  --seed N (1)\n"
     "  --stop-at N        end this run after step N with a checkpoint (the schedule still spans --steps)\n"
     "  --bias-update G    aux-loss-free balancing: after each step, gate bias += G sign(mean load - load)\n"
@@ -141,6 +144,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "mtp_weight", r->mtp_weight);
     cJSON_AddNumberToObject(j, "muon", r->muon);
     cJSON_AddNumberToObject(j, "balance_alpha", r->balance_alpha);
+    cJSON_AddNumberToObject(j, "step_schedule", r->step_schedule);
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
     (void)config_text;
     char *s = cJSON_Print(j);
@@ -155,9 +159,9 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     free(txt);
     if (!j) return dsv4_fail("%s: malformed JSON", path);
     const char *keys[] = {"step", "steps", "seq", "batch", "warmup", "eval_every", "eval_tokens", "ckpt_every", "lr",
-                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight", "muon", "balance_alpha"};
-    double v[17];
-    for (int i = 0; i < 17; i++) {
+                          "min_lr_ratio", "wd", "clip", "seed", "bias_update", "mtp_weight", "muon", "balance_alpha", "step_schedule"};
+    double v[18];
+    for (int i = 0; i < 18; i++) {
         cJSON *x = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
         v[i] = x->valuedouble;
@@ -166,7 +170,7 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
     r->eval_every = (int64_t)v[5]; r->eval_tokens = (int64_t)v[6]; r->ckpt_every = (int64_t)v[7]; r->lr = v[8];
-    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14]; r->muon = (int)v[15]; r->balance_alpha = v[16];
+    r->min_lr_ratio = v[9]; r->wd = v[10]; r->clip = v[11]; r->seed = (uint64_t)v[12]; r->bias_update = v[13]; r->mtp_weight = v[14]; r->muon = (int)v[15]; r->balance_alpha = v[16]; r->step_schedule = (int)v[17];
     return 0;
 }
 
@@ -289,6 +293,11 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--eval-every")) r.eval_every = cli_int("train", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--eval-tokens")) r.eval_tokens = cli_int("train", a, argv[++i], 0, INT64_MAX);
         else if (!strcmp(a, "--ckpt-every")) r.ckpt_every = cli_int("train", a, argv[++i], 0, 1 << 30);
+        else if (!strcmp(a, "--schedule")) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "cosine")) r.step_schedule = 0; else if (!strcmp(v, "step")) r.step_schedule = 1;
+            else return cli_error("train", "--schedule takes cosine or step, not '%s'", v);
+        }
         else if (!strcmp(a, "--optimizer")) {
             const char *v = argv[++i];
             if (!strcmp(v, "muon")) r.muon = 1; else if (!strcmp(v, "adamw")) r.muon = 0;
@@ -423,7 +432,8 @@ int cmd_train(int argc, char **argv) {
         double gn2 = 0;
         for (int64_t i = 0; i < P; i++) for (int64_t k = 0; k < m->params[i].numel; k++) gn2 += (double)gsum[i][k] * gsum[i][k];
         const double gnorm = sqrt(gn2), clip = r.clip > 0 && gnorm > r.clip ? r.clip / gnorm : 1.0;
-        const double lr = lr_schedule(step, r.steps, r.warmup, r.lr, r.min_lr_ratio);
+        const double lr = r.step_schedule ? lr_schedule_step(step, r.steps, r.warmup, r.lr)
+                                          : lr_schedule(step, r.steps, r.warmup, r.lr, r.min_lr_ratio);
         for (int64_t i = 0; i < P; i++) {
             ParamRef *p = &m->params[i];
             if (clip != 1.0) for (int64_t k = 0; k < p->numel; k++) gsum[i][k] *= (float)clip;

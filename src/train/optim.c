@@ -20,8 +20,16 @@ void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, double 
     }
 }
 
-/* Learning rate at step s (0-based) of `total`: linear warm-up over `warmup` steps, then cosine
- * from lr to lr * min_ratio. */
+/* Learning rate at step s (0-based) of `total`: linear warm-up over `warmup` steps, then a step
+ * schedule (below) or a cosine from lr to lr * min_ratio. */
+double lr_schedule_step(int64_t s, int64_t total, int64_t warmup, double lr) {
+    if (warmup > 0 && s < warmup) return lr * (double)(s + 1) / (double)warmup;
+    /* multi-step decay: x 0.316 after 80% of the run, x 0.1 after 90% */
+    if (s >= total * 9 / 10) return lr * 0.1;
+    if (s >= total * 8 / 10) return lr * 0.316;
+    return lr;
+}
+
 double lr_schedule(int64_t s, int64_t total, int64_t warmup, double lr, double min_ratio) {
     if (warmup > 0 && s < warmup) return lr * (double)(s + 1) / (double)warmup;
     const double span = (double)(total - warmup);
