@@ -243,6 +243,17 @@ static int fused_row_dots(const Mat *W, int64_t r, const float *x, int64_t ldx, 
 }
 #endif
 
+/* Batched paths decode about 16 MB of weight rows at a time into f32 for sgemm. */
+static int64_t block_rows(int64_t cols, int64_t nr) {
+    int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);
+    if (rb < 16) rb = 16;
+    return rb > nr ? nr : rb;
+}
+static void dequant_block(const Mat *W, int64_t r0, int64_t nb, float *buf) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nb; i++) dequant_row(W, r0 + i, buf + i * W->cols);
+}
+
 /* Up to this many tokens, each weight row is decoded once and dotted with every token. */
 #define LINEAR_SMALL_T 4
 
@@ -274,14 +285,11 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
         }
         return;
     }
-    int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);   /* ~16 MB of decoded rows */
-    if (rb < 16) rb = 16;
-    if (rb > nr) rb = nr;
+    const int64_t rb = block_rows(cols, nr);
     float *buf = xmalloc(sizeof(float) * (size_t)(rb * cols));
     for (int64_t b0 = 0; b0 < nr; b0 += rb) {
         const int64_t nb = b0 + rb <= nr ? rb : nr - b0;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < nb; i++) dequant_row(W, r0 + b0 + i, buf + i * cols);
+        dequant_block(W, r0 + b0, nb, buf);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)nb, (blasint)cols, 1.0f, x,
                     (blasint)ldx, buf, (blasint)cols, 0.0f, y + b0, (blasint)ldy);
     }
@@ -296,14 +304,11 @@ void linear_backward(float *dx, int64_t ldx, float *dW, const float *dy, int64_t
     const int64_t cols = W->cols;
     if (T <= 0 || nr <= 0) return;
     if (dx) {
-        int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);
-        if (rb < 16) rb = 16;
-        if (rb > nr) rb = nr;
+        const int64_t rb = block_rows(cols, nr);
         float *buf = xmalloc(sizeof(float) * (size_t)(rb * cols));
         for (int64_t b0 = 0; b0 < nr; b0 += rb) {
             const int64_t nb = b0 + rb <= nr ? rb : nr - b0;
-#pragma omp parallel for schedule(static)
-            for (int64_t i = 0; i < nb; i++) dequant_row(W, r0 + b0 + i, buf + i * cols);
+            dequant_block(W, r0 + b0, nb, buf);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)T, (blasint)cols, (blasint)nb, 1.0f, dy + b0,
                         (blasint)ldy, buf, (blasint)cols, 1.0f, dx, (blasint)ldx);
         }
