@@ -6,6 +6,7 @@
  * sequences the uninterrupted run would have seen. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,10 +175,14 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     return 0;
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+/* Removes a checkpoint directory and what it holds (no shell involved). */
 static int rm_rf(const char *dir) {
-    char cmd[8300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    if (access(dir, F_OK) != 0) return 0;
+    return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* OUT/checkpoint.tmp is written completely, then swapped in: checkpoint -> checkpoint.old,
@@ -216,6 +221,7 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
 /* OUT/loss.png from OUT/log.csv with gnuplot (skipped, with a note, when gnuplot is missing). */
 static void plot_loss(const char *out) {
     char cmd[8400];
+    if (strpbrk(out, "'\"\\\n`$")) { fprintf(stderr, "dsv4 train: no loss.png (the output path has quote characters)\n"); return; }
     snprintf(cmd, sizeof cmd, "command -v gnuplot >/dev/null 2>&1 && gnuplot 2>/dev/null <<'EOF'\n"
              "set terminal pngcairo size 900,540 font 'sans,11' noenhanced\n"
              "set output '%s/loss.png.tmp'\n"
