@@ -84,6 +84,7 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	./dsv4 bench
 	bench/tokenizer.sh
+	bench/train.sh
 
 # Regenerates the reference fixtures with the independent PyTorch reference (reference/).
 fixtures: deps

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CFG=configs/train-bench.json
-SEQ=${SEQ:-512} BATCH=${BATCH:-1} STEPS=${STEPS:-3} THREADS=2
+SEQ=${SEQ:-512} BATCH=${BATCH:-1} STEPS=${STEPS:-5} THREADS=2
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 
