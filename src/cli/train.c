@@ -427,7 +427,11 @@ int cmd_train(int argc, char **argv) {
             for (int64_t i = 0; i < P; i++) {
                 int64_t n;
                 const float *g = grads_find(G, m->params[i].name, &n);
-                if (g && n == m->params[i].numel) axpy_f32(gsum[i], 1.0f / (float)r.batch, g, n);
+                if (!g || n != m->params[i].numel) continue;
+                float *dst = gsum[i];
+                const float w = 1.0f / (float)r.batch;
+#pragma omp parallel for schedule(static) if (n > 65536)
+                for (int64_t k = 0; k < n; k++) dst[k] += w * g[k];
             }
             const int64_t *lg = grads_expert_load(G);
             for (int64_t i = 0; i < (int64_t)m->cfg.n_layers * E; i++) load[i] += lg[i];
@@ -442,7 +446,12 @@ int cmd_train(int argc, char **argv) {
                                           : lr_schedule(step, r.steps, r.warmup, r.lr, r.min_lr_ratio);
         for (int64_t i = 0; i < P; i++) {
             ParamRef *p = &m->params[i];
-            if (clip != 1.0) for (int64_t k = 0; k < p->numel; k++) gsum[i][k] *= (float)clip;
+            if (clip != 1.0) {
+                float *gi = gsum[i];
+                const int64_t pn = p->numel;
+#pragma omp parallel for schedule(static) if (pn > 65536)
+                for (int64_t k = 0; k < pn; k++) gi[k] *= (float)clip;
+            }
             float *w = p->mat ? (float *)p->mat->w : *p->vec;
             if (r.muon && uses_muon(p)) muon_step(w, gsum[i], mom[i], p->mat->rows, p->mat->cols, lr, 0.95, r.wd, scratch);
             else adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);

@@ -11,12 +11,14 @@
  * p -= lr (m̂ / (sqrt(v̂) + eps) + wd p), with m̂, v̂ bias-corrected for step t (1-based). */
 void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2, double eps,
                 double wd, int64_t t) {
-    const double c1 = 1.0 - pow(b1, (double)t), c2 = 1.0 - pow(b2, (double)t);
+    const float B1 = (float)b1, B2 = (float)b2, ic1 = (float)(1.0 / (1.0 - pow(b1, (double)t)));
+    const float ic2 = (float)(1.0 / (1.0 - pow(b2, (double)t))), LR = (float)lr, E = (float)eps, WD = (float)wd;
+    /* element-wise and independent: the same result whatever the threads */
+#pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
-        m[i] = (float)(b1 * m[i] + (1 - b1) * g[i]);
-        v[i] = (float)(b2 * v[i] + (1 - b2) * (double)g[i] * g[i]);
-        const double mh = m[i] / c1, vh = v[i] / c2;
-        p[i] = (float)(p[i] - lr * (mh / (sqrt(vh) + eps) + wd * p[i]));
+        m[i] = B1 * m[i] + (1 - B1) * g[i];
+        v[i] = B2 * v[i] + (1 - B2) * g[i] * g[i];
+        p[i] -= LR * (m[i] * ic1 / (sqrtf(v[i] * ic2) + E) + WD * p[i]);
     }
 }
 
