@@ -86,9 +86,9 @@ void rope_freqs(double *freq, int dim, double base, int64_t original_seq_len, do
 void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int inverse) {
     for (int i = 0; i < rope_dim / 2; i++) {
         const float angle = (float)pos * (float)freq[i];
-        double sd, cd;
-        sincos((double)angle, &sd, &cd);
-        const float c = (float)cd, s = inverse ? -(float)sd : (float)sd;
+        float sf, c;
+        sincosf(angle, &sf, &c);   /* torch.polar on float32 angles */
+        const float s = inverse ? -sf : sf;
         const float a = x[2 * i], b = x[2 * i + 1];
         x[2 * i] = a * c - b * s;
         x[2 * i + 1] = a * s + b * c;
