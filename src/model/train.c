@@ -8,6 +8,7 @@
  * compressor.c, moe.c, kernels/). Selections — the indexer's top-k, the MoE top-k or hash
  * table — pass no gradient; the indexer and the selection bias get zeros. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,24 +265,42 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
         for (int64_t t = 0; t < T; t++) memcpy(dO + t * qd + g * (qd / G), dog + t * (qd / G), sizeof(float) * (size_t)(qd / G));
         free(og); free(dog); free(dug);
     }
-    /* through the inverse RoPE on the output, then the attention core, query by query */
+    /* through the inverse RoPE on the output, then the attention core. Queries run in parallel;
+     * each thread adds into its own copy of the key gradients (keys are shared between queries),
+     * and the copies are summed in thread order, so a run is reproducible. */
     float *dq = ALLOC(T * qd), *dkv = ALLOC(T * D), *dent = ALLOC((a->n_ent + 1) * D);
     float *g_sink = gvec(Gr, pre, "attn.attn_sink", H);
-    const float **keys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
-    float **dkeys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
-    float *scores = ALLOC((int64_t)H * (W + a->n_ent + 1));
-    for (int64_t t = 0; t < T; t++) {
-        for (int h = 0; h < H; h++) rope_rotate(dO + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 0);
-        int64_t nk = 0;
-        for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) { keys[nk] = a->kv + s * D; dkeys[nk++] = dkv + s * D; }
-        for (int64_t i = 0; i < a->n_sel[t]; i++) {
-            const int64_t w = L->has_indexer ? a->sel[t * a->sel_max + i] : i;
-            keys[nk] = a->ent + w * D;
-            dkeys[nk++] = dent + w * D;
+    const int nthr = omp_get_max_threads();
+    const int64_t nkv = T * D, nen = (a->n_ent + 1) * D;
+    float *part = ALLOC((int64_t)nthr * (nkv + nen + H));
+#pragma omp parallel num_threads(nthr)
+    {
+        const int tid = omp_get_thread_num();
+        float *my_dkv = part + (int64_t)tid * (nkv + nen + H), *my_dent = my_dkv + nkv, *my_sink = my_dent + nen;
+        const float **keys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
+        float **dkeys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
+        float *scores = ALLOC((int64_t)H * (W + a->n_ent + 1));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) {
+            for (int h = 0; h < H; h++) rope_rotate(dO + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 0);
+            int64_t nk = 0;
+            for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) { keys[nk] = a->kv + s * D; dkeys[nk++] = my_dkv + s * D; }
+            for (int64_t i = 0; i < a->n_sel[t]; i++) {
+                const int64_t w = L->has_indexer ? a->sel[t * a->sel_max + i] : i;
+                keys[nk] = a->ent + w * D;
+                dkeys[nk++] = my_dent + w * D;
+            }
+            attend_heads_backward(a->q + t * qd, H, keys, nk, D, L->attn_sink, dO + t * qd, scores, dq + t * qd, dkeys, my_sink);
         }
-        attend_heads_backward(a->q + t * qd, H, keys, nk, D, L->attn_sink, dO + t * qd, scores, dq + t * qd, dkeys, g_sink);
+        free(keys); free(dkeys); free(scores);
     }
-    free(keys); free(dkeys); free(scores);
+    for (int th = 0; th < nthr; th++) {
+        const float *pp = part + (int64_t)th * (nkv + nen + H);
+        axpy_f32(dkv, 1.0f, pp, nkv);
+        axpy_f32(dent, 1.0f, pp + nkv, nen);
+        axpy_f32(g_sink, 1.0f, pp + nkv + nen, H);
+    }
+    free(part);
     /* q: RoPE, per-head RMS, wq_b, q_norm, wq_a */
     float *dq_raw = ALLOC(T * qd), *dcq = ALLOC(T * q_r), *dcq_raw = ALLOC(T * q_r);
     for (int64_t t = 0; t < T; t++)
