@@ -50,17 +50,15 @@ int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
 
 /* ---- sessions ---- */
 
-static void cache_init_state(const LayerW *L, LayerCache *c, const Config *cf) {
+/* floats in one of a compressor's decode-state arrays: coff*ratio rows of coff*width */
+static int64_t state_len(const CompressorW *cw) { return (int64_t)cw->coff * cw->ratio * cw->coff * cw->width; }
+
+static void cache_init_state(const LayerW *L, LayerCache *c) {
     /* Rows of a missing previous window pool nothing: z = -inf, a = 0. */
-    if (L->has_compressor) {
-        const int64_t n = (int64_t)L->comp.coff * L->comp.ratio * L->comp.coff * L->comp.width;
-        for (int64_t i = 0; i < n; i++) { c->comp_a[i] = 0; c->comp_z[i] = -INFINITY; }
-    }
-    if (L->has_indexer) {
-        const int64_t n = (int64_t)L->idx.comp.coff * L->idx.comp.ratio * L->idx.comp.coff * L->idx.comp.width;
-        for (int64_t i = 0; i < n; i++) { c->idx_a[i] = 0; c->idx_z[i] = -INFINITY; }
-    }
-    (void)cf;
+    if (L->has_compressor)
+        for (int64_t i = 0; i < state_len(&L->comp); i++) { c->comp_a[i] = 0; c->comp_z[i] = -INFINITY; }
+    if (L->has_indexer)
+        for (int64_t i = 0; i < state_len(&L->idx.comp); i++) { c->idx_a[i] = 0; c->idx_z[i] = -INFINITY; }
 }
 
 /* Allocates one layer's cache; 0 on success, -1 when memory runs out. */
@@ -70,21 +68,21 @@ int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
     int ok = c->ring != NULL;
     if (L->has_compressor) {
         c->cap_comp = ctx / L->ratio;
-        const int64_t n = (int64_t)L->comp.coff * L->comp.ratio * L->comp.coff * L->comp.width;
+        const int64_t n = state_len(&L->comp);
         c->comp = calloc((size_t)(c->cap_comp ? c->cap_comp : 1) * (size_t)cf->head_dim, sizeof(float));
         c->comp_a = malloc(sizeof(float) * (size_t)n);
         c->comp_z = malloc(sizeof(float) * (size_t)n);
         ok = ok && c->comp && c->comp_a && c->comp_z;
     }
     if (L->has_indexer) {
-        const int64_t n = (int64_t)L->idx.comp.coff * L->idx.comp.ratio * L->idx.comp.coff * L->idx.comp.width;
+        const int64_t n = state_len(&L->idx.comp);
         c->idx_keys = calloc((size_t)(ctx / 4 ? ctx / 4 : 1) * (size_t)cf->index_head_dim, sizeof(float));
         c->idx_a = malloc(sizeof(float) * (size_t)n);
         c->idx_z = malloc(sizeof(float) * (size_t)n);
         ok = ok && c->idx_keys && c->idx_a && c->idx_z;
     }
     if (!ok) return -1;
-    cache_init_state(L, c, cf);
+    cache_init_state(L, c);
     return 0;
 }
 
@@ -131,8 +129,8 @@ void dsv4_session_set_progress(dsv4_session *s, dsv4_progress_fn fn, void *user)
 }
 void dsv4_session_reset(dsv4_session *s) {
     s->pos = s->mtp_pos = 0;
-    for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(&s->m->layers[i], &s->cache[i], &s->m->cfg);
-    for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_init_state(&s->m->mtp[i], &s->mtp_cache[i], &s->m->cfg);
+    for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(&s->m->layers[i], &s->cache[i]);
+    for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_init_state(&s->m->mtp[i], &s->mtp_cache[i]);
 }
 
 int dsv4_vocab_size(const dsv4_model *m) { return (int)m->cfg.vocab_size; }
