@@ -23,3 +23,12 @@ done
 for m in tiny-fp8 alt-f32; do
   $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_mtp.safetensors" --mtp-weight 0.3 > /dev/null
 done
+# the indexer's KL term of the DeepSeek V3.2 recipe (loss += 1.0 * sum over indexer layers of the
+# mean KL(main attention || indexer) over the selected compressed entries): sparse stage, dense
+# warm-up stage (the main attention reads every visible entry), and with the MTP term (whose
+# block has its own indexer in alt-f32)
+for m in tiny-fp8 alt-f32; do
+  $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_idx.safetensors" --indexer-weight 1.0 > /dev/null
+  $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_idx_dense.safetensors" --indexer-weight 1.0 --indexer-dense > /dev/null
+  $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_idx_mtp.safetensors" --indexer-weight 1.0 --mtp-weight 0.3 > /dev/null
+done

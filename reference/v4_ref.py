@@ -4,6 +4,7 @@
     /usr/bin/python3 reference/v4_ref.py -m MODEL_DIR --tokens TOKENS_FILE [--out LOGITS.f32]
                                          [--mtp-out MTP.f32] [--quant] [--grad-out GRAD.safetensors]
                                          [--mtp-weight LAMBDA]
+                                         [--indexer-weight X [--indexer-dense]]
 
 TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
 --out        little-endian float32 [N, vocab]: main-model logits at every position.
@@ -12,22 +13,44 @@ TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
 --quant      the official quantisation-aware rounding (FP8 activations before FP8/FP4 linears,
              FP8 kv, Hadamard + FP4 in the indexer). Default: exact math.
 --grad-out   gradient mode (exact math only; not with --quant): loss = mean next-token cross-entropy
-             of the main head (logits at i predict token i+1, i = 0..N-2; no auxiliary losses;
-             MTP only with --mtp-weight), d loss / d parameter by float64 autograd for every
-             floating-point tensor of the checkpoint, written as a safetensors file of F32 tensors
-             named as in the checkpoint. Quantised weights (FP8, FP4) get the gradient of their
-             dequantised values in their logical [out, in] shape; `*.scale` of quantised weights
-             and integer tables (tid2eid) are left out. The indexer's and MoE's top-k / hash
-             selections pass no gradient (the indexer runs in inference mode; gate.bias only
-             selects: zero gradient); the MTP block gets zeros (unless --mtp-weight > 0). Prints
-             `loss <value>` as the last line on stdout.
+             of the main head (logits at i predict token i+1, i = 0..N-2; the MTP and indexer
+             terms only with --mtp-weight, --indexer-weight), d loss / d parameter by float64
+             autograd for every floating-point tensor of the checkpoint, written as a safetensors
+             file of F32 tensors named as in the checkpoint. Quantised weights (FP8, FP4) get the
+             gradient of their dequantised values in their logical [out, in] shape; `*.scale` of
+             quantised weights and integer tables (tid2eid) are left out. The indexer's and MoE's
+             top-k / hash selections pass no gradient (the indexer runs in inference mode: zeros,
+             unless --indexer-weight > 0; gate.bias only selects: zero gradient); the MTP block
+             gets zeros (unless --mtp-weight > 0). Prints `loss <value>` as the last line on stdout.
 --mtp-weight with --grad-out only; LAMBDA >= 0, default 0 (= the loss above, output unchanged).
              LAMBDA > 0: loss = CE_main + LAMBDA * CE_mtp, CE_mtp = mean over i = 0..N-3 of the
              cross-entropy of the MTP logits at i (as --mtp-out: main final streams at i + token
              i+1) against token i+2 (0 when N < 3). Gradients then also reach the MTP block
-             (mtp.0.*; its indexer and gate.bias only select: zeros) and the main model: its
-             layers through hnorm/h_proj, embed and head (shared); not the main hc_head_* and
-             norm (the MTP reads the streams before them). `loss` prints the total.
+             (mtp.0.*; its gate.bias only selects: zeros; its indexer as the main layers' ones) and
+             the main model: its layers through hnorm/h_proj, embed and head (shared); not the
+             main hc_head_* and norm (the MTP reads the streams before them). `loss` prints the
+             total.
+--indexer-weight  with --grad-out only; X >= 0, default 0 (= the loss above, output unchanged).
+             X > 0: loss += X * L_I, the lightning indexer's KL loss of the DeepSeek V3.2 recipe
+             (the indexer is trained to imitate the main attention's distribution over the
+             compressed entries). For every layer with an indexer (ratio 4; the MTP block's too,
+             only when it runs, i.e. --mtp-weight > 0, over its own N-1 positions) and query t:
+               S_t     = the compressed entries the main attention reads: the indexer's top-k of
+                         the visible ones (sparse stage), or all visible ones (--indexer-dense);
+               P_t(s)  = sum_h p_{t,h,s} / sum_{s' in S_t} sum_h p_{t,h,s'}, p = the main
+                         attention's probabilities (same normaliser as its output: window keys,
+                         S_t and the sink); detached, a target only;
+               Q_t     = softmax over S_t of the index score
+                         I_{t,s} = sum_h w_{t,h} ReLU(q_{t,h} . K_s) (the indexer's own score);
+               KL_t    = sum_{s in S_t} P_t(s) (log P_t(s) - log Q_t(s)) (0 where P_t(s) = 0).
+             Layer KL = mean of KL_t over the queries with |S_t| >= 1 (0 if none); L_I = sum over
+             the layers. The indexer's inputs (attn-normed x, q latent c_q) are detached, so L_I
+             reaches only the indexer's own weights (wq_b, weights_proj, compressor.*), and
+             those get nothing else (top-k passes no gradient). Prints `indexer_kl <L_I>`
+             (unweighted) on the line before `loss`.
+--indexer-dense  with --indexer-weight > 0 only: the V3.2 dense warm-up stage. The main attention
+             reads every visible compressed entry (as if index_topk were infinite), so the
+             logits, the loss and every gradient change with it, and S_t = all visible entries.
 At least one of --out, --grad-out is required.
 
 Written from shared/spec/V4.md (section names cited above each function) and checked against
@@ -372,6 +395,12 @@ class Model:
         requires_grad (the dequantised values for FP8/FP4 weights)."""
         self.cfg, self.st, self.quant, self.grad = cfg, st, quant, grad
         self.params = {}
+        # --indexer-dense: the main attention reads every visible compressed entry (V3.2 dense
+        # warm-up: the indexer is trained before it is allowed to select)
+        self.idx_dense = False
+        # --indexer-weight > 0: a list that collects (layer prefix, layer KL) for every indexer
+        # the forward runs; None = the indexer runs in inference mode only (no KL, no graph)
+        self.idx_kl = None
 
     def has(self, name):
         return name in self.st
@@ -592,9 +621,9 @@ def compressed_visible(T, nc, ratio):
 # Lightning indexer (spec: "Lightning indexer"; official Indexer).
 # ---------------------------------------------------------------------------------------------
 
-def indexer(model, x, c_q, prefix, ratio):
-    """Returns [T, nc] bool: the compressed entries each query attends to (top-min(index_topk,
-    #visible) by index score; ties go to the lower entry index)."""
+def indexer_scores(model, x, c_q, prefix, ratio):
+    """Index scores [T, nc] I[t, w] = sum_h w_{t,h} ReLU(q_{t,h} . K_w), -inf where entry w is not
+    visible to query t (float64; carries the autograd graph when grad is enabled)."""
     c = model.cfg
     T = x.shape[0]
     HI, I, rd = c["index_n_heads"], c["index_head_dim"], c["rope_head_dim"]
@@ -612,14 +641,51 @@ def indexer(model, x, c_q, prefix, ratio):
         rel = torch.einsum("thi,wi->thw", q[t0:t1], K).relu()
         score[t0:t1] = (rel * wts[t0:t1].unsqueeze(-1)).sum(1)      # sum_h w_h ReLU(q_h . K_w)
     vis = compressed_visible(T, nc, ratio)
-    score = score.masked_fill(~vis, float("-inf"))
+    return score.masked_fill(~vis, float("-inf"))
+
+
+def indexer_select(score, topk):
+    """[T, nc] bool: per query the top-min(topk, #visible) entries by index score (ties go to the
+    lower entry index; topk None: every visible entry); score is -inf where not visible."""
+    T, nc = score.shape
+    vis = score > float("-inf")
     # stable sort of -score: equal scores keep ascending index order -> ties to the lower index
-    order = np.argsort(-score.numpy(), axis=-1, kind="stable")
-    n_sel = torch.clamp(vis.sum(-1), max=c["index_topk"]).numpy()
+    order = np.argsort(-score.detach().numpy(), axis=-1, kind="stable")
+    n_sel = (vis.sum(-1) if topk is None else torch.clamp(vis.sum(-1), max=topk)).numpy()
     sel = np.zeros((T, nc), dtype=bool)
     for t in range(T):
         sel[t, order[t, :n_sel[t]]] = True
     return torch.from_numpy(sel)
+
+
+def indexer(model, x, c_q, prefix, ratio):
+    """Returns [T, nc] bool: the compressed entries each query attends to (top-min(index_topk,
+    #visible) by index score; ties go to the lower entry index)."""
+    return indexer_select(indexer_scores(model, x, c_q, prefix, ratio), model.cfg["index_topk"])
+
+
+def indexer_kl(score, attn_mass, S):
+    """The lightning indexer's training loss of the DeepSeek V3.2 recipe (dense warm-up and
+    sparse stage alike): KL(P_t || Q_t) between the main attention's distribution over the
+    selected compressed entries and the indexer's, averaged over the queries that select any.
+      score      [T, nc] index scores I (with the graph: the only path of the gradient);
+      attn_mass  [T, nc] sum over heads of the main attention's probabilities (detached);
+      S          [T, nc] bool: the selected set S_t of each query (the entries it attends to).
+    P_t = attn_mass renormalised over S_t (the target; no gradient), Q_t = softmax of I over S_t,
+    KL_t = sum_{s in S_t} P_t(s) (log P_t(s) - log Q_t(s)), terms with P_t(s) = 0 count 0.
+    Returns the mean of KL_t over the queries with |S_t| >= 1 (0 when there are none)."""
+    rows = S.any(-1)
+    if not bool(rows.any()):
+        return torch.zeros((), dtype=F64)
+    S, score = S[rows], score[rows]
+    m = attn_mass[rows].detach().masked_fill(~S, 0.0)
+    P = m / m.sum(-1, keepdim=True)
+    # log Q on S_t only: entries outside S_t are -inf before the softmax and 0 after it, so
+    # neither the value nor the gradient sees them
+    logQ = torch.log_softmax(score.masked_fill(~S, float("-inf")), dim=-1).masked_fill(~S, 0.0)
+    plogp = torch.where(P > 0, P * torch.log(torch.where(P > 0, P, torch.ones_like(P))),
+                        torch.zeros_like(P))
+    return (plogp - P * logQ).sum(-1).mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,12 +716,21 @@ def attention(model, x, prefix, ratio):
     # Keys of query t: the window keys kv[s], s in window(t), then the compressed entries w with
     # cmask[t, w]. Dense masks, built per chunk of queries (only the window rows a chunk can see).
     comp, cmask = kv.new_zeros(0, D), torch.zeros(T, 0, dtype=torch.bool)
+    kl_on = ratio == 4 and model.idx_kl is not None
     if ratio > 0:
         comp = compressor(model, x, f"{p}.compressor", ratio, D, rotate=False)
         cmask = compressed_visible(T, comp.shape[0], ratio)
-        if ratio == 4:
+        topk = None if model.idx_dense else c["index_topk"]        # dense warm-up: all visible
+        if kl_on:
+            # V3.2 indexer training: its inputs are detached, so its KL loss reaches only its
+            # own weights; the score keeps its graph for that loss, the top-k sees only values
+            with torch.enable_grad():
+                iscore = indexer_scores(model, x.detach(), c_q.detach(), f"{p}.indexer", ratio)
+            cmask = cmask & indexer_select(iscore.detach(), topk)
+        elif ratio == 4 and not model.idx_dense:
             with torch.no_grad():                                   # top-k passes no gradient
                 cmask = cmask & indexer(model, x, c_q, f"{p}.indexer", ratio)
+        attn_mass = torch.zeros(T, comp.shape[0], dtype=F64) if kl_on else None
 
     o = torch.empty(T, H, D, dtype=F64)
     step = max(1, (1 << 24) // max(1, H * (W + comp.shape[0])))     # bounds memory
@@ -672,7 +747,11 @@ def attention(model, x, prefix, ratio):
         e = torch.exp(logits - M.unsqueeze(-1))
         den = e.sum(-1) + torch.exp(sink.unsqueeze(0) - M)          # sink: denominator only
         o[t0:t1] = torch.einsum("ths,sd->thd", e, keys) / den.unsqueeze(-1)
+        if kl_on:                       # the indexer's target: sum_h p_{t,h,s} on the entries
+            attn_mass[t0:t1] = (e[:, :, t1 - lo:] / den.unsqueeze(-1)).detach().sum(1)
     o = rope(o, ang.unsqueeze(1), rd, inverse=True)
+    if kl_on:
+        model.idx_kl.append((f"{p}.indexer", indexer_kl(iscore, attn_mass, cmask)))
 
     # grouped low-rank output: wo_a as [G, R, H*D/G] on each group's concatenated heads.
     # wo_a is FP8 in the released checkpoint, but the official code dequantises it and runs a
@@ -878,6 +957,13 @@ def main(argv=None):
     ap.add_argument("--mtp-weight", type=float, metavar="LAMBDA",
                     help="with --grad-out: loss = CE_main + LAMBDA * CE_mtp (MTP logits at i "
                     "predict token i+2); LAMBDA >= 0, default 0")
+    ap.add_argument("--indexer-weight", type=float, metavar="X",
+                    help="with --grad-out: loss += X * (sum over indexer layers of the mean KL "
+                    "between the main attention's and the indexer's distributions over the "
+                    "selected compressed entries; DeepSeek V3.2 recipe); X >= 0, default 0")
+    ap.add_argument("--indexer-dense", action="store_true",
+                    help="with --indexer-weight > 0: dense warm-up stage (the main attention and "
+                    "the KL use every visible compressed entry, no top-k)")
     ap.add_argument("-v", "--verbose", action="store_true", help="per-layer timing on stderr")
     args = ap.parse_args(argv)
     if not args.out and not args.grad_out:
@@ -889,6 +975,13 @@ def main(argv=None):
     if args.mtp_weight is not None and not (0 <= args.mtp_weight < math.inf):
         ap.error(f"--mtp-weight must be a finite value >= 0, got {args.mtp_weight!r}")
     lam = args.mtp_weight or 0.0
+    if args.indexer_weight is not None and not args.grad_out:
+        ap.error("--indexer-weight needs --grad-out")
+    if args.indexer_weight is not None and not (0 <= args.indexer_weight < math.inf):
+        ap.error(f"--indexer-weight must be a finite value >= 0, got {args.indexer_weight!r}")
+    idx_w = args.indexer_weight or 0.0
+    if args.indexer_dense and not idx_w > 0:
+        ap.error("--indexer-dense needs --grad-out and --indexer-weight > 0")
 
     def log(msg):
         if args.verbose:
@@ -909,6 +1002,8 @@ def main(argv=None):
         if grad and N < 2:
             raise RefError("--grad-out: need at least 2 tokens (the loss predicts token i+1)")
         model = Model(cfg, st, args.quant, grad=grad)
+        if idx_w > 0:                   # collect the indexer KL of every layer the loss runs
+            model.idx_kl, model.idx_dense = [], args.indexer_dense
         logits, X = forward_main(model, tokens, log)
         if grad:
             t0 = time.time()
@@ -920,6 +1015,14 @@ def main(argv=None):
                 loss_mtp = (mtp_loss(mtp(model, X, tokens), tokens) if N >= 3
                             else torch.zeros((), dtype=F64))
                 loss = loss_main + lam * loss_mtp
+            if idx_w > 0:
+                # V3.2 indexer loss: sum of the layer KLs (main layers, then the MTP block's when
+                # it ran); its gradient reaches only the indexers' weights
+                loss_idx = sum((kl for _, kl in model.idx_kl), torch.zeros((), dtype=F64))
+                for name, kl in model.idx_kl:
+                    log(f"indexer KL {name} {kl.item()!r}")
+                model.idx_kl = None     # later forwards (--mtp-out) run the indexer as inference
+                loss = loss + idx_w * loss_idx
             loss.backward()
             grads = param_grads(model)
             log(f"backward {time.time() - t0:.2f}s")
@@ -957,6 +1060,8 @@ def main(argv=None):
     if args.grad_out and lam > 0:
         print(f"v4_ref: loss = CE_main {loss_main.item()!r} + {lam!r} * CE_mtp {loss_mtp.item()!r}",
               file=sys.stderr)
+    if args.grad_out and idx_w > 0:
+        print(f"indexer_kl {loss_idx.item()!r}")
     if args.grad_out:
         print(f"loss {loss.item()!r}")
     return 0

@@ -340,12 +340,22 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
  * and its gradient for every parameter that receives one, by checkpoint tensor name. */
 typedef struct Grads Grads;
 /* Extra loss terms: mtp_weight x the MTP block's cross-entropy (token i+2 from position i);
- * balance_alpha x the sequence-wise balance loss of every MoE layer. NULL = neither. */
-typedef struct LossOpts { double mtp_weight, balance_alpha; } LossOpts;
+ * balance_alpha x the sequence-wise balance loss of every MoE layer; indexer_weight x the
+ * lightning indexer's KL loss (V3.2 recipe: the indexer's score distribution over the entries a
+ * query attends is pulled towards the main attention's, summed over heads; the indexer's
+ * inputs are detached, so only its own parameters learn from it). indexer_dense: the dense
+ * warm-up stage — every visible compressed entry is attended and enters the KL;
+ * indexer_only: the model is frozen, only the KL and its gradient are computed (the returned
+ * loss is then the main cross-entropy plus the weighted KL). NULL = none of them. */
+typedef struct LossOpts {
+    double mtp_weight, balance_alpha, indexer_weight;
+    int indexer_dense, indexer_only;
+} LossOpts;
 Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const LossOpts *lo, double *loss);
 double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
 const float *grads_find(const Grads *G, const char *name, int64_t *numel);
 const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */
+double grads_indexer_kl(const Grads *G);            /* the unweighted KL, summed over indexer layers */
 void grads_free(Grads *G);
 
 /* optimisation (train/optim.c) */

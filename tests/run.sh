@@ -103,7 +103,13 @@ for m in tiny-fp8 alt-f32; do
   # with the MTP loss (weight 0.3): gradients reach the MTP block and, through it, the main model
   if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" --mtp-weight 0.3 --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then
     r=$($PY tests/compare_grads.py "$TMP/g.safetensors" "$F/$m/ref_grads_mtp.safetensors") && ok "grad --mtp-weight 0.3 $m ($(echo "$out" | tail -1)): $r" || bad "grad mtp $m: $r"
-  else bad "grad mtp $m: $(head -c 300 "$TMP/err.txt")"; fi
+  else bad "grad mtp $m: $(head -c 300 "$TMP/err.txt")"; fi  # the lightning indexer's KL loss (V3.2 recipe): sparse stage, dense warm-up stage, with MTP
+  for v in "idx:--indexer-weight 1" "idx_dense:--indexer-weight 1 --indexer-dense" "idx_mtp:--indexer-weight 1 --mtp-weight 0.3"; do
+    if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" ${v#*:} --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then
+      r=$($PY tests/compare_grads.py "$TMP/g.safetensors" "$F/$m/ref_grads_${v%%:*}.safetensors") &&
+        ok "grad ${v#*:} $m ($(echo "$out" | tr '\n' ' ')): $r" || bad "grad ${v#*:} $m: $r"
+    else bad "grad ${v#*:} $m: $(head -c 300 "$TMP/err.txt")"; fi
+  done
 done
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
@@ -255,7 +261,7 @@ P
        cmp -s "$TMP/trA/checkpoint/optim.safetensors" "$TMP/trB/checkpoint/optim.safetensors"; then
       ok "train: 20 steps straight and 10 + --resume + 10 give identical losses, weights and optimiser state ($(sed -n 1p "$TMP/a.s" | cut -d' ' -f3-4) -> $(tail -1 "$TMP/a.s" | cut -d' ' -f3-4))"
     else bad "train resume: $(diff "$TMP/a.s" "$TMP/b.s" | head -4) $(head -c 300 "$TMP/err.txt")"; fi
-    [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q '^20,' "$TMP/trA/log.csv" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
+    [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q "^20," "$TMP/trA/log.csv" && head -1 "$TMP/trA/log.csv" | grep -q ",val_loss,indexer_kl$" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss, indexer_kl)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
     [ "$(head -c 4 "$TMP/trA/loss.png" | od -An -c | tr -d ' ')" = '211PNG' ] && ok "train draws loss.png with gnuplot" || bad "no loss.png"
     r=$($PY - "$TMP/trA" <<'P'
 import json, struct, sys
@@ -274,6 +280,24 @@ assert moved > 0
 print(f"gate biases moved in steps of 0.001 in {moved} learned layers")
 P
 ) && ok "aux-loss-free balancing: $r" || bad "bias balancing: $r"
+    # the indexer's dense warm-up stage: the model frozen, only the indexer's parameters move
+    "$D" train --config configs/tiny.json --data "$TMP/td" --steps 3 --seq 32 --batch 2 --eval-every 0 --warmup 1 \
+      --indexer-warmup 3 --out "$TMP/trW" > "$TMP/w.txt" 2> "$TMP/err.txt"
+    r=$($PY - "$TMP/trW" <<'P'
+import json, struct, sys
+import numpy as np
+def tensors(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4") for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32"}
+a, b = tensors(sys.argv[1] + "/init/model-00001-of-00001.safetensors"), tensors(sys.argv[1] + "/checkpoint/model.safetensors")
+idx = [k for k in a if ".indexer." in k]
+assert len(idx) >= 6 and all(not np.array_equal(a[k], b[k]) for k in idx if k.endswith(".weight")), "an indexer matrix did not move"
+frozen = [k for k in a if ".indexer." not in k]
+assert all(np.array_equal(a[k], b[k]) for k in frozen), [k for k in frozen if not np.array_equal(a[k], b[k])][:3]
+print(f"{len(idx)} indexer tensors trained, {len(frozen)} others bit-identical")
+P
+) && sanitizer_clean "$TMP/err.txt" && grep -q 'indexer_kl .*(dense warm-up)' "$TMP/w.txt" &&
+      ok "train --indexer-warmup 3: $r" || bad "indexer warm-up: $r $(head -c 300 "$TMP/err.txt")"
     "$D" run -m "$TMP/trA/checkpoint" --ids 1,2,3 -n 4 > /dev/null 2> "$TMP/err.txt" && ok "a checkpoint is a model directory (run loads it)" || bad "run on a checkpoint: $(head -c 200 "$TMP/err.txt")"
     # perplexity over the validation shard == the last validation loss of the log (same windows)
     pp=$("$D" perplexity -m "$TMP/trA/checkpoint" --data "$TMP/td/val.bin" --seq 32 --max-tokens 512 2> "$TMP/err.txt")

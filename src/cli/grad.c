@@ -14,22 +14,29 @@ static const char *HELP =
     "  as F32 tensors under the checkpoint's names (zeros where no gradient flows; quantisation\n"
     "  scales and integer tables omitted; quantised weights get the gradient of their dequantised\n"
     "  values). Prints `loss <value>` last.\n"
-    "  --mtp-weight X   add X times the MTP block's cross-entropy (token i+2 from position i) to the loss\n";
+    "  --mtp-weight X   add X times the MTP block's cross-entropy (token i+2 from position i) to the loss\n"
+    "  --indexer-weight X  add X times the lightning indexer's KL loss (V3.2 recipe; its inputs detached,\n"
+    "                   so only the indexer's parameters get its gradient); prints `indexer_kl <value>`\n"
+    "  --indexer-dense  the dense warm-up stage: every visible compressed entry is attended (and enters\n"
+    "                   the KL), as if index_topk were unbounded\n";
 
 int cmd_grad(int argc, char **argv) {
     const char *dir = NULL, *tokf = NULL, *out = NULL;
-    double mtp_weight = 0;
+    double mtp_weight = 0, indexer_weight = 0;
+    int indexer_dense = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(HELP, stdout); return 0; }
+        else if (!strcmp(a, "--indexer-dense")) indexer_dense = 1;
         else if (i + 1 >= argc) return cli_error("grad", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
         else if (!strcmp(a, "--tokens")) tokf = argv[++i];
         else if (!strcmp(a, "--out")) out = argv[++i];
-        else if (!strcmp(a, "--mtp-weight")) {
+        else if (!strcmp(a, "--mtp-weight") || !strcmp(a, "--indexer-weight")) {
             char *end;
-            mtp_weight = strtod(argv[++i], &end);
-            if (*end || !(mtp_weight >= 0) || mtp_weight > 1e6) return cli_error("grad", "--mtp-weight needs a non-negative number");
+            const double x = strtod(argv[++i], &end);
+            if (*end || !(x >= 0) || x > 1e6) return cli_error("grad", "%s needs a non-negative number", a);
+            if (!strcmp(a, "--mtp-weight")) mtp_weight = x; else indexer_weight = x;
         }
         else return cli_error("grad", "unknown option '%s' (see --help)", a);
     }
@@ -40,8 +47,8 @@ int cmd_grad(int argc, char **argv) {
     dsv4_open_options o = {.quant_rounding = 0};
     dsv4_model *m = dsv4_model_open(dir, &o);
     if (!m) { free(ids); return cli_error("grad", "%s", dsv4_last_error()); }
-    double loss = 0;
-    LossOpts lo = {mtp_weight, 0.0};
+    double loss = 0, kl = 0;
+    LossOpts lo = {.mtp_weight = mtp_weight, .indexer_weight = indexer_weight, .indexer_dense = indexer_dense};
     Grads *G = model_grad(m, ids, N, &lo, &loss);
     int rc = 0;
     if (!G) rc = cli_error("grad", "%s: %s", tokf, dsv4_last_error());
@@ -65,8 +72,10 @@ int cmd_grad(int argc, char **argv) {
         }
         if (st_writer_save(&w, out, 0)) rc = cli_error("grad", "%s", dsv4_last_error());
         st_writer_free(&w);
+        kl = grads_indexer_kl(G);
         grads_free(G);
     }
+    if (rc == 0 && indexer_weight > 0) printf("indexer_kl %.9g\n", kl);
     if (rc == 0) printf("loss %.9g\n", loss);
     free(ids);
     dsv4_model_close(m);

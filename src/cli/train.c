@@ -17,8 +17,8 @@
 #include "cli.h"
 
 typedef struct {
-    int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every;
-    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight, balance_alpha;
+    int64_t steps, seq, batch, warmup, eval_every, eval_tokens, ckpt_every, indexer_warmup;
+    double lr, min_lr_ratio, wd, clip, b1, b2, eps, bias_update, mtp_weight, balance_alpha, indexer_weight;
     uint64_t seed;
     int muon;   /* 1: Muon for the hidden weight matrices, AdamW for the rest */
     int step_schedule;   /* 1: multi-step decay instead of cosine */
@@ -39,6 +39,12 @@ static const char *HELP =
     "                     in every learned MoE layer (0.001; 0 = off)\n"
     "  --mtp-weight X     weight of the MTP block's loss (0.3; 0 = off); the logged loss includes it\n"
     "  --balance-alpha X  weight of the sequence-wise expert balance loss (1e-4; 0 = off)\n"
+    "  --indexer-weight X weight of the lightning indexer's KL loss (1; 0 = off). V3.2 recipe: the\n"
+    "                     indexer's input is detached, so it learns only from this loss and the model\n"
+    "                     only from the language-model loss; the two gradients are clipped separately\n"
+    "  --indexer-warmup N the first N steps are the dense warm-up stage: the model is frozen and attends\n"
+    "                     every visible compressed entry, and only the indexer trains (0; useful with\n"
+    "                     --init-from)"
     "  --optimizer muon|adamw  Muon (Newton-Schulz, 8 + 2 hybrid steps, momentum 0.95) for the hidden\n"
     "                     weight matrices and AdamW for the rest (default), or AdamW for everything\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
@@ -55,6 +61,9 @@ static int uses_muon(const ParamRef *p) {
     return p->mat && p->mat->rows > 1 && strcmp(p->name, "embed.weight") && strcmp(p->name, "head.weight") &&
            !strstr(p->name, "ffn.gate.") && !strstr(p->name, "hc_");
 }
+
+/* the lightning indexer's parameters: trained by their own KL loss */
+static int is_indexer(const ParamRef *p) { return strstr(p->name, ".indexer.") != NULL; }
 
 /* weight decay applies to 2-D weight matrices other than the embedding */
 static int decays(const ParamRef *p) {
@@ -147,6 +156,8 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "balance_alpha", r->balance_alpha);
     cJSON_AddNumberToObject(j, "step_schedule", r->step_schedule);
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
+    cJSON_AddNumberToObject(j, "indexer_weight", r->indexer_weight);
+    cJSON_AddNumberToObject(j, "indexer_warmup", (double)r->indexer_warmup);
     (void)config_text;
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
@@ -167,6 +178,10 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
         if (!cJSON_IsNumber(x)) { cJSON_Delete(j); return dsv4_fail("%s: missing \"%s\"", path, keys[i]); }
         v[i] = x->valuedouble;
     }
+    /* absent in checkpoints from before the indexer loss: those runs continue without it */
+    cJSON *iw = cJSON_GetObjectItemCaseSensitive(j, "indexer_weight"), *iu = cJSON_GetObjectItemCaseSensitive(j, "indexer_warmup");
+    r->indexer_weight = cJSON_IsNumber(iw) ? iw->valuedouble : 0.0;
+    r->indexer_warmup = cJSON_IsNumber(iu) ? (int64_t)iu->valuedouble : 0;
     cJSON_Delete(j);
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
@@ -280,7 +295,7 @@ int cmd_train(int argc, char **argv) {
     int resume = 0;
     int64_t stop_at = 0, steps_given = 0;
     RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
-                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3, .balance_alpha = 1e-4, .muon = 1,
+                .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3, .balance_alpha = 1e-4, .muon = 1, .indexer_weight = 1.0,
                 .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -309,14 +324,16 @@ int cmd_train(int argc, char **argv) {
             if (!strcmp(v, "muon")) r.muon = 1; else if (!strcmp(v, "adamw")) r.muon = 0;
             else return cli_error("train", "--optimizer takes muon or adamw, not '%s'", v);
         }
+        else if (!strcmp(a, "--indexer-warmup")) r.indexer_warmup = cli_int("train", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
-        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update") || !strcmp(a, "--mtp-weight") || !strcmp(a, "--balance-alpha")) {
+        else if (!strcmp(a, "--lr") || !strcmp(a, "--min-lr-ratio") || !strcmp(a, "--wd") || !strcmp(a, "--clip") || !strcmp(a, "--bias-update") || !strcmp(a, "--mtp-weight") || !strcmp(a, "--balance-alpha") || !strcmp(a, "--indexer-weight")) {
             const double x = strtod(argv[++i], &end);
             if (*end || !(x >= 0) || x > 1e6) return cli_error("train", "%s needs a non-negative number", a);
             if (!strcmp(a, "--lr")) r.lr = x; else if (!strcmp(a, "--min-lr-ratio")) r.min_lr_ratio = x;
             else if (!strcmp(a, "--wd")) r.wd = x; else if (!strcmp(a, "--clip")) r.clip = x; else if (!strcmp(a, "--mtp-weight")) r.mtp_weight = x;
-            else if (!strcmp(a, "--balance-alpha")) r.balance_alpha = x; else r.bias_update = x;
+            else if (!strcmp(a, "--balance-alpha")) r.balance_alpha = x; else if (!strcmp(a, "--indexer-weight")) r.indexer_weight = x;
+            else r.bias_update = x;
         }
         else return cli_error("train", "unknown option '%s' (see --help)", a);
     }
@@ -401,7 +418,7 @@ int cmd_train(int argc, char **argv) {
     }
     FILE *logf = rc ? NULL : fopen(path, start ? "a" : "w");
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
-    if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss\n");
+    if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss,indexer_kl\n");
     int64_t max_numel = 1;
     for (int64_t i = 0; i < P; i++) if (m->params[i].numel > max_numel) max_numel = m->params[i].numel;
     float *scratch = xmalloc(sizeof(float) * (size_t)max_numel);
@@ -415,15 +432,20 @@ int cmd_train(int argc, char **argv) {
         const double ts = now_sec();
         for (int64_t i = 0; i < P; i++) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
         memset(load, 0, sizeof(int64_t) * (size_t)m->cfg.n_layers * (size_t)E);
-        double loss = 0;
+        double loss = 0, kl = 0;
+        const int frozen = step < r.indexer_warmup;   /* the dense warm-up stage */
         for (int64_t b = 0; b < r.batch && !rc; b++) {
             /* the sequence of (step, b) depends on nothing else: a resumed run sees the same data */
             const uint64_t off = mix64(r.seed * 0x100000001b3ull ^ mix64((uint64_t)step * 4096 + (uint64_t)b)) % (uint64_t)(ntrain - r.seq - 1);
             double l;
-            LossOpts lo = {r.mtp_weight, r.balance_alpha};
+            LossOpts lo = {.mtp_weight = r.mtp_weight, .balance_alpha = r.balance_alpha, .indexer_weight = r.indexer_weight,
+                           .indexer_dense = frozen, .indexer_only = frozen};
             Grads *G = model_grad(m, train + off, r.seq + 1, &lo, &l);
             if (!G) { rc = cli_error("train", "step %lld: %s", (long long)step, dsv4_last_error()); break; }
-            loss += l / (double)r.batch;
+            /* the logged loss is the model's; the indexer's KL has its own column */
+            const double kl_b = grads_indexer_kl(G);
+            loss += (l - r.indexer_weight * kl_b) / (double)r.batch;
+            kl += kl_b / (double)r.batch;
             for (int64_t i = 0; i < P; i++) {
                 int64_t n;
                 const float *g = grads_find(G, m->params[i].name, &n);
@@ -438,14 +460,23 @@ int cmd_train(int argc, char **argv) {
             grads_free(G);
         }
         if (rc) break;
-        /* global-norm clipping, then AdamW */
-        double gn2 = 0;
-        for (int64_t i = 0; i < P; i++) for (int64_t k = 0; k < m->params[i].numel; k++) gn2 += (double)gsum[i][k] * gsum[i][k];
-        const double gnorm = sqrt(gn2), clip = r.clip > 0 && gnorm > r.clip ? r.clip / gnorm : 1.0;
+        /* global-norm clipping, the model and the indexer each on its own (two losses, two
+         * disjoint parameter sets), then the optimiser step */
+        double gn2[2] = {0, 0};
+        for (int64_t i = 0; i < P; i++) {
+            double s2 = 0;
+            for (int64_t k = 0; k < m->params[i].numel; k++) s2 += (double)gsum[i][k] * gsum[i][k];
+            gn2[is_indexer(&m->params[i])] += s2;
+        }
+        const double gnorm = sqrt(gn2[0]), gnorm_idx = sqrt(gn2[1]);
+        const double clips[2] = {r.clip > 0 && gnorm > r.clip ? r.clip / gnorm : 1.0,
+                                 r.clip > 0 && gnorm_idx > r.clip ? r.clip / gnorm_idx : 1.0};
         const double lr = r.step_schedule ? lr_schedule_step(step, r.steps, r.warmup, r.lr)
                                           : lr_schedule(step, r.steps, r.warmup, r.lr, r.min_lr_ratio);
         for (int64_t i = 0; i < P; i++) {
             ParamRef *p = &m->params[i];
+            if (frozen && !is_indexer(p)) continue;
+            const double clip = clips[is_indexer(p)];
             if (clip != 1.0) {
                 float *gi = gsum[i];
                 const int64_t pn = p->numel;
@@ -457,7 +488,7 @@ int cmd_train(int argc, char **argv) {
             else adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);
         }
         /* auxiliary-loss-free balancing (spec "MoE"): experts above the mean load get less bias */
-        for (int l = 0; r.bias_update > 0 && l < m->cfg.n_layers; l++) {
+        for (int l = 0; r.bias_update > 0 && !frozen && l < m->cfg.n_layers; l++) {
             float *bias = m->layers[l].gate_bias;
             if (!bias || m->layers[l].tid2eid) continue;
             double mean = 0;
@@ -473,11 +504,12 @@ int cmd_train(int argc, char **argv) {
         if (r.eval_every && ((step + 1) % r.eval_every == 0 || step + 1 == r.steps)) vl = eval_loss(m, val, nval, &r);
         fprintf(logf, "%lld,%.6f,%.6g,%.6g,%.1f,", (long long)(step + 1), loss, lr, gnorm, tps);
         if (!isnan(vl)) fprintf(logf, "%.6f", vl);
-        fprintf(logf, "\n");
+        fprintf(logf, ",%.6f\n", kl);
         fflush(logf);
-        printf("step %lld/%lld loss %.6f lr %.3g grad_norm %.3g %.0f tok/s%s", (long long)(step + 1), (long long)r.steps, loss, lr,
-               gnorm, tps, isnan(vl) ? "" : "");
+        printf("step %lld/%lld loss %.6f lr %.3g grad_norm %.3g %.0f tok/s", (long long)(step + 1), (long long)r.steps, loss, lr,
+               gnorm, tps);
         if (!isnan(vl)) printf(" val_loss %.6f", vl);
+        if (r.indexer_weight > 0) printf(" indexer_kl %.4f%s", kl, frozen ? " (dense warm-up)" : "");
         printf("\n");
         if (tk && !isnan(vl)) print_sample(m, tk, step + 1);
         fflush(stdout);

@@ -16,7 +16,7 @@
 /* All heads h0..h0+nh of one query against the same keys (spec: MQA, one kv vector shared by
  * every head), key-outer so each key is read once per query, not once per head:
  *   o_h = Σ_s e^{ℓ_s−M} kv_s / (Σ_s e^{ℓ_s−M} + e^{sink_h−M}),   ℓ_s = q_h·kv_s / sqrt(D).
- * scores holds nh*nk floats. */
+ * scores holds nh*nk floats; on return, the probabilities p_{h,s}. */
 void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks, float *scores,
                   float *o) {
     const float scale = 1.0f / sqrtf((float)D);
@@ -33,8 +33,11 @@ void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, 
     memset(o, 0, sizeof(float) * (size_t)nh * (size_t)D);
     for (int64_t s = 0; s < nk; s++)
         for (int h = 0; h < nh; h++) axpy_f32(o + (int64_t)h * D, scores[h * nk + s], keys[s], D);
-    for (int h = 0; h < nh; h++)
+    for (int h = 0; h < nh; h++) {
         for (int i = 0; i < D; i++) o[(int64_t)h * D + i] *= den[h];
+        /* leave the probabilities behind: training reads them as the indexer's KL target */
+        for (int64_t s = 0; s < nk; s++) scores[h * nk + s] *= den[h];
+    }
 }
 
 /* Backward of attend_heads for one query: do [nh, D] -> dq [nh, D] (written), dkeys[s] (added:

@@ -6,7 +6,9 @@
  * layer once more with its intermediates saved (layer_forward_saved), then backpropagates
  * through them with the backward passes that sit beside each forward (mhc.c, attention.c,
  * compressor.c, moe.c, kernels/). Selections — the indexer's top-k, the MoE top-k or hash
- * table — pass no gradient; the indexer and the selection bias get zeros. */
+ * table — pass no gradient to the language-model loss; the selection bias gets zeros and the
+ * lightning indexer learns only from its own KL loss (indexer_kl_backward, V3.2 recipe). */
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -22,9 +24,11 @@ struct Grads {
     int64_t *numel;
     int64_t n, cap;
     int64_t *load;      /* [n_layers, E]: tokens routed to each expert (for aux-loss-free balancing) */
+    double indexer_kl;  /* the indexer KL loss, summed over layers, unweighted */
 };
 
 const int64_t *grads_expert_load(const Grads *G) { return G->load; }
+double grads_indexer_kl(const Grads *G) { return G->indexer_kl; }
 
 static float *grad_of(Grads *G, const char *name, int64_t numel) {
     for (int64_t i = 0; i < G->n; i++)
@@ -71,6 +75,8 @@ typedef struct {
     float *pooled, *ent;                                 /* entries before norm, after norm+RoPE */
     int64_t n_ent;
     int64_t *sel, *n_sel, sel_max;                       /* compressed entries each query attends */
+    float *iq, *iw, *ica, *icz, *ipooled, *ikeys;        /* indexer: q after RoPE, head weights, its compressor */
+    float *kl_target;                                    /* [T, sel_max]: the KL target P_t over the selection */
     float *o, *u, *f1;                                   /* attention output path */
     float *y2, *post2, *comb2, *h2, *z2, *s2, *w2, *f2;  /* FFN sublayer */
     int64_t *idx2;
@@ -79,7 +85,7 @@ typedef struct {
 static void act_free(LayerAct *a) {
     void *p[] = {a->Xa, a->Xm, a->y1, a->post1, a->comb1, a->h1, a->cq_raw, a->cq, a->q_raw, a->q, a->kv_raw, a->kv, a->ca,
                  a->cz, a->pooled, a->ent, a->sel, a->n_sel, a->o, a->u, a->f1, a->y2, a->post2, a->comb2, a->h2, a->z2,
-                 a->s2, a->w2, a->f2, a->idx2};
+                 a->s2, a->w2, a->f2, a->idx2, a->iq, a->iw, a->ica, a->icz, a->ipooled, a->ikeys, a->kl_target};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
 }
 
@@ -104,8 +110,65 @@ static void window_state(const CompressorW *cw, const float *a, const float *z, 
         }
 }
 
+/* A compressor over a whole sequence with its intermediates (the attention's, width head_dim,
+ * and the indexer's, width index_head_dim): a = h·wkv and z = h·wgate + ape [T, coff*width],
+ * the pooled entries before the norm, the entries after norm and RoPE. Returns the entry count. */
+static int64_t compressor_saved(const Config *c, const CompressorW *cw, const double *rope_freq, const float *h1, int64_t T,
+                                float **ca, float **cz, float **pooled, float **ent) {
+    const int m_ = cw->ratio, Dw = cw->width, W2 = cw->coff * Dw, r = c->rope_head_dim;
+    const int64_t n_ent = T / m_;
+    *ca = ALLOC(T * W2); *cz = ALLOC(T * W2);
+    linear(*ca, W2, h1, c->dim, T, &cw->wkv, 0, W2);
+    linear(*cz, W2, h1, c->dim, T, &cw->wgate, 0, W2);
+    for (int64_t t = 0; t < T; t++)
+        for (int k = 0; k < W2; k++) (*cz)[t * W2 + k] += cw->ape[(t % m_) * W2 + k];
+    *pooled = ALLOC(n_ent * Dw); *ent = ALLOC(n_ent * Dw);
+    float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2);
+    for (int64_t w = 0; w < n_ent; w++) {
+        window_state(cw, *ca, *cz, w, sa, sz);
+        compressor_pool(cw, sa, sz, *pooled + w * Dw);
+        rmsnorm(*ent + w * Dw, *pooled + w * Dw, cw->norm, Dw, c->norm_eps);
+        rope_rotate(*ent + w * Dw + Dw - r, r, rope_freq, w * m_, 0);
+    }
+    free(sa); free(sz);
+    return n_ent;
+}
+
+/* Backward of compressor_saved: dent [n_ent, width] (RoPE undone in place) -> the parameters
+ * (named under cpre) and dh [T, dim] (added; NULL when the input is detached). */
+static void compressor_saved_backward(const Config *c, const CompressorW *cw, const double *rope_freq, const float *h1,
+                                      int64_t T, const float *ca, const float *cz, const float *pooled, int64_t n_ent,
+                                      float *dent, float *dh, Grads *Gr, const char *cpre) {
+    const int m_ = cw->ratio, Dw = cw->width, W2 = cw->coff * Dw, r = c->rope_head_dim;
+    const int64_t d = c->dim;
+    float *g_norm = gvec(Gr, cpre, "norm.weight", Dw), *g_ape = gvec(Gr, cpre, "ape", (int64_t)m_ * W2);
+    float *da = ALLOC(T * W2), *dzz = ALLOC(T * W2), *dp = ALLOC(Dw);
+    float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2), *dsa = ALLOC(2 * m_ * W2), *dsz = ALLOC(2 * m_ * W2);
+    for (int64_t w = 0; w < n_ent; w++) {
+        float *g = dent + w * Dw;
+        rope_rotate(g + Dw - r, r, rope_freq, w * m_, 1);
+        rmsnorm_backward(dp, g_norm, g, pooled + w * Dw, cw->norm, Dw, c->norm_eps);
+        window_state(cw, ca, cz, w, sa, sz);
+        memset(dsa, 0, sizeof(float) * (size_t)(2 * m_ * W2));
+        memset(dsz, 0, sizeof(float) * (size_t)(2 * m_ * W2));
+        compressor_pool_backward(cw, sa, sz, dp, dsa, dsz);
+        for (int j = 0; j < (cw->coff == 2 ? 2 * m_ : m_); j++) {   /* the rows back to their tokens */
+            const int64_t tok = cw->coff == 1 ? w * m_ + j : j < m_ ? (w - 1) * m_ + j : w * m_ + (j - m_);
+            if (tok < 0) continue;
+            axpy_f32(da + tok * W2, 1.0f, dsa + (int64_t)j * W2, W2);
+            axpy_f32(dzz + tok * W2, 1.0f, dsz + (int64_t)j * W2, W2);
+        }
+    }
+    for (int64_t t = 0; t < T; t++) axpy_f32(g_ape + (t % m_) * W2, 1.0f, dzz + t * W2, W2);
+    linear_backward(dh, d, gmat(Gr, &cw->wkv), da, W2, h1, T, &cw->wkv, 0, W2);
+    linear_backward(dh, d, gmat(Gr, &cw->wgate), dzz, W2, h1, T, &cw->wgate, 0, W2);
+    free(da); free(dzz); free(dp); free(sa); free(sz); free(dsa); free(dsz);
+}
+
+/* need_kl: also keep what the indexer KL loss needs; attn_only: stop after the attention core
+ * (the indexer-only stage needs nothing more). */
 static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const float *X_in, const int32_t *tokens, int64_t T,
-                                LayerAct *a) {
+                                int need_kl, int attn_only, LayerAct *a) {
     const Config *c = &m->cfg;
     const int n = c->hc_mult, H = c->n_heads, D = c->head_dim, r = c->rope_head_dim, W = c->window_size;
     const int G = c->o_groups, R = c->o_lora_rank, q_r = c->q_lora_rank, E = c->n_routed_experts, K = c->n_activated_experts;
@@ -133,42 +196,32 @@ static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const floa
         rmsnorm(a->kv + t * D, a->kv_raw + t * D, L->kv_norm, D, c->norm_eps);
         rope_rotate(a->kv + t * D + D - r, r, L->rope_freq, t, 0);
     }
-    if (L->has_compressor) {
-        const CompressorW *cw = &L->comp;
-        const int m_ = cw->ratio, W2 = cw->coff * D;
-        a->ca = ALLOC(T * W2); a->cz = ALLOC(T * W2);
-        linear(a->ca, W2, a->h1, d, T, &cw->wkv, 0, W2);
-        linear(a->cz, W2, a->h1, d, T, &cw->wgate, 0, W2);
-        for (int64_t t = 0; t < T; t++)
-            for (int k = 0; k < W2; k++) a->cz[t * W2 + k] += cw->ape[(t % m_) * W2 + k];
-        a->n_ent = T / m_;
-        a->pooled = ALLOC(a->n_ent * D); a->ent = ALLOC(a->n_ent * D);
-        float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2);
-        for (int64_t w = 0; w < a->n_ent; w++) {
-            window_state(cw, a->ca, a->cz, w, sa, sz);
-            compressor_pool(cw, sa, sz, a->pooled + w * D);
-            rmsnorm(a->ent + w * D, a->pooled + w * D, cw->norm, D, c->norm_eps);
-            rope_rotate(a->ent + w * D + D - r, r, L->rope_freq, w * m_, 0);
-        }
-        free(sa); free(sz);
-    }
-    /* which compressed entries each query sees: the indexer's top-k (ratio 4) or all visible */
+    if (L->has_compressor) a->n_ent = compressor_saved(c, &L->comp, L->rope_freq, a->h1, T, &a->ca, &a->cz, &a->pooled, &a->ent);
+    /* which compressed entries each query sees: the indexer's top-k (ratio 4) or all visible.
+     * The indexer is recomputed as indexer_forward does (exact mode: no Hadamard, no FP4). */
     a->n_sel = xcalloc((size_t)T, sizeof(int64_t));
     a->sel_max = 1;
     if (L->has_indexer) {
-        LayerCache lc;
-        if (cache_alloc(L, &lc, c, T) == 0) {
-            const int HI = c->index_n_heads, I = c->index_head_dim;
-            float *q_idx = ALLOC(T * HI * I), *w_idx = ALLOC(T * HI), *scratch = ALLOC(a->n_ent + 1);
-            indexer_forward(m, L, &lc, a->h1, a->cq, T, 0, q_idx, w_idx);
-            a->sel_max = c->index_topk < a->n_ent ? c->index_topk : a->n_ent;
-            if (a->sel_max < 1) a->sel_max = 1;
-            a->sel = xcalloc((size_t)(T * a->sel_max), sizeof(int64_t));
-            for (int64_t t = 0; t < T; t++)
-                a->n_sel[t] = indexer_topk(m, L, &lc, q_idx + t * HI * I, w_idx + t * HI, (t + 1) / L->ratio, a->sel + t * a->sel_max, scratch);
-            free(q_idx); free(w_idx); free(scratch);
-            cache_free(&lc);
-        }
+        const int HI = c->index_n_heads, I = c->index_head_dim;
+        const IndexerW *ix = &L->idx;
+        a->iq = ALLOC(T * HI * I); a->iw = ALLOC(T * HI);
+        linear(a->iq, (int64_t)HI * I, a->cq, q_r, T, &ix->wq_b, 0, (int64_t)HI * I);
+        for (int64_t t = 0; t < T; t++)
+            for (int hh = 0; hh < HI; hh++) rope_rotate(a->iq + (t * HI + hh) * I + I - r, r, L->rope_freq, t, 0);
+        linear(a->iw, HI, a->h1, d, T, &ix->weights_proj, 0, HI);
+        const float s = (float)(1.0 / sqrt((double)I) / sqrt((double)HI));
+        for (int64_t i = 0; i < T * HI; i++) a->iw[i] *= s;
+        compressor_saved(c, &ix->comp, L->rope_freq, a->h1, T, &a->ica, &a->icz, &a->ipooled, &a->ikeys);
+        a->sel_max = c->index_topk < a->n_ent ? c->index_topk : a->n_ent;
+        if (a->sel_max < 1) a->sel_max = 1;
+        a->sel = xcalloc((size_t)(T * a->sel_max), sizeof(int64_t));
+        LayerCache keys = {0};
+        keys.idx_keys = a->ikeys;
+        float *scratch = ALLOC(a->n_ent + 1);
+        for (int64_t t = 0; t < T; t++)
+            a->n_sel[t] = indexer_topk(m, L, &keys, a->iq + t * HI * I, a->iw + t * HI, (t + 1) / L->ratio, a->sel + t * a->sel_max, scratch);
+        free(scratch);
+        if (need_kl) a->kl_target = ALLOC(T * a->sel_max);
     } else if (L->ratio) {
         for (int64_t t = 0; t < T; t++) a->n_sel[t] = (t + 1) / L->ratio;
     }
@@ -182,8 +235,23 @@ static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const floa
         for (int64_t i = 0; i < a->n_sel[t]; i++) keys[nk++] = a->ent + (L->has_indexer ? a->sel[t * a->sel_max + i] : i) * D;
         attend_heads(a->q + t * qd, H, keys, nk, D, L->attn_sink, scores, a->o + t * qd);
         for (int h = 0; h < H; h++) rope_rotate(a->o + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 1);
+        if (a->kl_target && a->n_sel[t] > 0) {
+            /* the indexer's target (V3.2): the attention on each selected entry, summed over
+             * heads and normalised over the selection; a constant for the indexer loss */
+            const int64_t ns = a->n_sel[t], nw = nk - ns;
+            float *P = a->kl_target + t * a->sel_max;
+            double sum = 0;
+            for (int64_t i = 0; i < ns; i++) {
+                double p = 0;
+                for (int h = 0; h < H; h++) p += scores[(int64_t)h * nk + nw + i];
+                P[i] = (float)p;
+                sum += p;
+            }
+            for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
+        }
     }
     free(keys); free(scores);
+    if (attn_only) return;
     a->u = ALLOC(T * G * R); a->f1 = ALLOC(T * d);
     for (int g = 0; g < G; g++) linear(a->u + (int64_t)g * R, (int64_t)G * R, a->o + g * (qd / G), qd, T, &L->wo_a, (int64_t)g * R, R);
     linear(a->f1, d, a->u, (int64_t)G * R, T, &L->wo_b, 0, d);
@@ -203,9 +271,76 @@ static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const floa
     moe_forward(m, L, a->h2, tokens, T, a->f2);
 }
 
+/* The lightning indexer's KL loss of one layer (V3.2 recipe) and weight x its gradient, into the
+ * indexer's own parameters only: its inputs (h1, c_q) are detached and the target is constant.
+ *   I_{t,s} = Σ_h w_{t,h} ReLU(q_{t,h}·K_s),  Q_t = softmax_{s∈S_t} I_{t,s},
+ *   KL_t = Σ_{s∈S_t} P_t(s) log(P_t(s) / Q_t(s)),  loss = mean of KL_t over queries with S_t ≠ ∅,
+ *   ∂loss/∂I_{t,s} = (Q_t(s) − P_t(s)) / n_queries.
+ * Returns the layer's loss (unweighted). */
+static double indexer_kl_backward(const dsv4_model *m, const LayerW *L, const char *pre, const LayerAct *a, double weight,
+                                  Grads *Gr) {
+    const Config *c = &m->cfg;
+    const int HI = c->index_n_heads, I = c->index_head_dim, r = c->rope_head_dim, q_r = c->q_lora_rank;
+    const int64_t T = a->T, S = a->sel_max, HII = (int64_t)HI * I;
+    int64_t nq = 0;
+    for (int64_t t = 0; t < T; t++) nq += a->n_sel[t] > 0;
+    if (!nq || !a->kl_target) return 0;
+    float *dq = ALLOC(T * HII), *dw = ALLOC(T * HI), *dkeys = ALLOC(a->n_ent * I + 1), *dots = ALLOC(S * HI);
+    double *score = xmalloc(sizeof(double) * (size_t)S), kl = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t ns = a->n_sel[t], *sel = a->sel + t * S;
+        if (!ns) continue;
+        const float *q = a->iq + t * HII, *w = a->iw + t * HI, *P = a->kl_target + t * S;
+        double mx = -INFINITY, den = 0, kl_t = 0;
+        for (int64_t i = 0; i < ns; i++) {
+            const float *key = a->ikeys + sel[i] * I;
+            double sc = 0;
+            for (int h = 0; h < HI; h++) {
+                const float dd = dot_f32(q + (int64_t)h * I, key, I);
+                dots[i * HI + h] = dd;
+                if (dd > 0) sc += (double)w[h] * dd;
+            }
+            score[i] = sc;
+            if (sc > mx) mx = sc;
+        }
+        for (int64_t i = 0; i < ns; i++) den += exp(score[i] - mx);
+        const double log_den = log(den);
+        for (int64_t i = 0; i < ns; i++) {
+            const double log_q = score[i] - mx - log_den;
+            if (P[i] > 0) kl_t += P[i] * (log((double)P[i]) - log_q);
+            const float g = (float)(weight * (exp(log_q) - P[i]) / (double)nq);
+            const float *key = a->ikeys + sel[i] * I;
+            for (int h = 0; h < HI; h++) {
+                const float dd = dots[i * HI + h];
+                if (dd <= 0) continue;   /* ReLU */
+                dw[t * HI + h] += g * dd;
+                axpy_f32(dq + t * HII + (int64_t)h * I, g * w[h], key, I);
+                axpy_f32(dkeys + sel[i] * I, g * w[h], q + (int64_t)h * I, I);
+            }
+        }
+        kl += kl_t;
+    }
+    kl /= (double)nq;
+    /* w = weights_proj(h1) / sqrt(I·H_I);  q = RoPE(wq_b(c_q));  K = the indexer's compressor */
+    const float s = (float)(1.0 / sqrt((double)I) / sqrt((double)HI));
+    for (int64_t i = 0; i < T * HI; i++) dw[i] *= s;
+    linear_backward(NULL, c->dim, gmat(Gr, &L->idx.weights_proj), dw, HI, a->h1, T, &L->idx.weights_proj, 0, HI);
+    for (int64_t t = 0; t < T; t++)
+        for (int h = 0; h < HI; h++) rope_rotate(dq + t * HII + (int64_t)h * I + I - r, r, L->rope_freq, t, 1);
+    linear_backward(NULL, q_r, gmat(Gr, &L->idx.wq_b), dq, HII, a->cq, T, &L->idx.wq_b, 0, HII);
+    char cpre[512];
+    snprintf(cpre, sizeof cpre, "%s.attn.indexer.compressor", pre);
+    compressor_saved_backward(c, &L->idx.comp, L->rope_freq, a->h1, T, a->ica, a->icz, a->ipooled, a->n_ent, dkeys, NULL, Gr, cpre);
+    free(dq); free(dw); free(dkeys); free(dots); free(score);
+    Gr->indexer_kl += kl;
+    return kl;
+}
+
 /* Backward of one layer: dX [T, n*d] holds d loss / d X_out on entry and d loss / d X_in on exit. */
 static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre, const LayerAct *a, float *dX, Grads *Gr,
-                           double balance_alpha, double *extra_loss) {
+                           const LossOpts *lo, double *extra_loss) {
+    const double balance_alpha = lo->balance_alpha;
+    if (lo->indexer_weight > 0 && L->has_indexer) *extra_loss += lo->indexer_weight * indexer_kl_backward(m, L, pre, a, lo->indexer_weight, Gr);
     const Config *c = &m->cfg;
     const int n = c->hc_mult, H = c->n_heads, D = c->head_dim, r = c->rope_head_dim, W = c->window_size;
     const int G = c->o_groups, R = c->o_lora_rank, q_r = c->q_lora_rank, E = c->n_routed_experts, K = c->n_activated_experts;
@@ -323,32 +458,9 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
     linear_backward(dh, d, gmat(Gr, &L->wkv), dkv_raw, D, a->h1, T, &L->wkv, 0, D);
     /* compressed entries: RoPE, norm, softmax pooling, ape, wkv and wgate */
     if (L->has_compressor) {
-        const CompressorW *cw = &L->comp;
-        const int m_ = cw->ratio, W2 = cw->coff * D;
         char cpre[512];
         snprintf(cpre, sizeof cpre, "%s.attn.compressor", pre);
-        float *g_norm = gvec(Gr, cpre, "norm.weight", D), *g_ape = gvec(Gr, cpre, "ape", (int64_t)m_ * W2);
-        float *da = ALLOC(T * W2), *dzz = ALLOC(T * W2), *dp = ALLOC(D);
-        float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2), *dsa = ALLOC(2 * m_ * W2), *dsz = ALLOC(2 * m_ * W2);
-        for (int64_t w = 0; w < a->n_ent; w++) {
-            float *g = dent + w * D;
-            rope_rotate(g + D - r, r, L->rope_freq, w * m_, 1);
-            rmsnorm_backward(dp, g_norm, g, a->pooled + w * D, cw->norm, D, c->norm_eps);
-            window_state(cw, a->ca, a->cz, w, sa, sz);
-            memset(dsa, 0, sizeof(float) * (size_t)(2 * m_ * W2));
-            memset(dsz, 0, sizeof(float) * (size_t)(2 * m_ * W2));
-            compressor_pool_backward(cw, sa, sz, dp, dsa, dsz);
-            for (int j = 0; j < (cw->coff == 2 ? 2 * m_ : m_); j++) {   /* the rows back to their tokens */
-                const int64_t tok = cw->coff == 1 ? w * m_ + j : j < m_ ? (w - 1) * m_ + j : w * m_ + (j - m_);
-                if (tok < 0) continue;
-                axpy_f32(da + tok * W2, 1.0f, dsa + (int64_t)j * W2, W2);
-                axpy_f32(dzz + tok * W2, 1.0f, dsz + (int64_t)j * W2, W2);
-            }
-        }
-        for (int64_t t = 0; t < T; t++) axpy_f32(g_ape + (t % m_) * W2, 1.0f, dzz + t * W2, W2);
-        linear_backward(dh, d, gmat(Gr, &cw->wkv), da, W2, a->h1, T, &cw->wkv, 0, W2);
-        linear_backward(dh, d, gmat(Gr, &cw->wgate), dzz, W2, a->h1, T, &cw->wgate, 0, W2);
-        free(da); free(dzz); free(dp); free(sa); free(sz); free(dsa); free(dsz);
+        compressor_saved_backward(c, &L->comp, L->rope_freq, a->h1, T, a->ca, a->cz, a->pooled, a->n_ent, dent, dh, Gr, cpre);
     }
     float *g_attn_norm = gvec(Gr, pre, "attn_norm.weight", d);
     for (int64_t t = 0; t < T; t++) rmsnorm_backward(dy + t * d, g_attn_norm, dh + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
@@ -386,7 +498,7 @@ static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T
  * i+1 and predicts token i+2. Returns the mean cross-entropy over the T-2 predictions; adds
  * weight x its gradient to the parameters and to dX (the main model's final streams). */
 static double mtp_loss_backward(const dsv4_model *m, const int32_t *tokens, int64_t T, const float *X, double weight,
-                                double balance_alpha, double *extra_loss, float *dX, Grads *Gr) {
+                                const LossOpts *lo, double *extra_loss, float *dX, Grads *Gr) {
     const Config *c = &m->cfg;
     const LayerW *L = &m->mtp[0];
     const int n = c->hc_mult;
@@ -403,7 +515,7 @@ static double mtp_loss_backward(const dsv4_model *m, const int32_t *tokens, int6
     for (int64_t t = 0; t < Tm; t++)
         for (int i = 0; i < n; i++) axpy_f32(X0 + t * nd + i * d, 1.0f, ep + t * d, d);
     LayerAct a;
-    layer_forward_saved(m, L, X0, next, Tm, &a);
+    layer_forward_saved(m, L, X0, next, Tm, lo->indexer_weight > 0, 0, &a);
     float *Xo = xmalloc(sizeof(float) * (size_t)(Tm * nd));
     memcpy(Xo, a.Xm, sizeof(float) * (size_t)(Tm * nd));
     mhc_post(c, Xo, a.f2, a.post2, a.comb2, Tm);
@@ -420,7 +532,7 @@ static double mtp_loss_backward(const dsv4_model *m, const int32_t *tokens, int6
     for (int64_t t = 0; t < Tm; t++) rmsnorm_backward(dyh + t * d, g_norm, dyn + t * d, yh + t * d, L->mtp_norm, d, c->norm_eps);
     hc_head_backward(c, &L->hc_head_fn, L->hc_head_base, L->hc_head_scale, Xo, Tm, dyh, dXo, gmat(Gr, &L->hc_head_fn),
                      gvec(Gr, "mtp.0", "hc_head_base", n), gvec(Gr, "mtp.0", "hc_head_scale", 1));
-    layer_backward(m, L, "mtp.0", &a, dXo, Gr, balance_alpha, extra_loss);
+    layer_backward(m, L, "mtp.0", &a, dXo, Gr, lo, extra_loss);
     /* X0 = h_proj(hnorm(X_i)) per stream + e_proj(enorm(Embed(token i+1))) broadcast */
     float *dhn = ALLOC(Tm * nd), *dep = ALLOC(Tm * d), *den = ALLOC(Tm * d), *tmp = ALLOC(d);
     linear_backward(dhn, d, gmat(Gr, &L->h_proj), dXo, d, hn, Tm * n, &L->h_proj, 0, d);
@@ -467,13 +579,23 @@ double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T) {
 }
 
 Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const LossOpts *lo, double *loss) {
-    const double mtp_weight = lo ? lo->mtp_weight : 0, balance_alpha = lo ? lo->balance_alpha : 0;
+    static const LossOpts no_extras = {0};
+    if (!lo) lo = &no_extras;
     double extra = 0;
-    const Config *c = &m->cfg;
     if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
     if (check_sequence(m, tokens, T)) return NULL;
+    /* the dense stage attends every visible compressed entry: the same model with top-k
+     * unbounded (a shallow copy: every weight is shared, read-only) */
+    dsv4_model dense;
+    if (lo->indexer_dense) {
+        dense = *m;
+        dense.cfg.index_topk = INT_MAX;
+        m = &dense;
+    }
+    const Config *c = &m->cfg;
     const int n = c->hc_mult;
     const int64_t d = c->dim, nd = n * d, V = c->vocab_size;
+    const int need_kl = lo->indexer_weight > 0;
     /* forward with the inference code; keep each layer's input */
     float **Xin = xcalloc((size_t)c->n_layers, sizeof(float *));
     float *X = xmalloc(sizeof(float) * (size_t)(T * nd));
@@ -490,9 +612,26 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     linear(logits, V, yn, d, T, &m->head, 0, V);
     *loss = cross_entropy(logits, tokens + 1, T - 1, V, dlogits);
     free(logits);
-    /* backward through the head */
     Grads *Gr = xcalloc(1, sizeof *Gr);
     Gr->load = xcalloc((size_t)c->n_layers * (size_t)c->n_routed_experts, sizeof(int64_t));
+    if (lo->indexer_only) {
+        /* the frozen-model stage: only the indexers of the main layers, from their layer inputs */
+        for (int l = 0; l < c->n_layers; l++) {
+            if (need_kl && m->layers[l].has_indexer) {
+                LayerAct a;
+                layer_forward_saved(m, &m->layers[l], Xin[l], tokens, T, 1, 1, &a);
+                char pre[64];
+                snprintf(pre, sizeof pre, "layers.%d", l);
+                extra += lo->indexer_weight * indexer_kl_backward(m, &m->layers[l], pre, &a, lo->indexer_weight, Gr);
+                act_free(&a);
+            }
+            free(Xin[l]);
+        }
+        *loss += extra;
+        free(yh); free(yn); free(dlogits); free(X); free(Xin);
+        return Gr;
+    }
+    /* backward through the head */
     float *dyn = ALLOC(T * d), *dyh = ALLOC(T * d), *dX = ALLOC(T * nd);
     linear_backward(dyn, d, gmat(Gr, &m->head), dlogits, V, yn, T - 1, &m->head, 0, V);
     float *g_norm = grad_of(Gr, "norm.weight", d);
@@ -500,16 +639,16 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     hc_head_backward(c, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, X, T, dyh, dX, gmat(Gr, &m->hc_head_fn),
                      grad_of(Gr, "hc_head_base", n), grad_of(Gr, "hc_head_scale", 1));
     free(yh); free(yn); free(dlogits); free(dyn); free(dyh);
-    if (mtp_weight > 0 && c->n_mtp_layers > 0 && T >= 3)
-        *loss += mtp_weight * mtp_loss_backward(m, tokens, T, X, mtp_weight, balance_alpha, &extra, dX, Gr);
+    if (lo->mtp_weight > 0 && c->n_mtp_layers > 0 && T >= 3)
+        *loss += lo->mtp_weight * mtp_loss_backward(m, tokens, T, X, lo->mtp_weight, lo, &extra, dX, Gr);
     /* the layers in reverse, each recomputed with its intermediates */
     for (int l = c->n_layers - 1; l >= 0; l--) {
         LayerAct a;
-        layer_forward_saved(m, &m->layers[l], Xin[l], tokens, T, &a);
+        layer_forward_saved(m, &m->layers[l], Xin[l], tokens, T, need_kl, 0, &a);
         char pre[64];
         snprintf(pre, sizeof pre, "layers.%d", l);
         for (int64_t i = 0; i < T * c->n_activated_experts; i++) Gr->load[(int64_t)l * c->n_routed_experts + a.idx2[i]]++;
-        layer_backward(m, &m->layers[l], pre, &a, dX, Gr, balance_alpha, &extra);
+        layer_backward(m, &m->layers[l], pre, &a, dX, Gr, lo, &extra);
         act_free(&a);
         if (l + 1 < c->n_layers) free(Xin[l + 1]);
     }
