@@ -402,5 +402,7 @@ double now_sec(void);
 char *read_file(const char *path, size_t *len);  /* NUL-terminated; NULL + error on failure */
 /* Writes data to path atomically (temp file in the same directory, fsync, rename). */
 int write_file_atomic(const char *path, const void *data, size_t len);
+/* Removes a directory tree (no shell involved, links not followed); 0 when it is gone or was absent. */
+int remove_tree(const char *dir);
 
 #endif

@@ -111,6 +111,13 @@ for m in tiny-fp8 alt-f32; do
     else bad "grad ${v#*:} $m: $(head -c 300 "$TMP/err.txt")"; fi
   done
 done
+# dsv4 convert (tests/convert_test.sh): the official encodings byte for byte as init writes them,
+# lossless re-encoding, the config's format fields, errors
+n_conv=0
+while IFS= read -r line; do
+  case "$line" in ok*) ok "convert: ${line#ok    }"; n_conv=$((n_conv + 1)) ;; FAIL*) bad "convert: ${line#FAIL  }" ;; esac
+done < <(D="$D" tests/convert_test.sh 2>&1)
+[ "$n_conv" -gt 30 ] || bad "convert: only $n_conv checks ran"
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 300 --out "$TMP/b.f32" 2>/dev/null

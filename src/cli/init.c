@@ -187,6 +187,41 @@ static void gen_values(const Spec *p, const Config *c, uint64_t seed, float *v, 
     }
 }
 
+/* The official block quantisers (also used by `dsv4 convert`, so both write the same bytes).
+ * FP8: v [rows, cols] -> q e4m3 [rows, cols] and s E8M0 [ceil(rows/128), ceil(cols/128)], one
+ * scale 2^ceil(log2(amax/448)) per 128x128 block. FP4: cols % 32 == 0; q [rows, cols/2] e2m1
+ * nibbles (low first), s E8M0 [rows, cols/32], one scale 2^ceil(log2(amax/6)) per 1x32 block. */
+void cli_quant_fp8(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s) {
+    const int64_t br = (rows + 127) / 128, bc = (cols + 127) / 128;
+#pragma omp parallel for schedule(dynamic) if (rows * cols >= (1 << 20))
+    for (int64_t i = 0; i < br; i++)
+        for (int64_t j = 0; j < bc; j++) {
+            float amax = 1e-12f;
+            for (int64_t r = i * 128; r < rows && r < i * 128 + 128; r++)
+                for (int64_t c = j * 128; c < cols && c < j * 128 + 128; c++) amax = fmaxf(amax, fabsf(v[r * cols + c]));
+            const uint8_t e = f32_to_e8m0(amax / 448.0f);
+            const float sc = e8m0_to_f32(e);
+            s[i * bc + j] = e;
+            for (int64_t r = i * 128; r < rows && r < i * 128 + 128; r++)
+                for (int64_t c = j * 128; c < cols && c < j * 128 + 128; c++) q[r * cols + c] = f32_to_e4m3(v[r * cols + c] / sc);
+        }
+}
+
+void cli_quant_fp4(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s) {
+    const int64_t bc = cols / 32;
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 20))
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < bc; j++) {
+            float amax = 1e-12f;
+            for (int64_t c = j * 32; c < j * 32 + 32; c++) amax = fmaxf(amax, fabsf(v[r * cols + c]));
+            const uint8_t e = f32_to_e8m0(amax / 6.0f);
+            const float sc = e8m0_to_f32(e);
+            s[r * bc + j] = e;
+            for (int64_t c = j * 32; c < j * 32 + 32; c += 2)   /* low nibble first */
+                q[(r * cols + c) / 2] = (uint8_t)(f32_to_e2m1(v[r * cols + c] / sc) | f32_to_e2m1(v[r * cols + c + 1] / sc) << 4);
+        }
+}
+
 static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int sparse) {
     const int64_t rows = p->rows, cols = p->cols;
     int64_t shape[2] = {rows, cols};
@@ -232,41 +267,17 @@ static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int
         break;
     }
     case S_FP8: {
-        /* official block quantisation: scale = 2^ceil(log2(amax/448)) per 128x128 block */
-        const int64_t br = (rows + 127) / 128, bc = (cols + 127) / 128;
-        uint8_t *q = xmalloc((size_t)n), *s = xmalloc((size_t)(br * bc));
-        for (int64_t i = 0; i < br; i++)
-            for (int64_t j = 0; j < bc; j++) {
-                float amax = 1e-12f;
-                for (int64_t r = i * 128; r < rows && r < i * 128 + 128; r++)
-                    for (int64_t cc = j * 128; cc < cols && cc < j * 128 + 128; cc++) amax = fmaxf(amax, fabsf(v[r * cols + cc]));
-                const uint8_t e = f32_to_e8m0(amax / 448.0f);
-                const float sc = e8m0_to_f32(e);
-                s[i * bc + j] = e;
-                for (int64_t r = i * 128; r < rows && r < i * 128 + 128; r++)
-                    for (int64_t cc = j * 128; cc < cols && cc < j * 128 + 128; cc++) q[r * cols + cc] = f32_to_e4m3(v[r * cols + cc] / sc);
-            }
-        int64_t ss[2] = {br, bc};
+        uint8_t *q = xmalloc((size_t)n), *s = xmalloc((size_t)(((rows + 127) / 128) * ((cols + 127) / 128)));
+        cli_quant_fp8(v, rows, cols, q, s);
+        int64_t ss[2] = {(rows + 127) / 128, (cols + 127) / 128};
         st_writer_add(w, p->name, DT_F8_E4M3, 2, shape, q);
         st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
         break;
     }
     case S_FP4: {
-        const int64_t bc = cols / 32;
-        uint8_t *q = xcalloc((size_t)(n / 2), 1), *s = xmalloc((size_t)(rows * bc));
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < bc; j++) {
-                float amax = 1e-12f;
-                for (int64_t cc = j * 32; cc < j * 32 + 32; cc++) amax = fmaxf(amax, fabsf(v[r * cols + cc]));
-                const uint8_t e = f32_to_e8m0(amax / 6.0f);
-                const float sc = e8m0_to_f32(e);
-                s[r * bc + j] = e;
-                for (int64_t cc = j * 32; cc < j * 32 + 32; cc++) {
-                    const uint8_t code = f32_to_e2m1(v[r * cols + cc] / sc);
-                    q[(r * cols + cc) / 2] |= (uint8_t)(cc % 2 ? code << 4 : code);   /* low nibble first */
-                }
-            }
-        int64_t ws[2] = {rows, cols / 2}, ss[2] = {rows, bc};
+        uint8_t *q = xmalloc((size_t)(n / 2)), *s = xmalloc((size_t)(rows * (cols / 32)));
+        cli_quant_fp4(v, rows, cols, q, s);
+        int64_t ws[2] = {rows, cols / 2}, ss[2] = {rows, cols / 32};
         st_writer_add(w, p->name, DT_I8, 2, ws, q);
         st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
         break;

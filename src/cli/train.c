@@ -6,7 +6,6 @@
  * sequences the uninterrupted run would have seen. */
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,16 +189,6 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(path);
-}
-/* Removes a checkpoint directory and what it holds (no shell involved). */
-static int rm_rf(const char *dir) {
-    if (access(dir, F_OK) != 0) return 0;
-    return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* OUT/checkpoint.tmp is written completely, then swapped in: checkpoint -> checkpoint.old,
  * checkpoint.tmp -> checkpoint, checkpoint.old removed. A crash at any point leaves a complete
  * checkpoint or checkpoint.old, which --resume falls back to. */
@@ -209,7 +198,7 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
     snprintf(tmp, sizeof tmp, "%s/checkpoint.tmp", out);
     snprintf(cur, sizeof cur, "%s/checkpoint", out);
     snprintf(old, sizeof old, "%s/checkpoint.old", out);
-    rm_rf(tmp);
+    remove_tree(tmp);
     if (mkdir(tmp, 0755)) return dsv4_fail("%s: cannot create: %s", tmp, strerror(errno));
     snprintf(path, sizeof path, "%s/config.json", tmp);
     if (write_file_atomic(path, config_text, strlen(config_text))) return -1;
@@ -226,10 +215,10 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
         if (!tj || write_file_atomic(path, tj, tl)) { free(tj); return -1; }
         free(tj);
     }
-    rm_rf(old);
+    remove_tree(old);
     if (access(cur, F_OK) == 0 && rename(cur, old)) return dsv4_fail("%s: cannot move aside: %s", cur, strerror(errno));
     if (rename(tmp, cur)) return dsv4_fail("%s: cannot rename into place: %s", cur, strerror(errno));
-    rm_rf(old);
+    remove_tree(old);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* Small shared helpers: errors, allocation, time, whole-file I/O with atomic writes. */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,4 +91,15 @@ int write_file_atomic(const char *path, const void *data, size_t len) {
     }
     free(tmp);
     return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+int remove_tree(const char *dir) {
+    struct stat sb;
+    if (lstat(dir, &sb) != 0) return 0;
+    return nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
