@@ -858,6 +858,20 @@ static void test_optim(void) {
         CHECK(worst < 0.15, "orthogonalised %dx%d: |OOᵀ - I| max %.3g", R, C, worst);
         free(G);
     }
+    /* Muon: the update of a full-rank matrix has RMS 0.18 lr (V4's match-RMS coefficient), whatever
+     * the gradient's scale; weight decay adds lr wd p */
+    for (int tr = 0; tr < 2; tr++) {
+        const int R = tr ? 96 : 32, C = tr ? 32 : 96;
+        float *P = xcalloc(R * C, sizeof(float)), *Gm = xmalloc(sizeof(float) * R * C), *M = xcalloc(R * C, sizeof(float));
+        float *S = xmalloc(sizeof(float) * R * C);
+        for (int i = 0; i < R * C; i++) Gm[i] = (float)(1e-3 * nrand());
+        muon_step(P, Gm, M, R, C, 0.01, 0.95, 0.0, S);
+        double ss = 0;
+        for (int i = 0; i < R * C; i++) ss += (double)P[i] * P[i];
+        const double rms = sqrt(ss / (R * C)) / 0.01;
+        CHECK(rms > 0.18 * 0.97 && rms < 0.18 * 1.03, "Muon %dx%d: update RMS %.4f lr (expected 0.18)", R, C, rms);
+        free(P); free(Gm); free(M); free(S);
+    }
     /* AdamW: the first step moves each parameter by lr (m̂/sqrt(v̂) = sign(g)) plus the decay */
     float p[3] = {1, -2, 0.5f}, g[3] = {0.3f, -4, 0}, m[3] = {0}, v[3] = {0};
     adamw_step(p, g, m, v, 3, 0.01, 0.9, 0.95, 1e-12, 0.1, 1);

@@ -72,8 +72,9 @@ void newton_schulz(float *G, int64_t rows, int64_t cols, int fast, int settle) {
     free(X); free(A); free(B); free(Y);
 }
 
-/* One Muon step on a [rows, cols] matrix: Nesterov momentum, Newton–Schulz, the update scaled to
- * the RMS of an AdamW update (0.2 sqrt(max(rows, cols))), decoupled weight decay. */
+/* One Muon step on a [rows, cols] matrix: Nesterov momentum, Newton–Schulz, the update scaled so
+ * its RMS matches an AdamW update's (an orthogonal matrix has RMS 1/sqrt(max(rows, cols)); the V4
+ * report's match-RMS coefficient is 0.18, Moonlight's 0.2), decoupled weight decay. */
 void muon_step(float *p, const float *g, float *mom, int64_t rows, int64_t cols, double lr, double mu, double wd, float *scratch) {
     const int64_t n = rows * cols;
     for (int64_t i = 0; i < n; i++) {
@@ -81,6 +82,6 @@ void muon_step(float *p, const float *g, float *mom, int64_t rows, int64_t cols,
         scratch[i] = (float)(g[i] + mu * mom[i]);
     }
     newton_schulz(scratch, rows, cols, 8, 2);
-    const double k = 0.2 * sqrt((double)(rows > cols ? rows : cols));
+    const double k = 0.18 * sqrt((double)(rows > cols ? rows : cols));
     for (int64_t i = 0; i < n; i++) p[i] = (float)(p[i] - lr * (k * scratch[i] + wd * p[i]));
 }
