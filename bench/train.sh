@@ -3,7 +3,7 @@
 # reference model of reference/v4_ref.py run in float32 with autograd + torch.optim.AdamW) on the
 # same small DeepSeek V4 config (configs/train-bench.json), same sequence length and batch, same
 # initial weights, 2 threads each, in one run. Builds nothing: needs ./dsv4 and /usr/bin/python3
-# with torch. Both sides: main-head next-token cross-entropy only (dsv4: --mtp-weight 0
+# with torch. Both sides: main-head next-token cross-entropy only (dsv4: --mtp-weight 0 --indexer-weight 0
 # --balance-alpha 0 --bias-update 0), AdamW, gradient clipping at 1; step 1 is not timed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ active=$(./dsv4 plan "$CFG" --json | /usr/bin/python3 -c 'import json,sys; print
 echo "dsv4 train: $STEPS steps, seq $SEQ, batch $BATCH, $THREADS threads ..." >&2
 ./dsv4 train --config "$CFG" --init-from "$TMP/model" --data "$TMP/data" --out "$TMP/run" \
   --steps "$STEPS" --seq "$SEQ" --batch "$BATCH" --eval-every 0 --ckpt-every 0 --optimizer adamw \
-  --mtp-weight 0 --balance-alpha 0 --bias-update 0 --warmup 1 --lr 3e-4 > "$TMP/dsv4.log" 2>&1
+  --mtp-weight 0 --balance-alpha 0 --bias-update 0 --indexer-weight 0 --warmup 1 --lr 3e-4 > "$TMP/dsv4.log" 2>&1
 grep '^step ' "$TMP/dsv4.log" >&2
 # timed: steps 2..N, total tokens / total time (harmonic mean of the per-step tok/s)
 ours=$(grep '^step ' "$TMP/dsv4.log" | tail -n +2 | /usr/bin/python3 -c '

@@ -246,7 +246,10 @@ struct dsv4_model {
     int64_t n_owned, cap_owned;
     ParamRef *params;
     int64_t n_params, cap_params;
+    int64_t *param_of_tensor;      /* [st.n_tensors]: index into params, or -1 */
 };
+/* The index in m->params of the tensor called name (a hash lookup), or -1. */
+int64_t model_param_index(const dsv4_model *m, const char *name);
 
 /* Makes every weight matrix an owned, writable F32 copy (dequantised), for training. */
 void model_make_trainable(dsv4_model *m);
@@ -303,12 +306,32 @@ void attend_heads(const float *q, int nh, const float *const *keys, int64_t nk, 
                   float *o);
 void attend_heads_backward(const float *q, int nh, const float *const *keys, int64_t nk, int D, const float *sinks,
                            const float *dout, float *scores, float *dq, float *const *dkeys, float *dsinks);
+/* What the training forward keeps of one layer's attention for the backward (model/train.c).
+ * Passed to attention_forward for a whole sequence (t0 = 0); the forward allocates every buffer
+ * and the caller frees them (attn_save_free). Inference passes NULL. */
+typedef struct CompSave {
+    float *a, *z;                  /* [T, coff*width]: x·wkv and x·wgate + ape */
+    float *pooled;                 /* [T/ratio, width]: the entries before norm and RoPE */
+} CompSave;
+typedef struct AttnSave {
+    int want_kl;                   /* in: also the indexer's KL target */
+    float *cq_raw, *cq;            /* [T, q_lora_rank] before / after q_norm */
+    float *q_raw, *q;              /* [T, H*D] before per-head RMS / after it and RoPE */
+    float *kv_raw, *kv;            /* [T, D] before kv_norm / after it and RoPE */
+    CompSave comp, icomp;          /* the attention's and the indexer's compressors */
+    float *ent, *ikeys;            /* [T/ratio, D], [T/4, I]: entries and indexer keys as attended */
+    float *iq, *iw;                /* [T, H_I*I] indexer q after RoPE, [T, H_I] head weights (scaled) */
+    int64_t *sel, *n_sel, sel_max; /* the entries each query attends (sel: indexer layers only) */
+    float *kl_target;              /* [T, sel_max] with want_kl: P_t over the selection (V3.2) */
+    float *o, *u;                  /* [T, H*D] attention output after inverse RoPE, [T, G*R] */
+} AttnSave;
+void attn_save_free(AttnSave *s);
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
-                      int64_t T, int64_t t0, float *out);
+                      int64_t T, int64_t t0, float *out, AttnSave *save);
 /* compressor.c: consumes T tokens, emits entries into `entries` (count grows to (t0+T)/ratio). */
 void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq,
                         int rotate_fp4, const float *h, int64_t T, int64_t t0, float *state_a,
-                        float *state_z, float *entries);
+                        float *state_z, float *entries, CompSave *save);
 /* The softmax pooling of one entry from a full compressor state, and its backward */
 void compressor_pool(const CompressorW *cw, const float *sa, const float *sz, float *entry);
 /* Backward of the softmax pooling of one entry over the compressor state (sa, sz as laid out
@@ -317,7 +340,7 @@ void compressor_pool_backward(const CompressorW *cw, const float *sa, const floa
                               float *dsz);
 /* indexer.c */
 void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
-                     const float *cq, int64_t T, int64_t t0, float *q_idx, float *w_idx);
+                     const float *cq, int64_t T, int64_t t0, float *q_idx, float *w_idx, AttnSave *save);
 int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
                      const float *q_idx_t, const float *w_idx_t, int64_t n_visible,
                      int64_t *selected, float *scratch);
@@ -354,6 +377,7 @@ typedef struct LossOpts {
 Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const LossOpts *lo, double *loss);
 double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
 const float *grads_find(const Grads *G, const char *name, int64_t *numel);
+const float *grads_of_param(const Grads *G, int64_t i);   /* m->params[i]'s gradient, NULL if none flowed */
 const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */
 double grads_indexer_kl(const Grads *G);            /* the unweighted KL, summed over indexer layers */
 void grads_free(Grads *G);
@@ -404,5 +428,6 @@ char *read_file(const char *path, size_t *len);  /* NUL-terminated; NULL + error
 int write_file_atomic(const char *path, const void *data, size_t len);
 /* Removes a directory tree (no shell involved, links not followed); 0 when it is gone or was absent. */
 int remove_tree(const char *dir);
+float *dup_floats(const float *src, int64_t n);   /* a malloc'd copy */
 
 #endif

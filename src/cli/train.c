@@ -75,8 +75,8 @@ static int save_model(const dsv4_model *m, const char *dir) {
     StWriter w = {0};
     for (int64_t i = 0; i < m->st.n_tensors; i++) {
         const StTensor *t = &m->st.tensors[i];
-        const ParamRef *p = NULL;
-        for (int64_t k = 0; k < m->n_params && !p; k++) if (!strcmp(m->params[k].name, t->name)) p = &m->params[k];
+        const int64_t pi = model_param_index(m, t->name);
+        const ParamRef *p = pi >= 0 ? &m->params[pi] : NULL;
         int64_t shape[4];
         for (int k = 0; k < t->ndim && k < 4; k++) shape[k] = t->shape[k];
         if (p) {
@@ -436,9 +436,9 @@ int cmd_train(int argc, char **argv) {
             loss += (l - r.indexer_weight * kl_b) / (double)r.batch;
             kl += kl_b / (double)r.batch;
             for (int64_t i = 0; i < P; i++) {
-                int64_t n;
-                const float *g = grads_find(G, m->params[i].name, &n);
-                if (!g || n != m->params[i].numel) continue;
+                const float *g = grads_of_param(G, i);
+                const int64_t n = m->params[i].numel;
+                if (!g) continue;
                 float *dst = gsum[i];
                 const float w = 1.0f / (float)r.batch;
 #pragma omp parallel for schedule(static) if (n > 65536)

@@ -70,8 +70,16 @@ void attend_heads_backward(const float *q, int nh, const float *const *keys, int
     }
 }
 
+void attn_save_free(AttnSave *s) {
+    void *p[] = {s->cq_raw, s->cq, s->q_raw, s->q, s->kv_raw, s->kv, s->comp.a, s->comp.z, s->comp.pooled, s->icomp.a,
+                 s->icomp.z, s->icomp.pooled, s->ent, s->ikeys, s->iq, s->iw, s->sel, s->n_sel, s->kl_target, s->o, s->u};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+    memset(s, 0, sizeof *s);
+}
+
+/* save (training, t0 = 0): also keep the intermediates the backward needs (AttnSave). */
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, int64_t T, int64_t t0,
-                      float *out) {
+                      float *out, AttnSave *save) {
     const Config *cf = &m->cfg;
     const int H = cf->n_heads, D = cf->head_dim, r = cf->rope_head_dim, W = cf->window_size;
     const int ratio = L->ratio, G = cf->o_groups, R = cf->o_lora_rank;
@@ -82,10 +90,13 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     float *q = xmalloc(sizeof(float) * (size_t)(T * qd));
     float *kv = xmalloc(sizeof(float) * (size_t)(T * D));
     model_linear(m, cq, cf->q_lora_rank, h, cf->dim, T, &L->wq_a, 0, cf->q_lora_rank);
+    if (save) save->cq_raw = dup_floats(cq, T * cf->q_lora_rank);
     for (int64_t t = 0; t < T; t++) rmsnorm(cq + t * cf->q_lora_rank, cq + t * cf->q_lora_rank, L->q_norm, cf->q_lora_rank, cf->norm_eps);
+    if (save) save->cq = dup_floats(cq, T * cf->q_lora_rank);
     model_linear(m, q, qd, cq, cf->q_lora_rank, T, &L->wq_b, 0, qd);
     /* kv = RMSNorm_kv(x·wkv), one vector that is both key and value */
     model_linear(m, kv, D, h, cf->dim, T, &L->wkv, 0, D);
+    if (save) { save->q_raw = dup_floats(q, T * qd); save->kv_raw = dup_floats(kv, T * D); }
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; t++) {
         for (int hh = 0; hh < H; hh++) {
@@ -99,15 +110,18 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
         /* official QAT: FP8 on the non-RoPE dims; the RoPE dims keep their precision */
         if (m->quant) fake_quant_fp8(k, D - r, 64);
     }
+    if (save) { save->q = dup_floats(q, T * qd); save->kv = dup_floats(kv, T * D); }
 
     /* compressed entries and indexer keys for the tokens of this chunk */
     float *q_idx = NULL, *w_idx = NULL;
-    if (L->has_compressor)
-        compressor_forward(m, &L->comp, L->rope_freq, 0, h, T, t0, c->comp_a, c->comp_z, c->comp);
+    if (L->has_compressor) {
+        compressor_forward(m, &L->comp, L->rope_freq, 0, h, T, t0, c->comp_a, c->comp_z, c->comp, save ? &save->comp : NULL);
+        if (save) save->ent = dup_floats(c->comp, (T / ratio) * D);
+    }
     if (L->has_indexer) {
         q_idx = xmalloc(sizeof(float) * (size_t)(T * cf->index_n_heads * cf->index_head_dim));
         w_idx = xmalloc(sizeof(float) * (size_t)(T * cf->index_n_heads));
-        indexer_forward(m, L, c, h, cq, T, t0, q_idx, w_idx);
+        indexer_forward(m, L, c, h, cq, T, t0, q_idx, w_idx, save);
     }
 
     /* per query: the window keys, then the compressed entries it may see */
@@ -135,11 +149,13 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
         for (int64_t t = 0; t < T; t++) n_sel[t] = (t0 + t + 1) / ratio;
     }
 
-    /* queries in parallel; with fewer queries than threads (decode), heads are split too */
+    /* queries in parallel; with fewer queries than threads (decode), heads are split too
+     * (not when training: the indexer's target sums every head of a query) */
     float *o = xmalloc(sizeof(float) * (size_t)(T * qd));
     const int64_t max_keys = W + sel_max;
     const int nthr = omp_get_max_threads();
-    const int NG = T >= nthr ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
+    const int NG = T >= nthr || save ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
+    float *kl_target = save && save->want_kl && L->has_indexer ? xcalloc((size_t)(T * (sel_max ? sel_max : 1)), sizeof(float)) : NULL;
 #pragma omp parallel
     {
         const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
@@ -157,6 +173,20 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
                 float *ot = o + t * qd + (int64_t)h0 * D;
                 attend_heads(q + t * qd + (int64_t)h0 * D, h1 - h0, keys, nk, D, L->attn_sink + h0, scores, ot);
                 for (int hh = 0; hh < h1 - h0; hh++) rope_rotate(ot + (int64_t)hh * D + D - r, r, L->rope_freq, pos, 1);
+                if (kl_target && n_sel[t] > 0) {
+                    /* the indexer's training target (V3.2): the attention on each selected entry,
+                     * summed over heads and normalised over the selection */
+                    const int64_t ns = n_sel[t], nw = nk - ns;
+                    float *P = kl_target + t * sel_max;
+                    double sum = 0;
+                    for (int64_t i = 0; i < ns; i++) {
+                        double p = 0;
+                        for (int hh = 0; hh < H; hh++) p += scores[(int64_t)hh * nk + nw + i];
+                        P[i] = (float)p;
+                        sum += p;
+                    }
+                    for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
+                }
             }
         free(keys);
         free(scores);
@@ -171,6 +201,12 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     const int64_t gin = qd / G;
     for (int g = 0; g < G; g++) linear(u + (int64_t)g * R, (int64_t)G * R, o + g * gin, qd, T, &L->wo_a, (int64_t)g * R, R);
     model_linear(m, out, cf->dim, u, (int64_t)G * R, T, &L->wo_b, 0, cf->dim);
+    if (save) {
+        save->o = dup_floats(o, T * qd);
+        save->u = dup_floats(u, T * G * R);
+        save->sel = sel; save->n_sel = n_sel; save->sel_max = sel_max; save->kl_target = kl_target;
+        sel = NULL; n_sel = NULL;
+    }
 
     free(cq); free(q); free(kv); free(q_idx); free(w_idx); free(sel); free(n_sel); free(o); free(u);
     return 0;

@@ -77,7 +77,8 @@ void compressor_pool_backward(const CompressorW *cw, const float *sa, const floa
 }
 
 void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq, int rotate_fp4,
-                        const float *h, int64_t T, int64_t t0, float *state_a, float *state_z, float *entries) {
+                        const float *h, int64_t T, int64_t t0, float *state_a, float *state_z, float *entries,
+                        CompSave *save) {
     const Config *c = &m->cfg;
     const int ratio = cw->ratio, D = cw->width, W2 = cw->coff * D, r = c->rope_head_dim;
     float *a = xmalloc(sizeof(float) * (size_t)(T * W2));
@@ -85,6 +86,13 @@ void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double
     /* The official compressor projections run in fp32 with no activation rounding. */
     linear(a, W2, h, c->dim, T, &cw->wkv, 0, W2);
     linear(z, W2, h, c->dim, T, &cw->wgate, 0, W2);
+    if (save) {   /* a training forward (t0 = 0): keep a, z + ape and the pooled entries */
+        save->a = dup_floats(a, T * W2);
+        save->z = xmalloc(sizeof(float) * (size_t)(T * W2 + 1));
+        for (int64_t t = 0; t < T; t++)
+            for (int k = 0; k < W2; k++) save->z[t * W2 + k] = z[t * W2 + k] + cw->ape[(t % ratio) * W2 + k];
+        save->pooled = xmalloc(sizeof(float) * (size_t)((T / ratio) * D + 1));
+    }
     for (int64_t t = 0; t < T; t++) {
         const int64_t pos = t0 + t;
         const int j = (int)(pos % ratio);
@@ -96,6 +104,7 @@ void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double
         const int64_t w = pos / ratio;
         float *entry = entries + w * D;
         compressor_pool(cw, state_a, state_z, entry);
+        if (save) memcpy(save->pooled + w * D, entry, sizeof(float) * (size_t)D);
         rmsnorm(entry, entry, cw->norm, D, c->norm_eps);
         rope_rotate(entry + D - r, r, rope_freq, w * ratio, 0);
         if (m->quant) {

@@ -12,7 +12,7 @@
 #include "../dsv4_internal.h"
 
 void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, const float *cq,
-                     int64_t T, int64_t t0, float *q_idx, float *w_idx) {
+                     int64_t T, int64_t t0, float *q_idx, float *w_idx, AttnSave *save) {
     const Config *cf = &m->cfg;
     const int HI = cf->index_n_heads, I = cf->index_head_dim, r = cf->rope_head_dim;
     model_linear(m, q_idx, (int64_t)HI * I, cq, cf->q_lora_rank, T, &L->idx.wq_b, 0, (int64_t)HI * I);
@@ -22,10 +22,15 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
             rope_rotate(q + I - r, r, L->rope_freq, t0 + t, 0);
             if (m->quant) { hadamard_f32(q, I); fake_quant_fp4(q, I, 32); }
         }
-    compressor_forward(m, &L->idx.comp, L->rope_freq, 1, h, T, t0, c->idx_a, c->idx_z, c->idx_keys);
+    compressor_forward(m, &L->idx.comp, L->rope_freq, 1, h, T, t0, c->idx_a, c->idx_z, c->idx_keys, save ? &save->icomp : NULL);
     linear(w_idx, HI, h, cf->dim, T, &L->idx.weights_proj, 0, HI);
     const float s = (float)(1.0 / sqrt((double)I) / sqrt((double)HI));
     for (int64_t i = 0; i < T * HI; i++) w_idx[i] *= s;
+    if (save) {
+        save->iq = dup_floats(q_idx, T * HI * I);
+        save->iw = dup_floats(w_idx, T * HI);
+        save->ikeys = dup_floats(c->idx_keys, (T / L->ratio) * I);
+    }
 }
 
 /* Top-k of the n_visible entries for one query; returns how many were selected (ascending

@@ -23,7 +23,20 @@ static void register_param(dsv4_model *m, const char *name, Mat *mat, float **ve
         m->cap_params = m->cap_params ? m->cap_params * 2 : 256;
         m->params = realloc(m->params, sizeof(ParamRef) * (size_t)m->cap_params);
     }
+    const StTensor *t = st_find(&m->st, name);
+    if (t) {
+        if (!m->param_of_tensor) {
+            m->param_of_tensor = xmalloc(sizeof(int64_t) * (size_t)(m->st.n_tensors ? m->st.n_tensors : 1));
+            for (int64_t i = 0; i < m->st.n_tensors; i++) m->param_of_tensor[i] = -1;
+        }
+        m->param_of_tensor[t - m->st.tensors] = m->n_params;
+    }
     m->params[m->n_params++] = (ParamRef){own(m, strdup(name)), mat, vec, numel};
+}
+
+int64_t model_param_index(const dsv4_model *m, const char *name) {
+    const StTensor *t = m->param_of_tensor ? st_find(&m->st, name) : NULL;
+    return t ? m->param_of_tensor[t - m->st.tensors] : -1;
 }
 
 static const char *file_of(const dsv4_model *m, const StTensor *t) { return m->st.files[t->file].path; }
@@ -319,6 +332,7 @@ void dsv4_model_close(dsv4_model *m) {
     for (int64_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->params);
+    free(m->param_of_tensor);
     st_close(&m->st);
     free(m->dir);
     free(m);

@@ -36,7 +36,7 @@ int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
 
     mhc_pre(cf, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, X, T, y, post, comb);
     for (int64_t t = 0; t < T; t++) rmsnorm(y + t * d, y + t * d, L->attn_norm, d, cf->norm_eps);
-    rc = attention_forward(m, L, c, y, T, t0, f);
+    rc = attention_forward(m, L, c, y, T, t0, f, NULL);
     if (rc == 0) {
         mhc_post(cf, X, f, post, comb, T);
         mhc_pre(cf, &L->hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, X, T, y, post, comb);

@@ -2,8 +2,9 @@
  * sequence, and its gradient for every floating-point parameter (`dsv4 grad`).
  *
  * The forward runs the inference code (the same caches and kernels) and keeps only each
- * layer's input streams. The backward walks the layers in reverse; for each it recomputes the
- * layer once more with its intermediates saved (layer_forward_saved), then backpropagates
+ * layer's input streams. The backward walks the layers in reverse; for each it runs the layer
+ * once more through the same inference code, now keeping its intermediates (an AttnSave for the
+ * attention; layer_forward_saved), then backpropagates
  * through them with the backward passes that sit beside each forward (mhc.c, attention.c,
  * compressor.c, moe.c, kernels/). Selections — the indexer's top-k, the MoE top-k or hash
  * table — pass no gradient to the language-model loss; the selection bias gets zeros and the
@@ -17,12 +18,10 @@
 
 #include "../dsv4_internal.h"
 
-/* ---- gradient buffers, registered by checkpoint tensor name ---- */
+/* ---- gradient buffers, one per model parameter (m->params order), allocated on first use ---- */
 struct Grads {
-    char **name;
-    float **g;
-    int64_t *numel;
-    int64_t n, cap;
+    const dsv4_model *m;
+    float **g;          /* [n_params] */
     int64_t *load;      /* [n_layers, E]: tokens routed to each expert (for aux-loss-free balancing) */
     double indexer_kl;  /* the indexer KL loss, summed over layers, unweighted */
 };
@@ -30,31 +29,37 @@ struct Grads {
 const int64_t *grads_expert_load(const Grads *G) { return G->load; }
 double grads_indexer_kl(const Grads *G) { return G->indexer_kl; }
 
-static float *grad_of(Grads *G, const char *name, int64_t numel) {
-    for (int64_t i = 0; i < G->n; i++)
-        if (!strcmp(G->name[i], name)) return G->g[i];
-    if (G->n == G->cap) {
-        G->cap = G->cap ? G->cap * 2 : 256;
-        G->name = realloc(G->name, sizeof(char *) * (size_t)G->cap);
-        G->g = realloc(G->g, sizeof(float *) * (size_t)G->cap);
-        G->numel = realloc(G->numel, sizeof(int64_t) * (size_t)G->cap);
-    }
-    G->name[G->n] = strdup(name);
-    G->g[G->n] = xcalloc((size_t)numel, sizeof(float));
-    G->numel[G->n] = numel;
-    return G->g[G->n++];
+static Grads *grads_new(const dsv4_model *m) {
+    Grads *G = xcalloc(1, sizeof *G);
+    G->m = m;
+    G->g = xcalloc((size_t)(m->n_params ? m->n_params : 1), sizeof(float *));
+    G->load = xcalloc((size_t)m->cfg.n_layers * (size_t)m->cfg.n_routed_experts, sizeof(int64_t));
+    return G;
 }
 
+static float *grad_of(Grads *G, const char *name, int64_t numel) {
+    const int64_t i = model_param_index(G->m, name);
+    if (i < 0 || G->m->params[i].numel != numel) {   /* every name here comes from the bound model */
+        fprintf(stderr, "dsv4: internal error: no parameter '%s' of %lld values\n", name, (long long)numel);
+        abort();
+    }
+    if (!G->g[i]) G->g[i] = xcalloc((size_t)numel, sizeof(float));
+    return G->g[i];
+}
+
+const float *grads_of_param(const Grads *G, int64_t i) { return i >= 0 && i < G->m->n_params ? G->g[i] : NULL; }
+
 const float *grads_find(const Grads *G, const char *name, int64_t *numel) {
-    for (int64_t i = 0; i < G->n; i++)
-        if (!strcmp(G->name[i], name)) { *numel = G->numel[i]; return G->g[i]; }
-    return NULL;
+    const int64_t i = model_param_index(G->m, name);
+    if (i < 0 || !G->g[i]) return NULL;
+    *numel = G->m->params[i].numel;
+    return G->g[i];
 }
 
 void grads_free(Grads *G) {
     if (!G) return;
-    for (int64_t i = 0; i < G->n; i++) { free(G->name[i]); free(G->g[i]); }
-    free(G->name); free(G->g); free(G->numel); free(G->load);
+    for (int64_t i = 0; i < G->m->n_params; i++) free(G->g[i]);
+    free(G->g); free(G->load);
     free(G);
 }
 
@@ -70,23 +75,18 @@ typedef struct {
     int64_t T;
     float *Xa, *Xm;                                      /* streams before each sublayer */
     float *y1, *post1, *comb1, *h1;                      /* attention sublayer input */
-    float *cq_raw, *cq, *q_raw, *q, *kv_raw, *kv;        /* q and kv paths */
-    float *ca, *cz;                                      /* compressor a, z + ape [T, coff*D] */
-    float *pooled, *ent;                                 /* entries before norm, after norm+RoPE */
-    int64_t n_ent;
-    int64_t *sel, *n_sel, sel_max;                       /* compressed entries each query attends */
-    float *iq, *iw, *ica, *icz, *ipooled, *ikeys;        /* indexer: q after RoPE, head weights, its compressor */
-    float *kl_target;                                    /* [T, sel_max]: the KL target P_t over the selection */
-    float *o, *u, *f1;                                   /* attention output path */
+    AttnSave sv;                                         /* the attention's intermediates (attention.c) */
+    int64_t n_ent;                                       /* compressed entries of the sequence */
+    float *f1;                                           /* attention sublayer output */
     float *y2, *post2, *comb2, *h2, *z2, *s2, *w2, *f2;  /* FFN sublayer */
     int64_t *idx2;
 } LayerAct;
 
 static void act_free(LayerAct *a) {
-    void *p[] = {a->Xa, a->Xm, a->y1, a->post1, a->comb1, a->h1, a->cq_raw, a->cq, a->q_raw, a->q, a->kv_raw, a->kv, a->ca,
-                 a->cz, a->pooled, a->ent, a->sel, a->n_sel, a->o, a->u, a->f1, a->y2, a->post2, a->comb2, a->h2, a->z2,
-                 a->s2, a->w2, a->f2, a->idx2, a->iq, a->iw, a->ica, a->icz, a->ipooled, a->ikeys, a->kl_target};
+    void *p[] = {a->Xa, a->Xm, a->y1, a->post1, a->comb1, a->h1, a->f1, a->y2, a->post2, a->comb2, a->h2, a->z2, a->s2, a->w2,
+                 a->f2, a->idx2};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+    attn_save_free(&a->sv);
 }
 
 #define ALLOC(n) xcalloc((size_t)(n), sizeof(float))
@@ -110,32 +110,9 @@ static void window_state(const CompressorW *cw, const float *a, const float *z, 
         }
 }
 
-/* A compressor over a whole sequence with its intermediates (the attention's, width head_dim,
- * and the indexer's, width index_head_dim): a = h·wkv and z = h·wgate + ape [T, coff*width],
- * the pooled entries before the norm, the entries after norm and RoPE. Returns the entry count. */
-static int64_t compressor_saved(const Config *c, const CompressorW *cw, const double *rope_freq, const float *h1, int64_t T,
-                                float **ca, float **cz, float **pooled, float **ent) {
-    const int m_ = cw->ratio, Dw = cw->width, W2 = cw->coff * Dw, r = c->rope_head_dim;
-    const int64_t n_ent = T / m_;
-    *ca = ALLOC(T * W2); *cz = ALLOC(T * W2);
-    linear(*ca, W2, h1, c->dim, T, &cw->wkv, 0, W2);
-    linear(*cz, W2, h1, c->dim, T, &cw->wgate, 0, W2);
-    for (int64_t t = 0; t < T; t++)
-        for (int k = 0; k < W2; k++) (*cz)[t * W2 + k] += cw->ape[(t % m_) * W2 + k];
-    *pooled = ALLOC(n_ent * Dw); *ent = ALLOC(n_ent * Dw);
-    float *sa = ALLOC(2 * m_ * W2), *sz = ALLOC(2 * m_ * W2);
-    for (int64_t w = 0; w < n_ent; w++) {
-        window_state(cw, *ca, *cz, w, sa, sz);
-        compressor_pool(cw, sa, sz, *pooled + w * Dw);
-        rmsnorm(*ent + w * Dw, *pooled + w * Dw, cw->norm, Dw, c->norm_eps);
-        rope_rotate(*ent + w * Dw + Dw - r, r, rope_freq, w * m_, 0);
-    }
-    free(sa); free(sz);
-    return n_ent;
-}
-
-/* Backward of compressor_saved: dent [n_ent, width] (RoPE undone in place) -> the parameters
- * (named under cpre) and dh [T, dim] (added; NULL when the input is detached). */
+/* Backward of a compressor over a whole sequence from its saved a, z + ape and pooled entries:
+ * dent [n_ent, width] (RoPE undone in place) -> the parameters (named under cpre) and dh [T, dim]
+ * (added; NULL when the input is detached). */
 static void compressor_saved_backward(const Config *c, const CompressorW *cw, const double *rope_freq, const float *h1,
                                       int64_t T, const float *ca, const float *cz, const float *pooled, int64_t n_ent,
                                       float *dent, float *dh, Grads *Gr, const char *cpre) {
@@ -165,98 +142,30 @@ static void compressor_saved_backward(const Config *c, const CompressorW *cw, co
     free(da); free(dzz); free(dp); free(sa); free(sz); free(dsa); free(dsz);
 }
 
-/* need_kl: also keep what the indexer KL loss needs; attn_only: stop after the attention core
- * (the indexer-only stage needs nothing more). */
+/* One layer over a whole sequence by the inference code (attention_forward with an AttnSave, the
+ * MoE), keeping what the backward needs. need_kl: also the indexer's KL target; attn_only: stop
+ * after the attention sublayer (the indexer-only stage needs nothing more). */
 static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const float *X_in, const int32_t *tokens, int64_t T,
                                 int need_kl, int attn_only, LayerAct *a) {
     const Config *c = &m->cfg;
-    const int n = c->hc_mult, H = c->n_heads, D = c->head_dim, r = c->rope_head_dim, W = c->window_size;
-    const int G = c->o_groups, R = c->o_lora_rank, q_r = c->q_lora_rank, E = c->n_routed_experts, K = c->n_activated_experts;
-    const int64_t d = c->dim, nd = n * d, qd = (int64_t)H * D;
+    const int n = c->hc_mult, E = c->n_routed_experts, K = c->n_activated_experts;
+    const int64_t d = c->dim, nd = n * d;
     memset(a, 0, sizeof *a);
     a->T = T;
-    a->Xa = xmalloc(sizeof(float) * (size_t)(T * nd));
-    memcpy(a->Xa, X_in, sizeof(float) * (size_t)(T * nd));
+    a->Xa = dup_floats(X_in, T * nd);
     /* attention sublayer */
     a->y1 = ALLOC(T * d); a->post1 = ALLOC(T * n); a->comb1 = ALLOC(T * n * n); a->h1 = ALLOC(T * d);
     mhc_pre(c, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, a->Xa, T, a->y1, a->post1, a->comb1);
     for (int64_t t = 0; t < T; t++) rmsnorm(a->h1 + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
-    a->cq_raw = ALLOC(T * q_r); a->cq = ALLOC(T * q_r); a->q_raw = ALLOC(T * qd); a->q = ALLOC(T * qd);
-    a->kv_raw = ALLOC(T * D); a->kv = ALLOC(T * D);
-    linear(a->cq_raw, q_r, a->h1, d, T, &L->wq_a, 0, q_r);
-    for (int64_t t = 0; t < T; t++) rmsnorm(a->cq + t * q_r, a->cq_raw + t * q_r, L->q_norm, q_r, c->norm_eps);
-    linear(a->q_raw, qd, a->cq, q_r, T, &L->wq_b, 0, qd);
-    linear(a->kv_raw, D, a->h1, d, T, &L->wkv, 0, D);
-    for (int64_t t = 0; t < T; t++) {
-        for (int h = 0; h < H; h++) {
-            float *qh = a->q + t * qd + (int64_t)h * D;
-            rmsnorm(qh, a->q_raw + t * qd + (int64_t)h * D, NULL, D, c->norm_eps);
-            rope_rotate(qh + D - r, r, L->rope_freq, t, 0);
-        }
-        rmsnorm(a->kv + t * D, a->kv_raw + t * D, L->kv_norm, D, c->norm_eps);
-        rope_rotate(a->kv + t * D + D - r, r, L->rope_freq, t, 0);
-    }
-    if (L->has_compressor) a->n_ent = compressor_saved(c, &L->comp, L->rope_freq, a->h1, T, &a->ca, &a->cz, &a->pooled, &a->ent);
-    /* which compressed entries each query sees: the indexer's top-k (ratio 4) or all visible.
-     * The indexer is recomputed as indexer_forward does (exact mode: no Hadamard, no FP4). */
-    a->n_sel = xcalloc((size_t)T, sizeof(int64_t));
-    a->sel_max = 1;
-    if (L->has_indexer) {
-        const int HI = c->index_n_heads, I = c->index_head_dim;
-        const IndexerW *ix = &L->idx;
-        a->iq = ALLOC(T * HI * I); a->iw = ALLOC(T * HI);
-        linear(a->iq, (int64_t)HI * I, a->cq, q_r, T, &ix->wq_b, 0, (int64_t)HI * I);
-        for (int64_t t = 0; t < T; t++)
-            for (int hh = 0; hh < HI; hh++) rope_rotate(a->iq + (t * HI + hh) * I + I - r, r, L->rope_freq, t, 0);
-        linear(a->iw, HI, a->h1, d, T, &ix->weights_proj, 0, HI);
-        const float s = (float)(1.0 / sqrt((double)I) / sqrt((double)HI));
-        for (int64_t i = 0; i < T * HI; i++) a->iw[i] *= s;
-        compressor_saved(c, &ix->comp, L->rope_freq, a->h1, T, &a->ica, &a->icz, &a->ipooled, &a->ikeys);
-        a->sel_max = c->index_topk < a->n_ent ? c->index_topk : a->n_ent;
-        if (a->sel_max < 1) a->sel_max = 1;
-        a->sel = xcalloc((size_t)(T * a->sel_max), sizeof(int64_t));
-        LayerCache keys = {0};
-        keys.idx_keys = a->ikeys;
-        float *scratch = ALLOC(a->n_ent + 1);
-        for (int64_t t = 0; t < T; t++)
-            a->n_sel[t] = indexer_topk(m, L, &keys, a->iq + t * HI * I, a->iw + t * HI, (t + 1) / L->ratio, a->sel + t * a->sel_max, scratch);
-        free(scratch);
-        if (need_kl) a->kl_target = ALLOC(T * a->sel_max);
-    } else if (L->ratio) {
-        for (int64_t t = 0; t < T; t++) a->n_sel[t] = (t + 1) / L->ratio;
-    }
-    /* attention per query */
-    a->o = ALLOC(T * qd);
-    const float **keys = xmalloc(sizeof(float *) * (size_t)(W + a->n_ent + 1));
-    float *scores = ALLOC((int64_t)H * (W + a->n_ent + 1));
-    for (int64_t t = 0; t < T; t++) {
-        int64_t nk = 0;
-        for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) keys[nk++] = a->kv + s * D;
-        for (int64_t i = 0; i < a->n_sel[t]; i++) keys[nk++] = a->ent + (L->has_indexer ? a->sel[t * a->sel_max + i] : i) * D;
-        attend_heads(a->q + t * qd, H, keys, nk, D, L->attn_sink, scores, a->o + t * qd);
-        for (int h = 0; h < H; h++) rope_rotate(a->o + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 1);
-        if (a->kl_target && a->n_sel[t] > 0) {
-            /* the indexer's target (V3.2): the attention on each selected entry, summed over
-             * heads and normalised over the selection; a constant for the indexer loss */
-            const int64_t ns = a->n_sel[t], nw = nk - ns;
-            float *P = a->kl_target + t * a->sel_max;
-            double sum = 0;
-            for (int64_t i = 0; i < ns; i++) {
-                double p = 0;
-                for (int h = 0; h < H; h++) p += scores[(int64_t)h * nk + nw + i];
-                P[i] = (float)p;
-                sum += p;
-            }
-            for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
-        }
-    }
-    free(keys); free(scores);
+    LayerCache lc;
+    if (cache_alloc(L, &lc, c, T)) { fprintf(stderr, "dsv4: out of memory for a layer cache of %lld tokens\n", (long long)T); abort(); }
+    a->f1 = ALLOC(T * d);
+    a->sv.want_kl = need_kl;
+    attention_forward(m, L, &lc, a->h1, T, 0, a->f1, &a->sv);
+    cache_free(&lc);
+    a->n_ent = L->ratio ? T / L->ratio : 0;
     if (attn_only) return;
-    a->u = ALLOC(T * G * R); a->f1 = ALLOC(T * d);
-    for (int g = 0; g < G; g++) linear(a->u + (int64_t)g * R, (int64_t)G * R, a->o + g * (qd / G), qd, T, &L->wo_a, (int64_t)g * R, R);
-    linear(a->f1, d, a->u, (int64_t)G * R, T, &L->wo_b, 0, d);
-    a->Xm = xmalloc(sizeof(float) * (size_t)(T * nd));
-    memcpy(a->Xm, a->Xa, sizeof(float) * (size_t)(T * nd));
+    a->Xm = dup_floats(a->Xa, T * nd);
     mhc_post(c, a->Xm, a->f1, a->post1, a->comb1, T);
     /* FFN sublayer */
     a->y2 = ALLOC(T * d); a->post2 = ALLOC(T * n); a->comb2 = ALLOC(T * n * n); a->h2 = ALLOC(T * d);
@@ -281,19 +190,19 @@ static double indexer_kl_backward(const dsv4_model *m, const LayerW *L, const ch
                                   Grads *Gr) {
     const Config *c = &m->cfg;
     const int HI = c->index_n_heads, I = c->index_head_dim, r = c->rope_head_dim, q_r = c->q_lora_rank;
-    const int64_t T = a->T, S = a->sel_max, HII = (int64_t)HI * I;
+    const int64_t T = a->T, S = a->sv.sel_max, HII = (int64_t)HI * I;
     int64_t nq = 0;
-    for (int64_t t = 0; t < T; t++) nq += a->n_sel[t] > 0;
-    if (!nq || !a->kl_target) return 0;
+    for (int64_t t = 0; t < T; t++) nq += a->sv.n_sel[t] > 0;
+    if (!nq || !a->sv.kl_target) return 0;
     float *dq = ALLOC(T * HII), *dw = ALLOC(T * HI), *dkeys = ALLOC(a->n_ent * I + 1), *dots = ALLOC(S * HI);
     double *score = xmalloc(sizeof(double) * (size_t)S), kl = 0;
     for (int64_t t = 0; t < T; t++) {
-        const int64_t ns = a->n_sel[t], *sel = a->sel + t * S;
+        const int64_t ns = a->sv.n_sel[t], *sel = a->sv.sel + t * S;
         if (!ns) continue;
-        const float *q = a->iq + t * HII, *w = a->iw + t * HI, *P = a->kl_target + t * S;
+        const float *q = a->sv.iq + t * HII, *w = a->sv.iw + t * HI, *P = a->sv.kl_target + t * S;
         double mx = -INFINITY, den = 0, kl_t = 0;
         for (int64_t i = 0; i < ns; i++) {
-            const float *key = a->ikeys + sel[i] * I;
+            const float *key = a->sv.ikeys + sel[i] * I;
             double sc = 0;
             for (int h = 0; h < HI; h++) {
                 const float dd = dot_f32(q + (int64_t)h * I, key, I);
@@ -309,7 +218,7 @@ static double indexer_kl_backward(const dsv4_model *m, const LayerW *L, const ch
             const double log_q = score[i] - mx - log_den;
             if (P[i] > 0) kl_t += P[i] * (log((double)P[i]) - log_q);
             const float g = (float)(weight * (exp(log_q) - P[i]) / (double)nq);
-            const float *key = a->ikeys + sel[i] * I;
+            const float *key = a->sv.ikeys + sel[i] * I;
             for (int h = 0; h < HI; h++) {
                 const float dd = dots[i * HI + h];
                 if (dd <= 0) continue;   /* ReLU */
@@ -327,10 +236,10 @@ static double indexer_kl_backward(const dsv4_model *m, const LayerW *L, const ch
     linear_backward(NULL, c->dim, gmat(Gr, &L->idx.weights_proj), dw, HI, a->h1, T, &L->idx.weights_proj, 0, HI);
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < HI; h++) rope_rotate(dq + t * HII + (int64_t)h * I + I - r, r, L->rope_freq, t, 1);
-    linear_backward(NULL, q_r, gmat(Gr, &L->idx.wq_b), dq, HII, a->cq, T, &L->idx.wq_b, 0, HII);
+    linear_backward(NULL, q_r, gmat(Gr, &L->idx.wq_b), dq, HII, a->sv.cq, T, &L->idx.wq_b, 0, HII);
     char cpre[512];
     snprintf(cpre, sizeof cpre, "%s.attn.indexer.compressor", pre);
-    compressor_saved_backward(c, &L->idx.comp, L->rope_freq, a->h1, T, a->ica, a->icz, a->ipooled, a->n_ent, dkeys, NULL, Gr, cpre);
+    compressor_saved_backward(c, &L->idx.comp, L->rope_freq, a->h1, T, a->sv.icomp.a, a->sv.icomp.z, a->sv.icomp.pooled, a->n_ent, dkeys, NULL, Gr, cpre);
     free(dq); free(dw); free(dkeys); free(dots); free(score);
     Gr->indexer_kl += kl;
     return kl;
@@ -387,13 +296,13 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
     /* ---- attention sublayer ---- */
     mhc_post_backward(c, a->Xa, a->f1, a->post1, a->comb1, T, dX, df, dpost, dcomb);
     float *du = ALLOC(T * G * R), *dO = ALLOC(T * qd);
-    linear_backward(du, (int64_t)G * R, gmat(Gr, &L->wo_b), df, d, a->u, T, &L->wo_b, 0, d);
+    linear_backward(du, (int64_t)G * R, gmat(Gr, &L->wo_b), df, d, a->sv.u, T, &L->wo_b, 0, d);
     float *g_wo_a = gmat(Gr, &L->wo_a);
     for (int g = 0; g < G; g++) {
         /* u_g = o_g · wo_a[g]ᵀ with o_g a strided slice of o */
         float *og = ALLOC(T * (qd / G)), *dog = ALLOC(T * (qd / G)), *dug = ALLOC(T * R);
         for (int64_t t = 0; t < T; t++) {
-            memcpy(og + t * (qd / G), a->o + t * qd + g * (qd / G), sizeof(float) * (size_t)(qd / G));
+            memcpy(og + t * (qd / G), a->sv.o + t * qd + g * (qd / G), sizeof(float) * (size_t)(qd / G));
             memcpy(dug + t * R, du + t * G * R + (int64_t)g * R, sizeof(float) * (size_t)R);
         }
         linear_backward(dog, qd / G, g_wo_a, dug, R, og, T, &L->wo_a, (int64_t)g * R, R);
@@ -419,13 +328,13 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
         for (int64_t t = 0; t < T; t++) {
             for (int h = 0; h < H; h++) rope_rotate(dO + t * qd + (int64_t)h * D + D - r, r, L->rope_freq, t, 0);
             int64_t nk = 0;
-            for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) { keys[nk] = a->kv + s * D; dkeys[nk++] = my_dkv + s * D; }
-            for (int64_t i = 0; i < a->n_sel[t]; i++) {
-                const int64_t w = L->has_indexer ? a->sel[t * a->sel_max + i] : i;
-                keys[nk] = a->ent + w * D;
+            for (int64_t s = t - W + 1 < 0 ? 0 : t - W + 1; s <= t; s++) { keys[nk] = a->sv.kv + s * D; dkeys[nk++] = my_dkv + s * D; }
+            for (int64_t i = 0; i < a->sv.n_sel[t]; i++) {
+                const int64_t w = L->has_indexer ? a->sv.sel[t * a->sv.sel_max + i] : i;
+                keys[nk] = a->sv.ent + w * D;
                 dkeys[nk++] = my_dent + w * D;
             }
-            attend_heads_backward(a->q + t * qd, H, keys, nk, D, L->attn_sink, dO + t * qd, scores, dq + t * qd, dkeys, my_sink);
+            attend_heads_backward(a->sv.q + t * qd, H, keys, nk, D, L->attn_sink, dO + t * qd, scores, dq + t * qd, dkeys, my_sink);
         }
         free(keys); free(dkeys); free(scores);
     }
@@ -442,25 +351,25 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
         for (int h = 0; h < H; h++) {
             float *g = dq + t * qd + (int64_t)h * D;
             rope_rotate(g + D - r, r, L->rope_freq, t, 1);
-            rmsnorm_backward(dq_raw + t * qd + (int64_t)h * D, NULL, g, a->q_raw + t * qd + (int64_t)h * D, NULL, D, c->norm_eps);
+            rmsnorm_backward(dq_raw + t * qd + (int64_t)h * D, NULL, g, a->sv.q_raw + t * qd + (int64_t)h * D, NULL, D, c->norm_eps);
         }
     memset(dh, 0, sizeof(float) * (size_t)(T * d));
-    linear_backward(dcq, q_r, gmat(Gr, &L->wq_b), dq_raw, qd, a->cq, T, &L->wq_b, 0, qd);
+    linear_backward(dcq, q_r, gmat(Gr, &L->wq_b), dq_raw, qd, a->sv.cq, T, &L->wq_b, 0, qd);
     float *g_q_norm = gvec(Gr, pre, "attn.q_norm.weight", q_r);
-    for (int64_t t = 0; t < T; t++) rmsnorm_backward(dcq_raw + t * q_r, g_q_norm, dcq + t * q_r, a->cq_raw + t * q_r, L->q_norm, q_r, c->norm_eps);
+    for (int64_t t = 0; t < T; t++) rmsnorm_backward(dcq_raw + t * q_r, g_q_norm, dcq + t * q_r, a->sv.cq_raw + t * q_r, L->q_norm, q_r, c->norm_eps);
     linear_backward(dh, d, gmat(Gr, &L->wq_a), dcq_raw, q_r, a->h1, T, &L->wq_a, 0, q_r);
     /* kv: RoPE, kv_norm, wkv */
     float *dkv_raw = ALLOC(T * D), *g_kv_norm = gvec(Gr, pre, "attn.kv_norm.weight", D);
     for (int64_t t = 0; t < T; t++) {
         rope_rotate(dkv + t * D + D - r, r, L->rope_freq, t, 1);
-        rmsnorm_backward(dkv_raw + t * D, g_kv_norm, dkv + t * D, a->kv_raw + t * D, L->kv_norm, D, c->norm_eps);
+        rmsnorm_backward(dkv_raw + t * D, g_kv_norm, dkv + t * D, a->sv.kv_raw + t * D, L->kv_norm, D, c->norm_eps);
     }
     linear_backward(dh, d, gmat(Gr, &L->wkv), dkv_raw, D, a->h1, T, &L->wkv, 0, D);
     /* compressed entries: RoPE, norm, softmax pooling, ape, wkv and wgate */
     if (L->has_compressor) {
         char cpre[512];
         snprintf(cpre, sizeof cpre, "%s.attn.compressor", pre);
-        compressor_saved_backward(c, &L->comp, L->rope_freq, a->h1, T, a->ca, a->cz, a->pooled, a->n_ent, dent, dh, Gr, cpre);
+        compressor_saved_backward(c, &L->comp, L->rope_freq, a->h1, T, a->sv.comp.a, a->sv.comp.z, a->sv.comp.pooled, a->n_ent, dent, dh, Gr, cpre);
     }
     float *g_attn_norm = gvec(Gr, pre, "attn_norm.weight", d);
     for (int64_t t = 0; t < T; t++) rmsnorm_backward(dy + t * d, g_attn_norm, dh + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
@@ -585,7 +494,9 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
     if (check_sequence(m, tokens, T)) return NULL;
     /* the dense stage attends every visible compressed entry: the same model with top-k
-     * unbounded (a shallow copy: every weight is shared, read-only) */
+     * unbounded (a shallow copy: every weight is shared, read-only; the gradients are kept
+     * against the caller's model, which outlives this call) */
+    const dsv4_model *model = m;
     dsv4_model dense;
     if (lo->indexer_dense) {
         dense = *m;
@@ -612,8 +523,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     linear(logits, V, yn, d, T, &m->head, 0, V);
     *loss = cross_entropy(logits, tokens + 1, T - 1, V, dlogits);
     free(logits);
-    Grads *Gr = xcalloc(1, sizeof *Gr);
-    Gr->load = xcalloc((size_t)c->n_layers * (size_t)c->n_routed_experts, sizeof(int64_t));
+    Grads *Gr = grads_new(model);
     if (lo->indexer_only) {
         /* the frozen-model stage: only the indexers of the main layers, from their layer inputs */
         for (int l = 0; l < c->n_layers; l++) {

@@ -103,3 +103,9 @@ int remove_tree(const char *dir) {
     if (lstat(dir, &sb) != 0) return 0;
     return nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+float *dup_floats(const float *src, int64_t n) {
+    float *d = xmalloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (n > 0) memcpy(d, src, sizeof(float) * (size_t)n);
+    return d;
+}
