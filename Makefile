@@ -15,7 +15,7 @@ BUILD  ?= build
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test bench fixtures clean asan fuzz
+.PHONY: all deps run test bench fixtures clean asan fuzz default-model
 all: dsv4 libdsv4.a libdsv4.so $(BUILD)/test_unit $(BUILD)/test_api
 
 # The test build: AddressSanitizer + UndefinedBehaviorSanitizer, in its own directory.
@@ -66,15 +66,18 @@ libdsv4.so: $(LIB_OBJ)
 dsv4: $(CLI_OBJ) libdsv4.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) libdsv4.a $(LDLIBS) -ledit
 
-# The bundled default: a small random model with every V4 feature on (mHC, CSA + indexer, HCA,
-# window, hash + learned MoE, MTP), FP8 weights and FP4 experts, made once from configs/default.json.
+# The bundled default (models/default, committed): a small V4 model with every feature on (mHC,
+# CSA + indexer, HCA, window, hash + learned MoE, MTP), trained by dsv4 on the Brown corpus with a
+# tokenizer trained by dsv4 (configs/default.json; `make default-model` retrains it, about an hour).
 DEFAULT_MODEL = models/default
-$(DEFAULT_MODEL)/config.json: configs/default.json | dsv4
-	./dsv4 init --config configs/default.json --seed 1 --out $(DEFAULT_MODEL) --dtype fp8
-
+DEFAULT_PROMPT = The committee said that the
 run: deps
-	@$(MAKE) --no-print-directory all $(DEFAULT_MODEL)/config.json
-	./dsv4 run -m $(DEFAULT_MODEL) --ids "$$(seq -s, 1 3 900)" -n 32
+	@$(MAKE) --no-print-directory all
+	./dsv4 run -m $(DEFAULT_MODEL) -p "$(DEFAULT_PROMPT)" -n 64 --temp 0.7 --top-p 0.9 --seed 1
+
+default-model: deps
+	@$(MAKE) --no-print-directory dsv4
+	scripts/train-default.sh
 
 test: deps
 	@$(MAKE) --no-print-directory all asan fuzz

@@ -380,6 +380,8 @@ const float *grads_find(const Grads *G, const char *name, int64_t *numel);
 const float *grads_of_param(const Grads *G, int64_t i);   /* m->params[i]'s gradient, NULL if none flowed */
 const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */
 double grads_indexer_kl(const Grads *G);            /* the unweighted KL, summed over indexer layers */
+double grads_main_ce(const Grads *G);               /* the main head's cross-entropy alone */
+double grads_mtp_ce(const Grads *G);                /* the MTP block's cross-entropy (0 when it did not run) */
 void grads_free(Grads *G);
 
 /* optimisation (train/optim.c) */

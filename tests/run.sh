@@ -268,7 +268,7 @@ P
        cmp -s "$TMP/trA/checkpoint/optim.safetensors" "$TMP/trB/checkpoint/optim.safetensors"; then
       ok "train: 20 steps straight and 10 + --resume + 10 give identical losses, weights and optimiser state ($(sed -n 1p "$TMP/a.s" | cut -d' ' -f3-4) -> $(tail -1 "$TMP/a.s" | cut -d' ' -f3-4))"
     else bad "train resume: $(diff "$TMP/a.s" "$TMP/b.s" | head -4) $(head -c 300 "$TMP/err.txt")"; fi
-    [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q "^20," "$TMP/trA/log.csv" && head -1 "$TMP/trA/log.csv" | grep -q ",val_loss,indexer_kl$" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss, indexer_kl)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
+    [ "$(grep -c . "$TMP/trA/log.csv")" = 21 ] && grep -q "^20," "$TMP/trA/log.csv" && head -1 "$TMP/trA/log.csv" | grep -q ",val_loss,indexer_kl,mtp_loss$" && ok "train writes log.csv (step, loss, lr, grad_norm, tokens/s, val_loss, indexer_kl, mtp_loss)" || bad "train log.csv: $(head -3 "$TMP/trA/log.csv")"
     [ "$(head -c 4 "$TMP/trA/loss.png" | od -An -c | tr -d ' ')" = '211PNG' ] && ok "train draws loss.png with gnuplot" || bad "no loss.png"
     r=$($PY - "$TMP/trA" <<'P'
 import json, struct, sys

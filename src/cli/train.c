@@ -36,7 +36,7 @@ static const char *HELP =
     "  --stop-at N        end this run after step N with a checkpoint (the schedule still spans --steps)\n"
     "  --bias-update G    aux-loss-free balancing: after each step, gate bias += G sign(mean load - load)\n"
     "                     in every learned MoE layer (0.001; 0 = off)\n"
-    "  --mtp-weight X     weight of the MTP block's loss (0.3; 0 = off); the logged loss includes it\n"
+    "  --mtp-weight X     weight of the MTP block's loss (0.3; 0 = off)\n"
     "  --balance-alpha X  weight of the sequence-wise expert balance loss (1e-4; 0 = off)\n"
     "  --indexer-weight X weight of the lightning indexer's KL loss (1; 0 = off). V3.2 recipe: the\n"
     "                     indexer's input is detached, so it learns only from this loss and the model\n"
@@ -46,7 +46,8 @@ static const char *HELP =
     "                     --init-from)"
     "  --optimizer muon|adamw  Muon (Newton-Schulz, 8 + 2 hybrid steps, momentum 0.95) for the hidden\n"
     "                     weight matrices and AdamW for the rest (default), or AdamW for everything\n"
-    "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state) and OUT/log.csv.\n";
+    "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state), OUT/log.csv (step, the\n"
+    "  main head's cross-entropy, lr, grad_norm, tokens/s, val_loss, indexer_kl, mtp_loss) and loss.png.\n";
 
 static uint64_t mix64(uint64_t z) {
     z += 0x9e3779b97f4a7c15ull;
@@ -230,10 +231,12 @@ static void plot_loss(const char *out) {
              "set terminal pngcairo size 900,540 font 'sans,11' noenhanced\n"
              "set output '%s/loss.png.tmp'\n"
              "set datafile separator ','\n"
-             "set title 'dsv4 train: next-token cross-entropy'\n"
+             "set title 'dsv4 train: next-token cross-entropy of the main head, and the indexer KL'\n"
              "set xlabel 'step'\nset ylabel 'loss (nats)'\nset grid\nset key top right\n"
+             "set y2label 'indexer KL (nats)'\nset y2tics\nset ytics nomirror\n"
              "plot '%s/log.csv' every ::1 using 1:2 with lines lw 1.5 title 'train', "
-             "'' every ::1 using 1:($6 > 0 ? $6 : 1/0) with linespoints pt 7 ps 0.8 lw 2 title 'validation'\n"
+             "'' every ::1 using 1:($6 > 0 ? $6 : 1/0) with linespoints pt 7 ps 0.8 lw 2 title 'validation', "
+             "'' every ::1 using 1:($7 > 0 ? $7 : 1/0) axes x1y2 with lines lw 1 lc rgb '#999999' title 'indexer KL (right)'\n"
              "EOF\n", out, out);
     if (system(cmd) == 0) {
         char a[4200], b[4200];
@@ -407,7 +410,7 @@ int cmd_train(int argc, char **argv) {
     }
     FILE *logf = rc ? NULL : fopen(path, start ? "a" : "w");
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
-    if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss,indexer_kl\n");
+    if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss,indexer_kl,mtp_loss\n");
     int64_t max_numel = 1;
     for (int64_t i = 0; i < P; i++) if (m->params[i].numel > max_numel) max_numel = m->params[i].numel;
     float *scratch = xmalloc(sizeof(float) * (size_t)max_numel);
@@ -421,7 +424,7 @@ int cmd_train(int argc, char **argv) {
         const double ts = now_sec();
         for (int64_t i = 0; i < P; i++) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
         memset(load, 0, sizeof(int64_t) * (size_t)m->cfg.n_layers * (size_t)E);
-        double loss = 0, kl = 0;
+        double loss = 0, kl = 0, mtp = 0;
         const int frozen = step < r.indexer_warmup;   /* the dense warm-up stage */
         for (int64_t b = 0; b < r.batch && !rc; b++) {
             /* the sequence of (step, b) depends on nothing else: a resumed run sees the same data */
@@ -431,10 +434,16 @@ int cmd_train(int argc, char **argv) {
                            .indexer_dense = frozen, .indexer_only = frozen};
             Grads *G = model_grad(m, train + off, r.seq + 1, &lo, &l);
             if (!G) { rc = cli_error("train", "step %lld: %s", (long long)step, dsv4_last_error()); break; }
-            /* the logged loss is the model's; the indexer's KL has its own column */
-            const double kl_b = grads_indexer_kl(G);
-            loss += (l - r.indexer_weight * kl_b) / (double)r.batch;
-            kl += kl_b / (double)r.batch;
+            /* the logged loss is the main head's cross-entropy (as the validation loss); the MTP
+             * loss and the indexer's KL have their own columns */
+            if (!isfinite(l)) {   /* diverged: stop before a checkpoint keeps the damage */
+                grads_free(G);
+                rc = cli_error("train", "step %lld: the loss is %g; stopping (the last checkpoint is kept; try a lower --lr)", (long long)step + 1, l);
+                break;
+            }
+            loss += grads_main_ce(G) / (double)r.batch;
+            mtp += grads_mtp_ce(G) / (double)r.batch;
+            kl += grads_indexer_kl(G) / (double)r.batch;
             for (int64_t i = 0; i < P; i++) {
                 const float *g = grads_of_param(G, i);
                 const int64_t n = m->params[i].numel;
@@ -493,11 +502,12 @@ int cmd_train(int argc, char **argv) {
         if (r.eval_every && ((step + 1) % r.eval_every == 0 || step + 1 == r.steps)) vl = eval_loss(m, val, nval, &r);
         fprintf(logf, "%lld,%.6f,%.6g,%.6g,%.1f,", (long long)(step + 1), loss, lr, gnorm, tps);
         if (!isnan(vl)) fprintf(logf, "%.6f", vl);
-        fprintf(logf, ",%.6f\n", kl);
+        fprintf(logf, ",%.6f,%.6f\n", kl, mtp);
         fflush(logf);
         printf("step %lld/%lld loss %.6f lr %.3g grad_norm %.3g %.0f tok/s", (long long)(step + 1), (long long)r.steps, loss, lr,
                gnorm, tps);
         if (!isnan(vl)) printf(" val_loss %.6f", vl);
+        if (r.mtp_weight > 0 && !frozen) printf(" mtp_loss %.4f", mtp);
         if (r.indexer_weight > 0) printf(" indexer_kl %.4f%s", kl, frozen ? " (dense warm-up)" : "");
         printf("\n");
         if (tk && !isnan(vl)) print_sample(m, tk, step + 1);

@@ -24,10 +24,13 @@ struct Grads {
     float **g;          /* [n_params] */
     int64_t *load;      /* [n_layers, E]: tokens routed to each expert (for aux-loss-free balancing) */
     double indexer_kl;  /* the indexer KL loss, summed over layers, unweighted */
+    double main_ce, mtp_ce;   /* the cross-entropies of the main head and of the MTP block */
 };
 
 const int64_t *grads_expert_load(const Grads *G) { return G->load; }
 double grads_indexer_kl(const Grads *G) { return G->indexer_kl; }
+double grads_main_ce(const Grads *G) { return G->main_ce; }
+double grads_mtp_ce(const Grads *G) { return G->mtp_ce; }
 
 static Grads *grads_new(const dsv4_model *m) {
     Grads *G = xcalloc(1, sizeof *G);
@@ -524,6 +527,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     *loss = cross_entropy(logits, tokens + 1, T - 1, V, dlogits);
     free(logits);
     Grads *Gr = grads_new(model);
+    Gr->main_ce = *loss;
     if (lo->indexer_only) {
         /* the frozen-model stage: only the indexers of the main layers, from their layer inputs */
         for (int l = 0; l < c->n_layers; l++) {
@@ -550,7 +554,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
                      grad_of(Gr, "hc_head_base", n), grad_of(Gr, "hc_head_scale", 1));
     free(yh); free(yn); free(dlogits); free(dyn); free(dyh);
     if (lo->mtp_weight > 0 && c->n_mtp_layers > 0 && T >= 3)
-        *loss += lo->mtp_weight * mtp_loss_backward(m, tokens, T, X, lo->mtp_weight, lo, &extra, dX, Gr);
+        *loss += lo->mtp_weight * (Gr->mtp_ce = mtp_loss_backward(m, tokens, T, X, lo->mtp_weight, lo, &extra, dX, Gr));
     /* the layers in reverse, each recomputed with its intermediates */
     for (int l = c->n_layers - 1; l >= 0; l--) {
         LayerAct a;
