@@ -12,6 +12,12 @@ int cmd_convert(int argc, char **argv);
  * E8M0 scales; FP4 e2m1 (two per byte, low nibble first) with 1x32 E8M0 scales. */
 void cli_quant_fp8(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s);
 void cli_quant_fp4(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s);
+/* Storage formats of the official checkpoints, as init and convert write them */
+typedef enum { S_F32, S_BF16, S_FP8, S_FP4, S_I32 } Storage;
+/* "<name without its last component>.scale": the E8M0 grid beside an FP8/FP4 weight */
+void cli_scale_name(const char *name, char *out, size_t n);
+/* Encodes the F32 values v (taken over) of tensor `name` as st, with its scale grid for FP8/FP4. */
+void cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const int64_t *shape, float *v);
 int cmd_info(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

@@ -15,7 +15,6 @@
 
 #include "cli.h"
 
-typedef enum { S_F32, S_BF16, S_FP8, S_FP4 } Storage;
 static const char *const k_storage[] = {"f32", "bf16", "fp8", "fp4"};
 
 static int storage_from_name(const char *s, int allow_fp4) {
@@ -87,17 +86,12 @@ static uint64_t item_bytes(const StTensor *t, const ParamRef *p, Storage st) {
     if (!p->mat) return st == S_F32 ? 4 * n : 2 * n;
     const uint64_t r = (uint64_t)p->mat->rows, c = (uint64_t)p->mat->cols;
     switch (st) {
-    case S_F32: return 4 * n;
+    case S_F32: case S_I32: return 4 * n;
     case S_BF16: return 2 * n;
     case S_FP8: return n + ((r + 127) / 128) * ((c + 127) / 128);
     case S_FP4: return n / 2 + r * (c / 32);
     }
     return 0;
-}
-
-static void scale_name(const char *name, char *out, size_t n) {
-    const char *dot = strrchr(name, '.');
-    snprintf(out, n, "%.*s.scale", (int)(dot ? dot - name : (long)strlen(name)), name);
 }
 
 /* Decodes one bound tensor to f32 and encodes it as `st` into the writer. */
@@ -134,36 +128,7 @@ static int emit(StWriter *w, const dsv4_model *m, const Item *it) {
                 return dsv4_fail("%s: tensor '%s' holds a non-finite value at element %lld; it cannot be given a %s block scale",
                                  m->st.files[t->file].path, t->name, (long long)i, k_storage[it->st]);
             }
-    char sname[600];
-    scale_name(p->name, sname, sizeof sname);
-    switch (it->st) {
-    case S_F32: st_writer_add(w, p->name, DT_F32, nd, shape, v); return 0;
-    case S_BF16: {
-        uint16_t *h = xmalloc(2 * (size_t)n);
-        for (int64_t i = 0; i < n; i++) h[i] = f32_to_bf16(v[i]);
-        st_writer_add(w, p->name, DT_BF16, nd, shape, h);
-        break;
-    }
-    case S_FP8: {
-        const int64_t rows = shape[0], cols = shape[1];
-        int64_t ss[2] = {(rows + 127) / 128, (cols + 127) / 128};
-        uint8_t *q = xmalloc((size_t)n), *s = xmalloc((size_t)(ss[0] * ss[1]));
-        cli_quant_fp8(v, rows, cols, q, s);
-        st_writer_add(w, p->name, DT_F8_E4M3, 2, shape, q);
-        st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
-        break;
-    }
-    case S_FP4: {
-        const int64_t rows = shape[0], cols = shape[1];
-        int64_t ws[2] = {rows, cols / 2}, ss[2] = {rows, cols / 32};
-        uint8_t *q = xmalloc((size_t)(n / 2)), *s = xmalloc((size_t)(rows * (cols / 32)));
-        cli_quant_fp4(v, rows, cols, q, s);
-        st_writer_add(w, p->name, DT_I8, 2, ws, q);
-        st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
-        break;
-    }
-    }
-    free(v);
+    cli_add_encoded(w, p->name, it->st, nd, shape, v);
     return 0;
 }
 
@@ -253,7 +218,7 @@ static char *index_json(const dsv4_model *m, const Item *items, int64_t n_items,
         const int quantised = items[i].param >= 0 && (items[i].st == S_FP8 || items[i].st == S_FP4);
         char fname[64], sname[600];
         snprintf(fname, sizeof fname, ": \"model-%05d-of-%05d.safetensors\"", items[i].shard + 1, n_shards);
-        scale_name(name, sname, sizeof sname);
+        cli_scale_name(name, sname, sizeof sname);
         for (int k = 0; k < 1 + quantised; k++) {
             append(&s, &l, &cap, i || k ? ",\n    " : "\n    ");
             json_string(&s, &l, &cap, k ? sname : name);

@@ -10,7 +10,6 @@
 
 #include "cli.h"
 
-typedef enum { S_F32, S_BF16, S_FP8, S_FP4, S_I32 } Storage;
 typedef enum { C_BIG, C_EXPERT, C_HALF, C_FULL, C_INT } Class;
 typedef enum { I_NORMAL, I_NORM, I_ONE_PLUS, I_TID2EID } Init;
 
@@ -222,13 +221,53 @@ void cli_quant_fp4(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8
         }
 }
 
+void cli_scale_name(const char *name, char *out, size_t n) {
+    const char *dot = strrchr(name, '.');
+    snprintf(out, n, "%.*s.scale", (int)(dot ? dot - name : (long)strlen(name)), name);
+}
+
+void cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const int64_t *shape, float *v) {
+    int64_t n = 1;
+    for (int k = 0; k < nd; k++) n *= shape[k];
+    char sname[600];
+    cli_scale_name(name, sname, sizeof sname);
+    switch (st) {
+    case S_F32: st_writer_add(w, name, DT_F32, nd, shape, v); return;
+    case S_BF16: {
+        uint16_t *h = xmalloc(2 * (size_t)(n ? n : 1));
+        for (int64_t i = 0; i < n; i++) h[i] = f32_to_bf16(v[i]);
+        st_writer_add(w, name, DT_BF16, nd, shape, h);
+        break;
+    }
+    case S_FP8: {
+        const int64_t rows = shape[0], cols = shape[1];
+        int64_t ss[2] = {(rows + 127) / 128, (cols + 127) / 128};
+        uint8_t *q = xmalloc((size_t)n), *s = xmalloc((size_t)(ss[0] * ss[1]));
+        cli_quant_fp8(v, rows, cols, q, s);
+        st_writer_add(w, name, DT_F8_E4M3, 2, shape, q);
+        st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
+        break;
+    }
+    case S_FP4: {
+        const int64_t rows = shape[0], cols = shape[1];
+        int64_t ws[2] = {rows, cols / 2}, ss[2] = {rows, cols / 32};
+        uint8_t *q = xmalloc((size_t)(n / 2)), *s = xmalloc((size_t)(rows * (cols / 32)));
+        cli_quant_fp4(v, rows, cols, q, s);
+        st_writer_add(w, name, DT_I8, 2, ws, q);
+        st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
+        break;
+    }
+    case S_I32: break;
+    }
+    free(v);
+}
+
 static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int sparse) {
     const int64_t rows = p->rows, cols = p->cols;
     int64_t shape[2] = {rows, cols};
     const int nd = cols ? 2 : 1;
-    char sname[128];
-    const char *dot = strrchr(p->name, '.');
-    snprintf(sname, sizeof sname, "%.*s.scale", (int)(dot ? dot - p->name : (long)strlen(p->name)), p->name);
+    char sname[600];
+    cli_scale_name(p->name, sname, sizeof sname);
     if (sparse) {
         switch (p->st) {
         case S_F32: st_writer_add(w, p->name, DT_F32, nd, shape, NULL); break;
@@ -258,33 +297,7 @@ static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int
     }
     float *v = xmalloc(sizeof(float) * (size_t)n);
     gen_values(p, c, seed, v, NULL);
-    switch (p->st) {
-    case S_F32: st_writer_add(w, p->name, DT_F32, nd, shape, v); return;
-    case S_BF16: {
-        uint16_t *h = xmalloc(2 * (size_t)n);
-        for (int64_t i = 0; i < n; i++) h[i] = f32_to_bf16(v[i]);
-        st_writer_add(w, p->name, DT_BF16, nd, shape, h);
-        break;
-    }
-    case S_FP8: {
-        uint8_t *q = xmalloc((size_t)n), *s = xmalloc((size_t)(((rows + 127) / 128) * ((cols + 127) / 128)));
-        cli_quant_fp8(v, rows, cols, q, s);
-        int64_t ss[2] = {(rows + 127) / 128, (cols + 127) / 128};
-        st_writer_add(w, p->name, DT_F8_E4M3, 2, shape, q);
-        st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
-        break;
-    }
-    case S_FP4: {
-        uint8_t *q = xmalloc((size_t)(n / 2)), *s = xmalloc((size_t)(rows * (cols / 32)));
-        cli_quant_fp4(v, rows, cols, q, s);
-        int64_t ws[2] = {rows, cols / 2}, ss[2] = {rows, cols / 32};
-        st_writer_add(w, p->name, DT_I8, 2, ws, q);
-        st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
-        break;
-    }
-    default: break;
-    }
-    free(v);
+    cli_add_encoded(w, p->name, p->st, nd, shape, v);
 }
 
 static const char *INIT_HELP =
