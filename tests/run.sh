@@ -118,6 +118,12 @@ while IFS= read -r line; do
   case "$line" in ok*) ok "convert: ${line#ok    }"; n_conv=$((n_conv + 1)) ;; FAIL*) bad "convert: ${line#FAIL  }" ;; esac
 done < <(D="$D" tests/convert_test.sh 2>&1)
 [ "$n_conv" -gt 30 ] || bad "convert: only $n_conv checks ran"
+# NumPy's default_rng(seed).integers(...) reproduced bit for bit (Engram's hash multipliers)
+n_rng=0
+while IFS= read -r line; do
+  case "$line" in ok*) ok "npy_random: ${line#ok }"; n_rng=$((n_rng + 1)) ;; FAIL*) bad "npy_random: ${line#FAIL }" ;; esac
+done < <(tests/npy_random_test.sh 2>&1)
+[ "$n_rng" -gt 10 ] || bad "npy_random: only $n_rng checks ran"
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 300 --out "$TMP/b.f32" 2>/dev/null
