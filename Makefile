@@ -5,7 +5,7 @@ BLAS_INC = -I/usr/include/x86_64-linux-gnu/openblas-openmp
 BLAS_LIB = -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas
 CFLAGS  ?= -O3
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp $(ARCH) -Iinclude $(BLAS_INC) -fPIC
-LDLIBS   = $(BLAS_LIB) -lcjson -lpcre2-8 -lm -fopenmp
+LDLIBS   = $(BLAS_LIB) -lcjson -lpcre2-8 -lutf8proc -lm -fopenmp
 
 LIB_SRC = $(wildcard src/util/*.c src/io/*.c src/kernels/*.c src/model/*.c src/infer/*.c src/train/*.c)
 CLI_SRC = $(wildcard src/cli/*.c)

@@ -5,7 +5,7 @@ set -eu
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 # libraries and compilers: by package
-for p in build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libedit-dev clang libclang-rt-14-dev gnuplot-nox \
+for p in build-essential libopenblas-openmp-dev libcjson-dev libpcre2-dev libutf8proc-dev libedit-dev clang libclang-rt-14-dev gnuplot-nox \
          python3 python3-numpy ${DSV4_EXTRA_PKGS:-}; do
   have "$p" || need+=("$p")
 done

@@ -10,6 +10,7 @@
 
 #define DSV4_MAX_LAYERS 512
 #define DSV4_MAX_MTP 8
+#define DSV4_MAX_NGRAM 8        /* Engram: n-gram orders 2..8 */
 
 /* ---- errors ------------------------------------------------------------------------------ */
 /* Sets the thread's error message (printf format) and returns -1, so that callers can write
@@ -61,6 +62,13 @@ typedef struct Config {
     int weights_fp8;      /* dtype fp8 / quantization_config fp8 */
     int experts_fp4;      /* expert_dtype fp4 */
     int hf_form;          /* 1 = Hugging Face field names, 0 = official inference names */
+    /* Engram conditional memory (V4.1; spec ENGRAM.md): engram_n_layers = 0 when absent */
+    int engram_n_layers;
+    int engram_layer_ids[DSV4_MAX_LAYERS];          /* 0-based block indices, config order */
+    int engram_max_ngram, engram_n_heads, engram_head_dim, engram_kernel_size;
+    int64_t engram_vocab_size[DSV4_MAX_NGRAM - 1];  /* table rows per order 2..N before the prime search */
+    int64_t engram_pad_id;                          /* an original token id */
+    int64_t engram_seed;
 } Config;
 
 /* Parses config.json text in either form. `what` names the source in messages. */
@@ -405,9 +413,28 @@ typedef struct PlanStats {
 } PlanStats;
 void plan_compute(const Config *c, PlanStats *p);
 
+/* ---- Engram retrieval (model/engram.c) ---- */
+typedef struct EngramHash {
+    int n_layers, N, K;            /* Engram layers, max n-gram order, heads per order */
+    const int32_t *lookup;         /* original id -> compressed id (not owned) */
+    int64_t n_ids, n_compressed, pad, half_bound;
+    int64_t *mult;                 /* [n_layers, N] odd multipliers */
+    int64_t *primes;               /* [n_layers, (N-1)*K] table sizes, order-major */
+} EngramHash;
+int engram_hash_init(EngramHash *h, const Config *c, const int32_t *lookup, int64_t n_ids, int64_t n_compressed);
+void engram_hash_free(EngramHash *h);
+/* The (N-1)*K rows (order 2..N, then head; within each head's table) of Engram layer li (index in
+ * engram_layer_ids) at one position; recent[k] is the compressed id k steps back (the pad before
+ * the sequence start), k = 0..N-1. */
+void engram_rows(const EngramHash *h, int li, const int64_t *recent, int64_t *rows);
+
 /* ---- tokenizer helpers (io/tokenizer.c, io/tokenizer_train.c) ---- */
 size_t utf8_valid_prefix(const uint8_t *s, size_t n);
 dsv4_tokenizer *tokenizer_from_json(const char *json_text, const char *what);
+int tokenizer_is_added(const dsv4_tokenizer *tk, int32_t id);   /* an added token (special or not) */
+/* Engram's compressed vocabulary (io/engram_vocab.c): lookup[id] = canonical id for every id of
+ * the tokenizer (n_ids of them, contiguous), n_compressed canonical ids in all. */
+int engram_vocab_build(const dsv4_tokenizer *tk, int32_t **lookup, int64_t *n_ids, int64_t *n_compressed);
 /* Runs added-token matching and the pre-tokenizer over UTF-8 text, handing every pre-token
  * (not the added tokens) to `word` instead of encoding it. 0, or -1 on invalid UTF-8. */
 int tokenizer_split_words(dsv4_tokenizer *tk, const char *text, size_t n, void (*word)(void *, const uint8_t *, size_t),

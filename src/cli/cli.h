@@ -8,6 +8,7 @@ int cmd_logits(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_engram(int argc, char **argv);
 /* Official block quantisation of a [rows, cols] matrix (src/cli/init.c): FP8 e4m3 with 128x128
  * E8M0 scales; FP4 e2m1 (two per byte, low nibble first) with 1x32 E8M0 scales. */
 void cli_quant_fp8(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s);

@@ -67,6 +67,61 @@ static cJSON *get_path(const cJSON *root, const char *key) {
     return cJSON_IsObject(sub) ? cJSON_GetObjectItemCaseSensitive(sub, dot + 1) : NULL;
 }
 
+/* An integer field of the Engram settings (the same names in both config forms). */
+static int engram_int(const cJSON *root, const char *key, int required, int64_t def, int64_t lo, int64_t hi, int64_t *out,
+                      const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required) return dsv4_fail("%s: Engram needs the field \"%s\"", what, key);
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < (double)lo || v->valuedouble > (double)hi)
+        return dsv4_fail("%s: field \"%s\" must be an integer in %lld..%lld", what, key, (long long)lo, (long long)hi);
+    *out = (int64_t)v->valuedouble;
+    return 0;
+}
+
+/* Engram (spec ENGRAM.md; DeepSeek V4.1): present when "engram_layer_ids" is. */
+static int parse_engram(Config *c, const cJSON *root, const char *what) {
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(root, "engram_layer_ids");
+    if (!ids || cJSON_IsNull(ids)) return 0;
+    const int n = cJSON_GetArraySize(ids);
+    if (!cJSON_IsArray(ids) || n < 1) return dsv4_fail("%s: \"engram_layer_ids\" must be a non-empty list of layer indices", what);
+    if (n > c->n_layers) return dsv4_fail("%s: \"engram_layer_ids\" lists %d layers; the model has %d", what, n, c->n_layers);
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetArrayItem(ids, i);
+        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 || v->valuedouble >= c->n_layers)
+            return dsv4_fail("%s: \"engram_layer_ids\"[%d] must be a layer index in 0..%d", what, i, c->n_layers - 1);
+        c->engram_layer_ids[i] = (int)v->valuedouble;
+        for (int k = 0; k < i; k++)
+            if (c->engram_layer_ids[k] == c->engram_layer_ids[i]) return dsv4_fail("%s: \"engram_layer_ids\" lists layer %d twice", what, c->engram_layer_ids[i]);
+    }
+    int64_t N = 0, heads = 0, hd = 0, ks = 0, pad = 0, seed = 0;
+    if (engram_int(root, "engram_max_ngram_size", 1, 0, 2, DSV4_MAX_NGRAM, &N, what) ||
+        engram_int(root, "engram_n_heads", 1, 0, 1, 4096, &heads, what) ||
+        engram_int(root, "engram_head_dim", 1, 0, 1, 1 << 20, &hd, what) ||
+        engram_int(root, "engram_kernel_size", 0, 0, 0, 64, &ks, what) ||
+        engram_int(root, "engram_pad_token_id", 1, 0, 0, (int64_t)1 << 31, &pad, what) ||
+        engram_int(root, "engram_seed", 0, 0, 0, ((int64_t)1 << 53), &seed, what))
+        return -1;
+    c->engram_n_layers = n;
+    c->engram_max_ngram = (int)N; c->engram_n_heads = (int)heads; c->engram_head_dim = (int)hd;
+    c->engram_kernel_size = (int)ks; c->engram_pad_id = pad; c->engram_seed = seed;
+    /* one size for every order, or one per order 2..N */
+    const cJSON *vs = cJSON_GetObjectItemCaseSensitive(root, "engram_vocab_size");
+    for (int o = 0; o < N - 1; o++) {
+        const cJSON *v = cJSON_IsArray(vs) ? cJSON_GetArrayItem(vs, o) : vs;
+        if (cJSON_IsArray(vs) && cJSON_GetArraySize(vs) != N - 1)
+            return dsv4_fail("%s: \"engram_vocab_size\" has %d entries; expected %lld (one per n-gram order 2..%lld) or one integer",
+                             what, cJSON_GetArraySize(vs), (long long)(N - 1), (long long)N);
+        if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 1 || v->valuedouble > 4.0e15)
+            return dsv4_fail("%s: \"engram_vocab_size\" must be a positive integer or a list of them", what);
+        c->engram_vocab_size[o] = (int64_t)v->valuedouble;
+    }
+    return 0;
+}
+
 int config_parse(Config *c, const char *text, const char *what) {
     memset(c, 0, sizeof *c);
     cJSON *root = cJSON_Parse(text);
@@ -150,6 +205,7 @@ int config_parse(Config *c, const char *text, const char *what) {
             rc = dsv4_fail("%s: \"num_key_value_heads\" must be 1 (V4 attention shares one key/value vector)", what);
         if (cJSON_IsString(ed) && !strcmp(ed->valuestring, "fp4")) c->experts_fp4 = 1;
     }
+    if (rc == 0) rc = parse_engram(c, root, what);
     cJSON_Delete(root);
     if (rc) return rc;
     return config_validate(c, what);
@@ -193,6 +249,9 @@ int config_validate(const Config *c, const char *what) {
             "%s: ratio-4 layers need \"index_n_heads\", \"index_head_dim\" and \"index_topk\" (all positive)", what);
         REQ(c->rope_head_dim <= c->index_head_dim, "%s: \"index_head_dim\" (%d) is smaller than the RoPE dims (%d)", what, c->index_head_dim, c->rope_head_dim);
     }
+    if (c->engram_n_layers)
+        REQ(c->engram_pad_id < c->vocab_size, "%s: \"engram_pad_token_id\" = %lld is not a token id (vocab_size %lld)", what,
+            (long long)c->engram_pad_id, (long long)c->vocab_size);
     return 0;
 #undef REQ
 #undef NAME

@@ -493,6 +493,7 @@ int32_t dsv4_token_id(const dsv4_tokenizer *tk, const char *text) {
 }
 
 int dsv4_token_is_special(const dsv4_tokenizer *tk, int32_t id) { return id >= 0 && id < tk->n_ids && tk->is_special[id]; }
+int tokenizer_is_added(const dsv4_tokenizer *tk, int32_t id) { return id >= 0 && id < tk->n_ids && tk->is_added[id]; }
 
 const char *dsv4_token_bytes(const dsv4_tokenizer *tk, int32_t id, size_t *len) {
     if (id < 0 || id >= tk->n_ids || !tk->bytes[id]) return NULL;
