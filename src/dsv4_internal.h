@@ -423,6 +423,8 @@ typedef struct EngramHash {
 } EngramHash;
 int engram_hash_init(EngramHash *h, const Config *c, const int32_t *lookup, int64_t n_ids, int64_t n_compressed);
 void engram_hash_free(EngramHash *h);
+/* Every Engram layer's table sizes (primes), [engram_n_layers, (N-1)*K], from the config alone. */
+void engram_table_primes(const Config *c, int64_t *primes);
 /* The (N-1)*K rows (order 2..N, then head; within each head's table) of Engram layer li (index in
  * engram_layer_ids) at one position; recent[k] is the compressed id k steps back (the pad before
  * the sequence start), k = 0..N-1. */

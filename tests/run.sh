@@ -232,6 +232,29 @@ P
      [ "$(grep -c . "$TMP/chat.txt")" -ge 3 ]; then ok "chat: three turns through stdin, /think and /reset"
   else bad "chat: $(head -c 300 "$TMP/err.txt")"; fi
   expect_error "run -p without a tokenizer.json" "tokenizer.json" "$D" run -m $M -p "hi"
+  # Engram retrieval against the NumPy reference (reference/engram_ref.py): the DeepSeek-V3
+  # tokenizer with the demo's defaults, and a tokenizer trained by dsv4 (orders 2..4, one size)
+  mkdir -p "$TMP/ev3" "$TMP/esm"
+  cp "$ROOT/tests/fixtures/engram/config-v3.json" "$TMP/ev3/config.json" && cp "$TJ" "$TMP/ev3/tokenizer.json"
+  cp "$ROOT/tests/fixtures/engram/config-small.json" "$TMP/esm/config.json" && cp "$TMP/tok3k.json" "$TMP/esm/tokenizer.json"
+  "$D" tokenize --tokenizer "$TMP/tok3k.json" < "$ROOT/tests/data/small.txt" > "$TMP/esm/tokens.txt" 2>/dev/null
+  for e in "ev3:$ROOT/tests/fixtures/engram/tokens-v3.txt" "esm:$TMP/esm/tokens.txt"; do
+    dir=$TMP/${e%%:*}; tf=${e#*:}
+    if "$D" engram hash -m "$dir" --tokens "$tf" > "$TMP/eh.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt" &&
+       "$D" engram hash -m "$dir" --stats > "$TMP/es.txt" 2>> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt" &&
+       $PY reference/engram_ref.py -m "$dir" --tokens "$tf" > "$TMP/eh_ref.txt" 2>> "$TMP/err.txt" &&
+       $PY reference/engram_ref.py -m "$dir" --stats > "$TMP/es_ref.txt" 2>> "$TMP/err.txt"; then
+      st=$($PY -c "import json,sys; a, b = (json.load(open(f)) for f in sys.argv[1:3]); assert a == b, (a, b); print(f\"{a['ids']} ids -> {a['compressed']} canonical ids, bound {a['half_bound']}\")" "$TMP/es.txt" "$TMP/es_ref.txt" 2>&1)
+      if [ $? -eq 0 ] && cmp -s "$TMP/eh.txt" "$TMP/eh_ref.txt" && [ -s "$TMP/eh.txt" ]; then
+        ok "engram hash ${e%%:*}: $(grep -c . "$TMP/eh.txt") rows lines identical to the NumPy reference; $st"
+      else bad "engram hash ${e%%:*}: $st $(diff "$TMP/eh.txt" "$TMP/eh_ref.txt" | head -3)"; fi
+    else bad "engram hash ${e%%:*}: $(head -c 300 "$TMP/err.txt")"; fi
+  done
+  echo "5 129000 7" > "$TMP/ebad.txt"
+  expect_error "engram hash: an id beyond the tokenizer" "129000" "$D" engram hash -m "$TMP/ev3" --tokens "$TMP/ebad.txt"
+  $PY -c "import json,sys; c = json.load(open(sys.argv[1])); c['engram_vocab_size'] = [1000, 1000]; json.dump(c, open(sys.argv[2], 'w'))" \
+    "$TMP/esm/config.json" "$TMP/ebad.json" && mkdir -p "$TMP/ebad" && cp "$TMP/ebad.json" "$TMP/ebad/config.json" && cp "$TMP/tok3k.json" "$TMP/ebad/tokenizer.json"
+  expect_error "engram hash: engram_vocab_size with the wrong count" "engram_vocab_size" "$D" engram hash -m "$TMP/ebad" --stats
   # data prepare: documents -> shards; every document lands in exactly one split, intact
   if "$D" data prepare --tokenizer "$TMP/tok3k.json" --data "$ROOT/tests/data/small.txt" --out "$TMP/shards" --val-fraction 0.4 2> "$TMP/err.txt" &&
      sanitizer_clean "$TMP/err.txt"; then

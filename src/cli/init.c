@@ -14,7 +14,7 @@ typedef enum { C_BIG, C_EXPERT, C_HALF, C_FULL, C_INT } Class;
 typedef enum { I_NORMAL, I_NORM, I_ONE_PLUS, I_TID2EID } Init;
 
 typedef struct {
-    char name[128];
+    char name[192];
     Storage st;
     int64_t rows, cols;      /* cols == 0: a vector of `rows` */
     Init init;
@@ -120,11 +120,46 @@ static void add_block(Specs *s, const char *pre, int id, int is_mtp) {
     }
 }
 
+/* Engram (spec ENGRAM.md "Fusion"): the flat table of every (order, head) sub-table, the key
+ * projection of every mHC stream (stacked, stream-major), the shared value projection, the gate's
+ * norms (per stream), and the short conv with its norm when engram_kernel_size > 0. */
+static void add_engram(Specs *s, const char *pre, const int64_t *primes) {
+    const Config *c = s->c;
+    char nm[160];
+    const int64_t d = c->dim, n = c->hc_mult, per = (int64_t)(c->engram_max_ngram - 1) * c->engram_n_heads;
+    const int64_t E = per * c->engram_head_dim;
+    int64_t rows = 0;
+    for (int64_t i = 0; i < per; i++) rows += primes[i];
+    add(s, NM("%s.engram.embed.weight", pre), C_HALF, rows, c->engram_head_dim, I_NORMAL, 1.0f);
+    add(s, NM("%s.engram.key_proj.weight", pre), C_BIG, n * d, E, I_NORMAL, fan(E));
+    add(s, NM("%s.engram.key_proj.bias", pre), C_FULL, n * d, 0, I_NORMAL, 0.1f);
+    add(s, NM("%s.engram.value_proj.weight", pre), C_BIG, d, E, I_NORMAL, fan(E));
+    add(s, NM("%s.engram.value_proj.bias", pre), C_FULL, d, 0, I_NORMAL, 0.1f);
+    add(s, NM("%s.engram.key_norm.weight", pre), C_HALF, n * d, 0, I_NORM, 0.1f);
+    add(s, NM("%s.engram.hidden_norm.weight", pre), C_HALF, n * d, 0, I_NORM, 0.1f);
+    if (c->engram_kernel_size > 0) {
+        add(s, NM("%s.engram.conv_norm.weight", pre), C_HALF, n * d, 0, I_NORM, 0.1f);
+        add(s, NM("%s.engram.conv.weight", pre), C_FULL, n * d, c->engram_kernel_size, I_NORMAL, 0.5f * fan(c->engram_kernel_size));
+    }
+}
+
 static void build_specs(Specs *s) {
     const Config *c = s->c;
     char nm[128];
     add(s, "embed.weight", C_HALF, c->vocab_size, c->dim, I_NORMAL, 1.0f);
-    for (int l = 0; l < c->n_layers; l++) { snprintf(nm, sizeof nm, "layers.%d", l); add_block(s, nm, l, 0); }
+    int64_t *primes = NULL;
+    const int64_t per = (int64_t)(c->engram_max_ngram - 1) * c->engram_n_heads;
+    if (c->engram_n_layers) {
+        primes = xmalloc(sizeof(int64_t) * (size_t)(c->engram_n_layers * per));
+        engram_table_primes(c, primes);
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(nm, sizeof nm, "layers.%d", l);
+        add_block(s, nm, l, 0);
+        for (int li = 0; li < c->engram_n_layers; li++)
+            if (c->engram_layer_ids[li] == l) add_engram(s, nm, primes + li * per);
+    }
+    free(primes);
     add(s, "norm.weight", C_HALF, c->dim, 0, I_NORM, 0.1f);
     add(s, "head.weight", C_HALF, c->vocab_size, c->dim, I_NORMAL, fan(c->dim));
     add(s, "hc_head_fn", C_FULL, c->hc_mult, (int64_t)c->hc_mult * c->dim, I_NORMAL, 0.5f * fan((int64_t)c->hc_mult * c->dim));

@@ -110,7 +110,15 @@ static size_t normalise(const uint8_t *s, size_t n, uint8_t *out) {
         b = p;
     }
     memmove(out, out + a, b - a);
-    return b - a;
+    k = b - a;
+    /* the reference restores its lone-space sentinel (U+E000) by a plain replace, so a U+E000 of
+     * the token itself becomes a space too */
+    size_t w = 0;
+    for (size_t i = 0; i < k;) {
+        if (i + 3 <= k && out[i] == 0xEE && out[i + 1] == 0x80 && out[i + 2] == 0x80) { out[w++] = ' '; i += 3; }
+        else out[w++] = out[i++];
+    }
+    return w;
 }
 
 /* The byte-level vocabulary string of a token's bytes (GPT-2 bytes_to_unicode). */

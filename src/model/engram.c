@@ -45,6 +45,26 @@ static int is_prime(uint64_t n) {
     return 1;
 }
 
+void engram_table_primes(const Config *c, int64_t *primes) {
+    const int K = c->engram_n_heads, N = c->engram_max_ngram;
+    int64_t n_found = 0;
+    for (int li = 0; li < c->engram_n_layers; li++)
+        for (int o = 0; o < N - 1; o++) {
+            uint64_t start = (uint64_t)c->engram_vocab_size[o] - 1;
+            for (int hd = 0; hd < K; hd++) {
+                uint64_t p = start + 1;
+                for (;; p++) {
+                    if (!is_prime(p)) continue;
+                    int seen = 0;   /* primes are never reused across layers, orders or heads */
+                    for (int64_t i = 0; i < n_found && !seen; i++) seen = (uint64_t)primes[i] == p;
+                    if (!seen) break;
+                }
+                primes[n_found++] = (int64_t)p;
+                start = p;
+            }
+        }
+}
+
 int engram_hash_init(EngramHash *h, const Config *c, const int32_t *lookup, int64_t n_ids, int64_t n_compressed) {
     memset(h, 0, sizeof *h);
     if (!c->engram_n_layers) return dsv4_fail("engram: the config has no Engram layers (\"engram_layer_ids\")");
@@ -58,27 +78,13 @@ int engram_hash_init(EngramHash *h, const Config *c, const int32_t *lookup, int6
     h->half_bound = half > 1 ? half : 1;
     h->mult = xmalloc(sizeof(int64_t) * (size_t)(L * N));
     h->primes = xmalloc(sizeof(int64_t) * (size_t)(L * per));
-    int64_t n_found = 0;
+    engram_table_primes(c, h->primes);
     for (int li = 0; li < L; li++) {
         NpyRng rng;
         npy_rng_seed(&rng, (uint64_t)c->engram_seed + 10007ull * (uint64_t)c->engram_layer_ids[li]);
         int64_t *m = h->mult + (int64_t)li * N;
         if (npy_rng_integers_i64(&rng, 0, h->half_bound, N, m)) return dsv4_fail("engram: bad multiplier bound");
         for (int k = 0; k < N; k++) m[k] = (int64_t)((uint64_t)m[k] * 2 + 1);
-        for (int o = 0; o < N - 1; o++) {
-            uint64_t start = (uint64_t)c->engram_vocab_size[o] - 1;
-            for (int hd = 0; hd < K; hd++) {
-                uint64_t p = start + 1;
-                for (;; p++) {
-                    if (!is_prime(p)) continue;
-                    int seen = 0;   /* primes are never reused across layers, orders or heads */
-                    for (int64_t i = 0; i < n_found && !seen; i++) seen = (uint64_t)h->primes[i] == p;
-                    if (!seen) break;
-                }
-                h->primes[n_found++] = (int64_t)p;
-                start = p;
-            }
-        }
     }
     return 0;
 }
