@@ -203,6 +203,17 @@ typedef struct IndexerW {
 
 typedef struct ExpertW { Mat w1, w2, w3; } ExpertW;
 
+/* Engram of one layer (spec ENGRAM.md "Fusion"; model/engram.c) */
+typedef struct EngramW {
+    int li;                        /* index in engram_layer_ids (selects the hash multipliers) */
+    Mat table;                     /* [rows, head_dim]: every (order, head) sub-table, flat */
+    int64_t *offsets;              /* [(N-1)*K]: first row of each sub-table */
+    Mat key_proj, value_proj;      /* [hc*dim, E] (streams stacked), [dim, E] */
+    float *key_bias, *value_bias;  /* [hc*dim], [dim] */
+    float *key_norm, *hidden_norm; /* [hc*dim]: the gate's RMSNorm weights per stream */
+    float *conv_norm, *conv;       /* [hc*dim], [hc*dim, kernel]; NULL without the short conv */
+} EngramW;
+
 typedef struct LayerW {
     int id;                        /* 0..n_layers-1, or n_layers+i for MTP layer i */
     int ratio;
@@ -228,7 +239,17 @@ typedef struct LayerW {
     Mat hc_head_fn;
     float *hc_head_base, *hc_head_scale;
     double *rope_freq;             /* [rope_dim/2] for this layer's type */
+    EngramW *engram;               /* NULL: no Engram in this layer */
 } LayerW;
+
+/* ---- Engram retrieval (model/engram.c) ---- */
+typedef struct EngramHash {
+    int n_layers, N, K;            /* Engram layers, max n-gram order, heads per order */
+    const int32_t *lookup;         /* original id -> compressed id (not owned) */
+    int64_t n_ids, n_compressed, pad, half_bound;
+    int64_t *mult;                 /* [n_layers, N] odd multipliers */
+    int64_t *primes;               /* [n_layers, (N-1)*K] table sizes, order-major */
+} EngramHash;
 
 /* Every tensor bound to the network, by checkpoint name: a matrix or a decoded vector. */
 typedef struct ParamRef {
@@ -255,6 +276,9 @@ struct dsv4_model {
     ParamRef *params;
     int64_t n_params, cap_params;
     int64_t *param_of_tensor;      /* [st.n_tensors]: index into params, or -1 */
+    /* Engram: the compressed vocabulary of the model's tokenizer and the hash (model/engram.c) */
+    int32_t *engram_lookup;
+    EngramHash engram_hash;
 };
 /* The index in m->params of the tensor called name (a hash lookup), or -1. */
 int64_t model_param_index(const dsv4_model *m, const char *name);
@@ -269,6 +293,8 @@ typedef struct LayerCache {
     float *idx_keys;               /* [ctx/4, I] indexer keys (ratio-4 layers) */
     float *idx_a, *idx_z;          /* indexer compressor state */
     int64_t cap_comp;
+    int64_t eng_recent[DSV4_MAX_NGRAM];   /* Engram: compressed ids 1, 2, .. steps before the chunk */
+    float *eng_conv;               /* Engram short conv: normed inputs of the last (kernel-1)*N positions */
 } LayerCache;
 
 struct dsv4_session {
@@ -288,7 +314,7 @@ int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
                   const int32_t *tokens, int64_t T, int64_t t0);
 
 /* model.c: one layer's KV cache for ctx tokens (0, or -1 when memory runs out), the final head */
-int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx);
+int cache_alloc(const dsv4_model *m, const LayerW *L, LayerCache *c, int64_t ctx);
 void cache_free(LayerCache *c);
 void final_logits(const dsv4_model *m, const Mat *fn, const float *base, const float *scale, const float *norm,
                   const float *X, int64_t T, float *logits);
@@ -413,14 +439,6 @@ typedef struct PlanStats {
 } PlanStats;
 void plan_compute(const Config *c, PlanStats *p);
 
-/* ---- Engram retrieval (model/engram.c) ---- */
-typedef struct EngramHash {
-    int n_layers, N, K;            /* Engram layers, max n-gram order, heads per order */
-    const int32_t *lookup;         /* original id -> compressed id (not owned) */
-    int64_t n_ids, n_compressed, pad, half_bound;
-    int64_t *mult;                 /* [n_layers, N] odd multipliers */
-    int64_t *primes;               /* [n_layers, (N-1)*K] table sizes, order-major */
-} EngramHash;
 int engram_hash_init(EngramHash *h, const Config *c, const int32_t *lookup, int64_t n_ids, int64_t n_compressed);
 void engram_hash_free(EngramHash *h);
 /* Every Engram layer's table sizes (primes), [engram_n_layers, (N-1)*K], from the config alone. */
@@ -429,6 +447,8 @@ void engram_table_primes(const Config *c, int64_t *primes);
  * engram_layer_ids) at one position; recent[k] is the compressed id k steps back (the pad before
  * the sequence start), k = 0..N-1. */
 void engram_rows(const EngramHash *h, int li, const int64_t *recent, int64_t *rows);
+/* Engram's contribution added to every mHC stream of X [T, hc*dim] (before the block's attention) */
+void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0);
 
 /* ---- tokenizer helpers (io/tokenizer.c, io/tokenizer_train.c) ---- */
 size_t utf8_valid_prefix(const uint8_t *s, size_t n);

@@ -9,6 +9,7 @@
  * (floor modulo) of its own table, p the primes found in layer → order → head order, each the
  * smallest prime above the previous one (the order's table size − 1 to start) that no earlier
  * layer, order or head took. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,4 +108,85 @@ void engram_rows(const EngramHash *h, int li, const int64_t *recent, int64_t *ro
             rows[(n - 2) * K + hd] = r < 0 ? r + q : r;   /* floor modulo, as NumPy's % */
         }
     }
+}
+
+/* Engram's fusion for T tokens at positions t0.. (spec ENGRAM.md "Fusion"; docs/engram-hash.md (h)),
+ * added to every mHC stream of X [T, hc*dim] before the block's attention:
+ *   e = the looked-up rows; k = e·W_kᵀ + b_k (one key per stream); v = e·W_vᵀ + b_v (shared);
+ *   s_m = RMSNorm(k_m)·RMSNorm(X_m) / sqrt(dim), s = sign(s) sqrt(max(|s|, 1e-6)), α_m = σ(s_m);
+ *   U_m = α_m v;  Y_m = SiLU(conv(RMSNorm(U_m))) + U_m (depthwise causal, dilation N) or U_m;
+ *   X_m += Y_m.
+ * c keeps what decoding needs: the compressed ids before t0 and the conv's normed inputs. */
+void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0) {
+    const Config *cf = &m->cfg;
+    const EngramW *G = L->engram;
+    const EngramHash *h = &m->engram_hash;
+    const int N = h->N, hc = cf->hc_mult, kc = cf->engram_kernel_size, hd = cf->engram_head_dim;
+    const int64_t d = cf->dim, per = (int64_t)(N - 1) * h->K, E = per * hd, nd = hc * d;
+    const float gate_eps = 1.1920928955078125e-07f;   /* float32 epsilon: the demo's nn.RMSNorm default */
+    (void)t0;
+    /* rows, then the memory vectors e [T, E] */
+    float *e = xmalloc(sizeof(float) * (size_t)(T * E));
+    int64_t *comp = xmalloc(sizeof(int64_t) * (size_t)T), recent[DSV4_MAX_NGRAM], rows[(DSV4_MAX_NGRAM - 1) * 64];
+    /* ids the tokenizer does not define (a model vocabulary padded beyond it) hash as the pad */
+    for (int64_t t = 0; t < T; t++) comp[t] = tokens[t] >= 0 && tokens[t] < h->n_ids ? h->lookup[tokens[t]] : h->pad;
+    for (int64_t t = 0; t < T; t++) {
+        for (int k = 0; k < N; k++) recent[k] = t - k >= 0 ? comp[t - k] : c->eng_recent[k - t - 1];
+        int64_t *r = per <= (int64_t)(sizeof rows / sizeof rows[0]) ? rows : xmalloc(sizeof(int64_t) * (size_t)per);
+        engram_rows(h, G->li, recent, r);
+        for (int64_t i = 0; i < per; i++) mat_dequant_rows(&G->table, G->offsets[i] + r[i], 1, e + t * E + i * hd);
+        if (r != rows) free(r);
+    }
+    /* the ids before the next chunk: newest first */
+    int64_t prev[DSV4_MAX_NGRAM];
+    for (int k = 0; k < N; k++) prev[k] = k < T ? comp[T - 1 - k] : c->eng_recent[k - T];
+    memcpy(c->eng_recent, prev, sizeof prev);
+    /* keys of every stream and the shared value */
+    float *key = xmalloc(sizeof(float) * (size_t)(T * nd)), *v = xmalloc(sizeof(float) * (size_t)(T * d));
+    linear(key, nd, e, E, T, &G->key_proj, 0, nd);
+    linear(v, d, e, E, T, &G->value_proj, 0, d);
+    float *U = xmalloc(sizeof(float) * (size_t)(T * nd));
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        float kn[d], xn[d];
+        for (int64_t i = 0; i < d; i++) v[t * d + i] += G->value_bias[i];
+        for (int s = 0; s < hc; s++) {
+            float *ks = key + t * nd + s * d;
+            for (int64_t i = 0; i < d; i++) ks[i] += G->key_bias[s * d + i];
+            rmsnorm(kn, ks, G->key_norm + s * d, d, gate_eps);
+            rmsnorm(xn, X + t * nd + s * d, G->hidden_norm + s * d, d, gate_eps);
+            double g = 0;
+            for (int64_t i = 0; i < d; i++) g += (double)kn[i] * xn[i];
+            g /= sqrt((double)d);
+            g = (g > 0 ? 1 : g < 0 ? -1 : 0) * sqrt(fmax(fabs(g), 1e-6));   /* signed square root */
+            const float alpha = (float)(1.0 / (1.0 + exp(-g)));
+            for (int64_t i = 0; i < d; i++) U[t * nd + s * d + i] = alpha * v[t * d + i];
+        }
+    }
+    if (kc > 0) {
+        /* short conv: z = RMSNorm(U) per stream (eps 1e-5); y_c[t] = Σ_j w[c, j] z_c[t − (kc−1−j)N];
+         * the last (kc−1)N positions of z persist in c->eng_conv (ring, slot = position mod span) */
+        const int64_t span = (int64_t)(kc - 1) * N;
+        float *z = xmalloc(sizeof(float) * (size_t)(T * nd));
+        for (int64_t t = 0; t < T; t++)
+            for (int s = 0; s < hc; s++) rmsnorm(z + t * nd + s * d, U + t * nd + s * d, G->conv_norm + s * d, d, 1e-5);
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t ch = 0; ch < nd; ch++) {
+                double y = 0;
+                for (int j = 0; j < kc; j++) {
+                    const int64_t back = (int64_t)(kc - 1 - j) * N, pos = t0 + t - back;
+                    if (pos < 0) continue;
+                    const float zv = t - back >= 0 ? z[(t - back) * nd + ch] : c->eng_conv[(pos % span) * nd + ch];
+                    y += (double)G->conv[ch * kc + j] * zv;
+                }
+                const double silu = y / (1.0 + exp(-y));
+                U[t * nd + ch] += (float)silu;
+            }
+        for (int64_t t = T > span ? T - span : 0; t < T; t++)
+            memcpy(c->eng_conv + ((t0 + t) % span) * nd, z + t * nd, sizeof(float) * (size_t)nd);
+        free(z);
+    }
+    for (int64_t i = 0; i < T * nd; i++) X[i] += U[i];
+    free(e); free(comp); free(key); free(v); free(U);
 }

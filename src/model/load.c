@@ -162,6 +162,36 @@ static int bind_compressor(dsv4_model *m, CompressorW *cw, const char *pre, int 
     return bind_f32(m, &cw->norm, nm, width, 0);
 }
 
+/* Engram of layer `pre`, the li-th Engram layer, whose sub-tables have the sizes `primes`. */
+static int bind_engram(dsv4_model *m, LayerW *L, const char *pre, int li, const int64_t *primes) {
+    const Config *c = &m->cfg;
+    char nm[512];
+    const int64_t d = c->dim, n = c->hc_mult, per = (int64_t)(c->engram_max_ngram - 1) * c->engram_n_heads;
+    const int64_t E = per * c->engram_head_dim;
+    EngramW *G = own(m, xcalloc(1, sizeof *G));
+    G->li = li;
+    G->offsets = own(m, xmalloc(sizeof(int64_t) * (size_t)per));
+    int64_t rows = 0;
+    for (int64_t i = 0; i < per; i++) { G->offsets[i] = rows; rows += primes[i]; }
+#define EM(field, suffix, r, cc) do { snprintf(nm, sizeof nm, "%s.engram.%s", pre, suffix); if (bind_mat(m, &G->field, nm, r, cc)) return -1; } while (0)
+#define EV(field, suffix, a, b) do { snprintf(nm, sizeof nm, "%s.engram.%s", pre, suffix); if (bind_f32(m, &G->field, nm, a, b)) return -1; } while (0)
+    EM(table, "embed.weight", rows, c->engram_head_dim);
+    EM(key_proj, "key_proj.weight", n * d, E);
+    EV(key_bias, "key_proj.bias", n * d, 0);
+    EM(value_proj, "value_proj.weight", d, E);
+    EV(value_bias, "value_proj.bias", d, 0);
+    EV(key_norm, "key_norm.weight", n * d, 0);
+    EV(hidden_norm, "hidden_norm.weight", n * d, 0);
+    if (c->engram_kernel_size > 0) {
+        EV(conv_norm, "conv_norm.weight", n * d, 0);
+        EV(conv, "conv.weight", n * d, c->engram_kernel_size);
+    }
+#undef EM
+#undef EV
+    L->engram = G;
+    return 0;
+}
+
 static int bind_layer(dsv4_model *m, LayerW *L, const char *pre, int id, int is_mtp) {
     const Config *c = &m->cfg;
     char nm[512];
@@ -279,9 +309,14 @@ int model_bind(dsv4_model *m) {
     if (bind_f32(m, &m->hc_head_scale, "hc_head_scale", 1, 0)) return -1;
     m->layers = own(m, xcalloc((size_t)c->n_layers, sizeof(LayerW)));
     char pre[64];
+    const int64_t per = (int64_t)(c->engram_max_ngram - 1) * c->engram_n_heads;
+    int64_t *primes = c->engram_n_layers ? own(m, xmalloc(sizeof(int64_t) * (size_t)(c->engram_n_layers * per))) : NULL;
+    if (primes) engram_table_primes(c, primes);
     for (int l = 0; l < c->n_layers; l++) {
         snprintf(pre, sizeof pre, "layers.%d", l);
         if (bind_layer(m, &m->layers[l], pre, l, 0)) return -1;
+        for (int li = 0; li < c->engram_n_layers; li++)
+            if (c->engram_layer_ids[li] == l && bind_engram(m, &m->layers[l], pre, li, primes + li * per)) return -1;
     }
     m->mtp = own(m, xcalloc((size_t)(c->n_mtp_layers ? c->n_mtp_layers : 1), sizeof(LayerW)));
     for (int i = 0; i < c->n_mtp_layers; i++) {
@@ -299,6 +334,20 @@ dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
     if (config_load(&m->cfg, path) || st_open_dir(&m->st, dir) || model_bind(m)) {
         dsv4_model_close(m);
         return NULL;
+    }
+    if (m->cfg.engram_n_layers) {
+        /* Engram hashes the tokenizer's compressed ids: the model directory carries its tokenizer */
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        dsv4_tokenizer *tk = dsv4_tokenizer_load(path);
+        int64_t n_ids = 0, n_comp = 0;
+        int rc = !tk || engram_vocab_build(tk, &m->engram_lookup, &n_ids, &n_comp) ||
+                 engram_hash_init(&m->engram_hash, &m->cfg, m->engram_lookup, n_ids, n_comp);
+        dsv4_tokenizer_free(tk);
+        if (rc) {
+            dsv4_fail("%s: Engram needs the model's tokenizer: %s", dir, dsv4_last_error());
+            dsv4_model_close(m);
+            return NULL;
+        }
     }
     const int q = opts ? opts->quant_rounding : -1;
     m->quant = q < 0 ? m->has_quantized : q;
@@ -333,6 +382,8 @@ void dsv4_model_close(dsv4_model *m) {
     free(m->owned);
     free(m->params);
     free(m->param_of_tensor);
+    engram_hash_free(&m->engram_hash);
+    free(m->engram_lookup);
     st_close(&m->st);
     free(m->dir);
     free(m);

@@ -34,6 +34,7 @@ int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
     float *comb = xmalloc(sizeof(float) * (size_t)(T * n * n));
     int rc;
 
+    if (L->engram) engram_forward(m, L, c, X, tokens, T, t0);
     mhc_pre(cf, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, X, T, y, post, comb);
     for (int64_t t = 0; t < T; t++) rmsnorm(y + t * d, y + t * d, L->attn_norm, d, cf->norm_eps);
     rc = attention_forward(m, L, c, y, T, t0, f, NULL);
@@ -53,7 +54,10 @@ int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
 /* floats in one of a compressor's decode-state arrays: coff*ratio rows of coff*width */
 static int64_t state_len(const CompressorW *cw) { return (int64_t)cw->coff * cw->ratio * cw->coff * cw->width; }
 
-static void cache_init_state(const LayerW *L, LayerCache *c) {
+static void cache_init_state(const dsv4_model *m, const LayerW *L, LayerCache *c) {
+    /* Engram: the compressed pad id before the sequence; no conv history */
+    for (int k = 0; k < DSV4_MAX_NGRAM; k++) c->eng_recent[k] = m->engram_hash.pad;
+    if (c->eng_conv) memset(c->eng_conv, 0, sizeof(float) * (size_t)((m->cfg.engram_kernel_size - 1) * m->cfg.engram_max_ngram * m->cfg.hc_mult * m->cfg.dim));
     /* Rows of a missing previous window pool nothing: z = -inf, a = 0. */
     if (L->has_compressor)
         for (int64_t i = 0; i < state_len(&L->comp); i++) { c->comp_a[i] = 0; c->comp_z[i] = -INFINITY; }
@@ -62,7 +66,8 @@ static void cache_init_state(const LayerW *L, LayerCache *c) {
 }
 
 /* Allocates one layer's cache; 0 on success, -1 when memory runs out. */
-int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
+int cache_alloc(const dsv4_model *m, const LayerW *L, LayerCache *c, int64_t ctx) {
+    const Config *cf = &m->cfg;
     memset(c, 0, sizeof *c);
     c->ring = calloc((size_t)cf->window_size * (size_t)cf->head_dim, sizeof(float));
     int ok = c->ring != NULL;
@@ -81,13 +86,17 @@ int cache_alloc(const LayerW *L, LayerCache *c, const Config *cf, int64_t ctx) {
         c->idx_z = malloc(sizeof(float) * (size_t)n);
         ok = ok && c->idx_keys && c->idx_a && c->idx_z;
     }
+    if (L->engram && cf->engram_kernel_size > 0) {
+        c->eng_conv = calloc((size_t)((cf->engram_kernel_size - 1) * cf->engram_max_ngram) * (size_t)(cf->hc_mult * cf->dim), sizeof(float));
+        ok = ok && c->eng_conv;
+    }
     if (!ok) return -1;
-    cache_init_state(L, c);
+    cache_init_state(m, L, c);
     return 0;
 }
 
 void cache_free(LayerCache *c) {
-    free(c->ring); free(c->comp); free(c->comp_a); free(c->comp_z); free(c->idx_keys); free(c->idx_a); free(c->idx_z);
+    free(c->ring); free(c->comp); free(c->comp_a); free(c->comp_z); free(c->idx_keys); free(c->idx_a); free(c->idx_z); free(c->eng_conv);
 }
 
 dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
@@ -99,8 +108,8 @@ dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
     s->cache = xcalloc((size_t)m->cfg.n_layers, sizeof(LayerCache));
     s->mtp_cache = xcalloc((size_t)(m->cfg.n_mtp_layers ? m->cfg.n_mtp_layers : 1), sizeof(LayerCache));
     int rc = 0;
-    for (int i = 0; i < m->cfg.n_layers && rc == 0; i++) rc = cache_alloc(&m->layers[i], &s->cache[i], &m->cfg, max_ctx);
-    for (int i = 0; i < m->cfg.n_mtp_layers && rc == 0; i++) rc = cache_alloc(&m->mtp[i], &s->mtp_cache[i], &m->cfg, max_ctx);
+    for (int i = 0; i < m->cfg.n_layers && rc == 0; i++) rc = cache_alloc(m, &m->layers[i], &s->cache[i], max_ctx);
+    for (int i = 0; i < m->cfg.n_mtp_layers && rc == 0; i++) rc = cache_alloc(m, &m->mtp[i], &s->mtp_cache[i], max_ctx);
     if (rc) {
         PlanStats p;
         plan_compute(&m->cfg, &p);
@@ -129,8 +138,8 @@ void dsv4_session_set_progress(dsv4_session *s, dsv4_progress_fn fn, void *user)
 }
 void dsv4_session_reset(dsv4_session *s) {
     s->pos = s->mtp_pos = 0;
-    for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(&s->m->layers[i], &s->cache[i]);
-    for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_init_state(&s->m->mtp[i], &s->mtp_cache[i]);
+    for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(s->m, &s->m->layers[i], &s->cache[i]);
+    for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_init_state(s->m, &s->m->mtp[i], &s->mtp_cache[i]);
 }
 
 int dsv4_vocab_size(const dsv4_model *m) { return (int)m->cfg.vocab_size; }

@@ -161,7 +161,7 @@ static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const floa
     mhc_pre(c, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, a->Xa, T, a->y1, a->post1, a->comb1);
     for (int64_t t = 0; t < T; t++) rmsnorm(a->h1 + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
     LayerCache lc;
-    if (cache_alloc(L, &lc, c, T)) { fprintf(stderr, "dsv4: out of memory for a layer cache of %lld tokens\n", (long long)T); abort(); }
+    if (cache_alloc(m, L, &lc, T)) { fprintf(stderr, "dsv4: out of memory for a layer cache of %lld tokens\n", (long long)T); abort(); }
     a->f1 = ALLOC(T * d);
     a->sv.want_kl = need_kl;
     attention_forward(m, L, &lc, a->h1, T, 0, a->f1, &a->sv);
@@ -395,7 +395,7 @@ static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T
     }
     for (int l = 0; l < c->n_layers; l++) {
         LayerCache lc;
-        if (cache_alloc(&m->layers[l], &lc, c, T)) return dsv4_fail("out of memory for the layer caches");
+        if (cache_alloc(m, &m->layers[l], &lc, T)) return dsv4_fail("out of memory for the layer caches");
         if (Xin) {
             Xin[l] = xmalloc(sizeof(float) * (size_t)(T * nd));
             memcpy(Xin[l], X, sizeof(float) * (size_t)(T * nd));
@@ -496,6 +496,7 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     double extra = 0;
     if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
     if (check_sequence(m, tokens, T)) return NULL;
+    if (m->cfg.engram_n_layers) { dsv4_fail("gradients through Engram layers are not available in this version"); return NULL; }
     /* the dense stage attends every visible compressed entry: the same model with top-k
      * unbounded (a shallow copy: every weight is shared, read-only; the gradients are kept
      * against the caller's model, which outlives this call) */

@@ -16,10 +16,13 @@ static _Thread_local char g_err[2048];
 const char *dsv4_last_error(void) { return g_err; }
 
 int dsv4_fail(const char *fmt, ...) {
+    /* formatted aside first: a caller may pass dsv4_last_error() itself as an argument */
+    char buf[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(g_err, buf, sizeof g_err);
     return -1;
 }
 
