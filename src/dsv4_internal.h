@@ -436,6 +436,7 @@ typedef struct PlanStats {
     double bytes_by_dtype[5];     /* F32, BF16, FP8(+scales), FP4(+scales), other */
     double kv_bytes_per_token, kv_bytes_fixed, kv_bytes_1m;
     double decode_weight_bytes_per_token;
+    double engram_table_params;   /* Engram tables (looked up, not multiplied: not active) */
 } PlanStats;
 void plan_compute(const Config *c, PlanStats *p);
 

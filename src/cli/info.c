@@ -24,11 +24,11 @@ static void print_stats(const char *what, const Config *c, const PlanStats *p, i
                "\"weight_bytes\": %.0f, \"mtp_weight_bytes\": %.0f, \"bytes_f32\": %.0f, \"bytes_bf16\": %.0f, "
                "\"bytes_fp8\": %.0f, \"bytes_fp4\": %.0f, \"bytes_other\": %.0f, \"kv_bytes_per_token\": %.1f, "
                "\"kv_bytes_fixed\": %.0f, \"kv_bytes_1m\": %.0f, \"decode_weight_bytes_per_token\": %.0f, "
-               "\"n_layers\": %d, \"n_mtp_layers\": %d%s}\n",
+               "\"n_layers\": %d, \"n_mtp_layers\": %d, \"engram_table_params\": %.0f%s}\n",
                what, p->total_params, p->active_params, p->mtp_params, p->weight_bytes, p->mtp_weight_bytes,
                p->bytes_by_dtype[0], p->bytes_by_dtype[1], p->bytes_by_dtype[2], p->bytes_by_dtype[3], p->bytes_by_dtype[4],
                p->kv_bytes_per_token, p->kv_bytes_fixed, p->kv_bytes_1m, p->decode_weight_bytes_per_token, c->n_layers,
-               c->n_mtp_layers, extra_json ? extra_json : "");
+               c->n_mtp_layers, p->engram_table_params, extra_json ? extra_json : "");
         return;
     }
     char a[32], b[32], m[32], w[32], mw[32], k1[32], kf[32], dw[32];
@@ -50,6 +50,11 @@ static void print_stats(const char *what, const Config *c, const PlanStats *p, i
            n128, nother, c->n_mtp_layers);
     printf("  parameters        %s total, %s active per token (%.0f / %.0f)\n", a, b, p->total_params, p->active_params);
     printf("  MTP               +%s parameters (%s in all), %s\n", m, (human(p->total_params + p->mtp_params, a, sizeof a), a), mw);
+    if (p->engram_table_params > 0) {
+        char e[32];
+        human(p->engram_table_params, e, sizeof e);
+        printf("  Engram            %d layers, %s table parameters (in the total, not active)\n", c->engram_n_layers, e);
+    }
     printf("  weights           %s (scales included)\n", w);
     const char *dn[5] = {"F32", "BF16", "FP8+scales", "FP4+scales", "other"};
     for (int i = 0; i < 5; i++)
@@ -129,11 +134,12 @@ int cmd_info(int argc, char **argv) {
         p.total_params += params;
         p.weight_bytes += (double)t->nbytes;
         if (!strcmp(t->name, "embed.weight")) embed = params;
+        if (strstr(t->name, ".engram.embed.weight")) p.engram_table_params += params;
         int layer;
         if (strstr(t->name, ".ffn.experts.") && sscanf(t->name, "layers.%d.", &layer) == 1 && layer >= 0 && layer < c->n_layers)
             routed[layer] += params;
     }
-    p.active_params = p.total_params - embed;
+    p.active_params = p.total_params - embed - p.engram_table_params;
     for (int l = 0; l < c->n_layers; l++) p.active_params -= routed[l] * (1.0 - (double)c->n_activated_experts / c->n_routed_experts);
     p.kv_bytes_per_token = cfgp.kv_bytes_per_token;
     p.kv_bytes_fixed = cfgp.kv_bytes_fixed;

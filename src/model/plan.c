@@ -5,6 +5,7 @@
  * official storage: FP8 e4m3 + 128x128 E8M0 scales for the big matrices, FP4 + 1x32 scales
  * for routed experts when expert_dtype is fp4, BF16 for embeddings, head, norms, compressor,
  * indexer weights_proj and the gate, F32 for mHC, sinks, ape and the gate bias. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../dsv4_internal.h"
@@ -90,6 +91,28 @@ static void add_layer(Acc *a, int id, int is_mtp) {
     }
 }
 
+/* Engram (spec ENGRAM.md) of the li-th Engram layer: the tables (lookups, like the embedding),
+ * the per-stream key projections, the shared value projection, norms, biases and the conv. */
+static void add_engram(Acc *a, const int64_t *primes) {
+    const Config *c = a->c;
+    const double d = (double)c->dim, n = c->hc_mult, per = (double)(c->engram_max_ngram - 1) * c->engram_n_heads;
+    const double E = per * c->engram_head_dim;
+    const int big = c->weights_fp8 ? K_FP8 : K_BF16;
+    double rows = 0;
+    for (int i = 0; i < (int)per; i++) rows += (double)primes[i];
+    add(a, K_BF16, rows, c->engram_head_dim, 1, 0);
+    a->p->engram_table_params += rows * c->engram_head_dim;
+    a->p->decode_weight_bytes_per_token += per * c->engram_head_dim * 2;   /* the rows read per token */
+    add(a, big, n * d, E, 1, 1);                        /* key_proj */
+    add(a, big, d, E, 1, 1);                            /* value_proj */
+    add(a, K_F32, 1, n * d + d, 1, 1);                  /* biases */
+    add(a, K_BF16, 1, 2 * n * d, 1, 1);                 /* key_norm, hidden_norm */
+    if (c->engram_kernel_size > 0) {
+        add(a, K_BF16, 1, n * d, 1, 1);                 /* conv_norm */
+        add(a, K_F32, n * d, c->engram_kernel_size, 1, 1);
+    }
+}
+
 void plan_compute(const Config *c, PlanStats *p) {
     memset(p, 0, sizeof *p);
     Acc a = {c, p, 0};
@@ -100,6 +123,13 @@ void plan_compute(const Config *c, PlanStats *p) {
     add(&a, K_F32, n, n * d, 1, 1);                     /* hc_head_fn */
     add(&a, K_F32, 1, n + 1, 1, 1);
     for (int l = 0; l < c->n_layers; l++) add_layer(&a, l, 0);
+    if (c->engram_n_layers) {
+        const int64_t per = (int64_t)(c->engram_max_ngram - 1) * c->engram_n_heads;
+        int64_t *primes = xmalloc(sizeof(int64_t) * (size_t)(c->engram_n_layers * per));
+        engram_table_primes(c, primes);
+        for (int li = 0; li < c->engram_n_layers; li++) add_engram(&a, primes + li * per);
+        free(primes);
+    }
     a.mtp = 1;
     for (int i = 0; i < c->n_mtp_layers; i++) add_layer(&a, c->n_layers + i, 1);
 
