@@ -32,3 +32,32 @@ for m in tiny-fp8 alt-f32; do
   $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_idx_dense.safetensors" --indexer-weight 1.0 --indexer-dense > /dev/null
   $PY reference/v4_ref.py -m "$F/$m" --tokens "$F/tokens.txt" --grad-out "$F/$m/ref_grads_idx_mtp.safetensors" --indexer-weight 1.0 --mtp-weight 0.3 > /dev/null
 done
+# Engram: a tiny model with Engram in layers 0 and 2 (n-grams 2..3, 2 heads of 8 dims, tables of
+# primes from 101 / 103 rows, short conv of kernel 4), its own BPE tokenizer (the hash needs it:
+# reference/v4_ref.py reads DIR/tokenizer.json; init neither copies nor removes it) and 200 ids of
+# tests/data/small.txt; vocab_size = the tokenizer's id count when that is below tiny.json's 512
+E="$F/engram-tiny"
+rm -rf "$E"
+mkdir -p "$E"
+./dsv4 tokenizer train --vocab 512 --data tests/data/small.txt --out "$E/tokenizer.json"
+ECFG=$(mktemp)
+trap 'rm -f "$ECFG"' EXIT
+$PY - "$E/tokenizer.json" > "$ECFG" <<'EOF'
+import json, re, sys
+sys.path.insert(0, "reference")
+import engram_ref
+n_ids = len(engram_ref.load_tokenizer(sys.argv[1]))
+t = open("configs/tiny.json").read()
+v = min(json.loads(t)["vocab_size"], n_ids)
+t = re.sub(r'"vocab_size": [0-9]+', f'"vocab_size": {v}', t, count=1)
+t = (t.rstrip()[:-1].rstrip() + ',\n'
+     '  "engram_layer_ids": [0, 2], "engram_max_ngram_size": 3, "engram_n_heads": 2, "engram_head_dim": 8,\n'
+     '  "engram_vocab_size": [101, 103], "engram_pad_token_id": 0, "engram_seed": 3, "engram_kernel_size": 4\n}\n')
+json.loads(t)
+sys.stdout.write(t)
+EOF
+./dsv4 init --config "$ECFG" --seed 9 --out "$E" --dtype f32
+./dsv4 tokenize --tokenizer "$E/tokenizer.json" < tests/data/small.txt \
+  | $PY -c "import sys; print(' '.join(sys.stdin.read().split()[:200]))" > "$E/tokens.txt"
+$PY reference/v4_ref.py -m "$E" --tokens "$E/tokens.txt" --out "$E/ref_logits.f32" --mtp-out "$E/ref_mtp.f32"
+$PY reference/v4_ref.py -m "$E" --tokens "$E/tokens.txt" --grad-out "$E/ref_grads.safetensors" > /dev/null

@@ -53,6 +53,24 @@ TOKENS_FILE  integer token ids separated by whitespace and/or commas (N ids).
              logits, the loss and every gradient change with it, and S_t = all visible entries.
 At least one of --out, --grad-out is required.
 
+Engram (shared/spec/ENGRAM.md; docs/engram-hash.md (h): the gating and fusion of DeepSeek's
+engram_demo_v1.py) in every block listed in the config's engram_layer_ids (0-based; never in the
+MTP block). The model directory then needs tokenizer.json: the table rows are the hash rows of
+reference/engram_ref.py (imported, not duplicated) plus the per-(order, head) offsets into the
+flat table layers.L.engram.embed.weight, and every token id must be a tokenizer id. Before the
+block's attention sublayer (before its mHC pre-mixing), with e_t the (N-1)*K looked-up rows
+concatenated in (order, head) order and X_m the block's input stream m:
+    k = key_proj(e) [hc*dim] (slice m: k_m),  v = value_proj(e) [dim]   (both with bias)
+    s_m = sum_i RMSNorm(k_m)_i RMSNorm(X_m)_i / sqrt(dim)   (key_norm / hidden_norm slice m,
+          eps = float32 machine epsilon, PyTorch's default in the demo)
+    s_m = sign(s_m) sqrt(max(|s_m|, 1e-6)),  U_m = sigmoid(s_m) v
+    Y_m = SiLU(conv(RMSNorm(U_m))) + U_m     (engram_kernel_size > 0: conv_norm slice m, eps
+          1e-5; depthwise causal conv, dilation engram_max_ngram_size, no bias) else Y_m = U_m
+    X_m <- X_m + Y_m
+It is part of the logits, the MTP logits (through the main streams) and the gradients (--grad-out:
+every Engram tensor; table rows only where looked up). Under --quant the Engram path stays in plain
+float (no activation rounding, also for FP8-stored projections).
+
 Written from shared/spec/V4.md (section names cited above each function) and checked against
 the facts of the official DeepSeek-V4-Flash inference code (inference/model.py, kernel.py), which
 wins where the two differ. Everything is computed over the whole sequence at once with dense
@@ -154,7 +172,40 @@ def load_config(model_dir):
     for ok, msg in checks:
         if not ok:
             raise RefError(f"{path}: {msg}")
+    cfg["engram"] = engram_config(path, raw, cfg["n_layers"])
     return cfg
+
+
+def _engram_ref():
+    """reference/engram_ref.py (the NumPy reference of Engram's retrieval), imported on demand."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import engram_ref
+    return engram_ref
+
+
+def engram_config(path, raw, n_layers):
+    """None without "engram_layer_ids"; else engram_ref's hash fields (layers, nmax, heads,
+    vocab_sizes, pad, seed; all required, as engram_ref requires them) plus head_dim (required)
+    and kernel (engram_kernel_size, default 0 = no short conv)."""
+    if "engram_layer_ids" not in raw:
+        return None
+    er = _engram_ref()
+    try:
+        e = er.load_config(path)
+    except er.RefError as err:
+        raise RefError(str(err))
+    hd, ks = raw.get("engram_head_dim"), raw.get("engram_kernel_size", 0)
+    if not (er.is_int(hd) and hd >= 1):
+        raise RefError(f"{path}: \"engram_head_dim\" must be a positive integer")
+    if not (er.is_int(ks) and ks >= 0):
+        raise RefError(f"{path}: \"engram_kernel_size\" must be an integer >= 0")
+    bad = [L for L in e["layers"] if L >= n_layers]
+    if bad:
+        raise RefError(f"{path}: engram layer {bad[0]} does not exist (the model has {n_layers} layers)")
+    e.update(head_dim=hd, kernel=ks)
+    return e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +292,7 @@ class SafeTensorsDir:
                     raise RefError(f"tensor {name} appears in more than one file")
                 self.entries[name] = (mm, dtype, shape, 8 + hlen + begin)
         self.files = files
+        self.model_dir = model_dir
         if weight_map is not None:
             for name in weight_map:
                 if name not in self.entries:
@@ -401,6 +453,8 @@ class Model:
         # --indexer-weight > 0: a list that collects (layer prefix, layer KL) for every indexer
         # the forward runs; None = the indexer runs in inference mode only (no KL, no graph)
         self.idx_kl = None
+        # Engram: the tokenizer compression, multipliers and primes (computed once, on demand)
+        self.engram_hash = None
 
     def has(self, name):
         return name in self.st
@@ -762,6 +816,89 @@ def attention(model, x, prefix, ratio):
 
 
 # ---------------------------------------------------------------------------------------------
+# Engram (shared/spec/ENGRAM.md; docs/engram-hash.md; DeepSeek's engram_demo_v1.py).
+# ---------------------------------------------------------------------------------------------
+
+ENGRAM_GATE_EPS = float(np.finfo(np.float32).eps)   # 2^-23: nn.RMSNorm(eps=None) in float32
+ENGRAM_CONV_EPS = 1e-5                              # ShortConv's nn.RMSNorm(eps=1e-5)
+
+
+def engram_rows(model, token_ids):
+    """{layer: (rows int64 [T, (N-1)*K] into the layer's flat table, table rows R)}: the hash
+    rows of reference/engram_ref.py (tokenizer.json of the model directory) plus the exclusive
+    prefix sums of the layer's (order, head) primes."""
+    e = model.cfg["engram"]
+    er = _engram_ref()
+    try:
+        if model.engram_hash is None:
+            vocab = er.load_tokenizer(os.path.join(model.st.model_dir, "tokenizer.json"))
+            if not 0 <= e["pad"] < len(vocab):
+                raise RefError(f"engram_pad_token_id {e['pad']} is outside the tokenizer's ids [0, {len(vocab)})")
+            lookup, n_comp = er.compress_table(vocab)
+            _, mult, primes = er.multipliers_and_primes(e, n_comp)
+            model.engram_hash = (lookup, int(lookup[e["pad"]]), mult, primes)
+    except er.RefError as err:
+        raise RefError(f"Engram: {err}")
+    lookup, pad_c, mult, primes = model.engram_hash
+    ids = token_ids.numpy().astype(np.int64)
+    bad = [i for i in ids.tolist() if not 0 <= i < len(lookup)]
+    if bad:
+        raise RefError(f"Engram: token id {bad[0]} is not an id of the model's tokenizer.json [0, {len(lookup)})")
+    x = lookup[ids]
+    out = {}
+    for L in e["layers"]:
+        p = np.asarray(primes[L], dtype=np.int64)
+        off = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(p)[:-1]])
+        r = er.ngram_rows(x, pad_c, mult[L], primes[L], e["nmax"], e["heads"]) + off
+        out[L] = (torch.from_numpy(np.ascontiguousarray(r)), int(p.sum()))
+    return out
+
+
+def engram(model, X, prefix, rows):
+    """X [T, n, d] (the block's input streams) -> X + Y (see the module docstring).
+    rows: (int64 [T, (N-1)*K] flat-table rows, R) from engram_rows.
+    --quant: the Engram path is NOT rounded (plain float matmuls, model.dense, even where the
+    projections are stored FP8), so its values are those of the exact mode."""
+    c, e = model.cfg, model.cfg["engram"]
+    T, n, d = X.shape
+    N, K, hd, kc = e["nmax"], e["heads"], e["head_dim"], e["kernel"]
+    E = (N - 1) * K * hd
+    p = f"{prefix}.engram"
+    idx, R = rows
+    tname = f"{p}.embed.weight"
+    _, shape = model.st.info(tname)
+    if tuple(shape) != (R, hd):
+        raise RefError(f"{tname}: shape {list(shape)}, expected {[R, hd]} (the sum of the layer's primes x engram_head_dim)")
+    if model.grad:                      # a leaf: the gradient lands on the looked-up rows only
+        emb = model.w(tname)[idx]
+    else:                               # only the rows looked up
+        uniq, inv = np.unique(idx.numpy().ravel(), return_inverse=True)
+        tab = torch.stack([model.st.load(tname, int(u), int(u) + 1)[0] for u in uniq])
+        emb = tab[torch.from_numpy(inv.reshape(-1)).reshape(idx.shape)]
+    emb = emb.reshape(T, E)             # e_t: (order, head) rows concatenated
+    k = model.dense(emb, f"{p}.key_proj.weight", (n * d, E)) + model.w(f"{p}.key_proj.bias", (n * d,))
+    v = model.dense(emb, f"{p}.value_proj.weight", (d, E)) + model.w(f"{p}.value_proj.bias", (d,))
+    kn = rms_norm(k.reshape(T, n, d), model.w(f"{p}.key_norm.weight", (n * d,)).reshape(n, d), ENGRAM_GATE_EPS)
+    hn = rms_norm(X, model.w(f"{p}.hidden_norm.weight", (n * d,)).reshape(n, d), ENGRAM_GATE_EPS)
+    s = (kn * hn).sum(-1) / math.sqrt(d)                            # [T, n]
+    s = torch.sign(s) * torch.sqrt(torch.clamp(s.abs(), min=1e-6))  # signed square root
+    U = torch.sigmoid(s).unsqueeze(-1) * v.unsqueeze(1)             # [T, n, d]
+    if kc > 0:
+        # ShortConv: per-stream RMSNorm, channels c = m*d + i, depthwise causal conv with
+        # dilation N: y_c[t] = sum_j w[c, j] z_c[t - (kc-1-j) N] (zeros before the start)
+        z = rms_norm(U, model.w(f"{p}.conv_norm.weight", (n * d,)).reshape(n, d), ENGRAM_CONV_EPS).reshape(T, n * d)
+        w = model.w(f"{p}.conv.weight", (n * d, kc))
+        zp = torch.cat([z.new_zeros((kc - 1) * N, n * d), z], dim=0)
+        y = w[:, 0] * zp[0:T]
+        for j in range(1, kc):
+            y = y + w[:, j] * zp[j * N:j * N + T]
+        Y = torch.nn.functional.silu(y).reshape(T, n, d) + U
+    else:
+        Y = U
+    return X + Y
+
+
+# ---------------------------------------------------------------------------------------------
 # MoE (spec: "MoE"; official Gate, Expert, MoE).
 # ---------------------------------------------------------------------------------------------
 
@@ -853,8 +990,11 @@ def forward_main(model, token_ids, log):
     streams [T, n, d])."""
     c = model.cfg
     X = embed(model, token_ids).unsqueeze(1).repeat(1, c["hc_mult"], 1)
+    erows = engram_rows(model, token_ids) if c.get("engram") else {}
     for L in range(c["n_layers"]):
         t0 = time.time()
+        if L in erows:                  # Engram: added to every stream before the block
+            X = engram(model, X, f"layers.{L}", erows[L])
         X = block(model, X, f"layers.{L}", L, c["compress_ratios"][L], token_ids)
         log(f"layer {L:3d} ratio {c['compress_ratios'][L]:4d}  {time.time() - t0:.2f}s")
     return output_logits(model, X, ""), X

@@ -94,6 +94,19 @@ for m in tiny-bf16 tiny-fp8 alt-f32; do
     fi
   done
 done
+# engram-tiny: Engram in layers 0 and 2 (orders 2-3, 2 heads, short conv with dilation 3) with a
+# tokenizer trained by dsv4; prefill, token-by-token decode and chunks that split the conv's span
+for spec in "1 64" "100 64" "200 256" "200 5"; do
+  set -- $spec; P=$1; C=$2
+  name="engram-tiny prefill $P chunk $C"
+  if "$D" logits -m "$F/engram-tiny" --tokens "$F/engram-tiny/tokens.txt" --prefill "$P" --chunk "$C" --out "$TMP/l.f32" --mtp-out "$TMP/m.f32" 2> "$TMP/err.txt" &&
+     sanitizer_clean "$TMP/err.txt"; then
+    r=$($PY tests/compare.py "$TMP/l.f32" "$F/engram-tiny/ref_logits.f32" 343 --rows $((P - 1))) && ok "$name: logits $r" || bad "$name: logits $r"
+    r=$($PY tests/compare.py "$TMP/m.f32" "$F/engram-tiny/ref_mtp.f32" 343) && ok "$name: MTP head $r" || bad "$name: MTP head $r"
+  else
+    bad "$name: dsv4 logits failed: $(head -c 400 "$TMP/err.txt")"
+  fi
+done
 # gradients: `dsv4 grad` against float64 autograd of the reference, every parameter tensor
 for m in tiny-fp8 alt-f32; do
   if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then
