@@ -448,8 +448,22 @@ void engram_table_primes(const Config *c, int64_t *primes);
  * engram_layer_ids) at one position; recent[k] is the compressed id k steps back (the pad before
  * the sequence start), k = 0..N-1. */
 void engram_rows(const EngramHash *h, int li, const int64_t *recent, int64_t *rows);
+/* What a training forward keeps of one Engram layer for the backward (t0 = 0; freed by
+ * engram_save_free). */
+typedef struct EngramSave {
+    int64_t *rows;                 /* [T, (N-1)*K] table rows (offsets included) */
+    float *e, *key, *v;            /* [T, E] memory vectors, [T, hc*dim] keys, [T, dim] value (biases in) */
+    float *X, *s, *alpha, *U;      /* [T, hc*dim] input streams, [T, hc] scaled gate dots and gates, [T, hc*dim] α v */
+    float *z, *y;                  /* [T, hc*dim] conv input (normed U) and pre-activation; NULL without conv */
+} EngramSave;
+void engram_save_free(EngramSave *s);
 /* Engram's contribution added to every mHC stream of X [T, hc*dim] (before the block's attention) */
-void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0);
+void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0,
+                    EngramSave *save);
+/* Backward of engram_forward from its save: dX [T, hc*dim] holds d loss / d X_out on entry and
+ * d loss / d X_in on exit; parameter gradients are added (dtable dense [rows, head_dim]). */
+void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, float *dtable, float *dkey_w,
+                     float *dkey_b, float *dval_w, float *dval_b, float *dkey_norm, float *dhidden_norm, float *dconv_norm, float *dconv);
 
 /* ---- tokenizer helpers (io/tokenizer.c, io/tokenizer_train.c) ---- */
 size_t utf8_valid_prefix(const uint8_t *s, size_t n);

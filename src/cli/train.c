@@ -56,10 +56,14 @@ static uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Muon takes the 2-D hidden weight matrices; embeddings, head, gates, mHC and vectors stay on AdamW */
+/* Engram's memory tables (spec ENGRAM.md): Adam at 5x the learning rate, no weight decay */
+static int is_engram_table(const ParamRef *p) { return strstr(p->name, ".engram.embed.weight") != NULL; }
+
+/* Muon takes the 2-D hidden weight matrices; embeddings, head, gates, mHC, Engram tables and
+ * vectors stay on AdamW */
 static int uses_muon(const ParamRef *p) {
     return p->mat && p->mat->rows > 1 && strcmp(p->name, "embed.weight") && strcmp(p->name, "head.weight") &&
-           !strstr(p->name, "ffn.gate.") && !strstr(p->name, "hc_");
+           !strstr(p->name, "ffn.gate.") && !strstr(p->name, "hc_") && !is_engram_table(p);
 }
 
 /* the lightning indexer's parameters: trained by their own KL loss */
@@ -68,7 +72,7 @@ static int is_indexer(const ParamRef *p) { return strstr(p->name, ".indexer.") !
 /* weight decay applies to 2-D weight matrices other than the embedding */
 static int decays(const ParamRef *p) {
     const size_t l = strlen(p->name);
-    return p->mat && l > 7 && !strcmp(p->name + l - 7, ".weight") && strcmp(p->name, "embed.weight");
+    return p->mat && l > 7 && !strcmp(p->name + l - 7, ".weight") && strcmp(p->name, "embed.weight") && !is_engram_table(p);
 }
 
 /* A model directory with the current parameters as F32 (integer tables copied). */
@@ -483,7 +487,8 @@ int cmd_train(int argc, char **argv) {
             }
             float *w = p->mat ? (float *)p->mat->w : *p->vec;
             if (r.muon && uses_muon(p)) muon_step(w, gsum[i], mom[i], p->mat->rows, p->mat->cols, lr, 0.95, r.wd, scratch);
-            else adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps, decays(p) ? r.wd : 0.0, step + 1);
+            else adamw_step(w, gsum[i], mom[i], var[i], p->numel, is_engram_table(p) ? 5 * lr : lr, r.b1, r.b2, r.eps,
+                            decays(p) ? r.wd : 0.0, step + 1);
         }
         /* auxiliary-loss-free balancing (spec "MoE"): experts above the mean load get less bias */
         for (int l = 0; r.bias_update > 0 && !frozen && l < m->cfg.n_layers; l++) {

@@ -10,6 +10,7 @@
  * smallest prime above the previous one (the order's table size − 1 to start) that no earlier
  * layer, order or head took. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,6 +111,16 @@ void engram_rows(const EngramHash *h, int li, const int64_t *recent, int64_t *ro
     }
 }
 
+/* The gate's scaled dot RMSNorm(k)·RMSNorm(x) / sqrt(d), in double: the two unit-scale vectors
+ * largely cancel, and the signed square root magnifies the error of a small dot. */
+static double gate_dot(const float *k, const float *x, const float *wk, const float *wx, int64_t d, double eps) {
+    double sk = 0, sx = 0, dot = 0;
+    for (int64_t i = 0; i < d; i++) { sk += (double)k[i] * k[i]; sx += (double)x[i] * x[i]; }
+    const double rk = 1.0 / sqrt(sk / (double)d + eps), rx = 1.0 / sqrt(sx / (double)d + eps);
+    for (int64_t i = 0; i < d; i++) dot += ((double)k[i] * rk * wk[i]) * ((double)x[i] * rx * wx[i]);
+    return dot / sqrt((double)d);
+}
+
 /* Engram's fusion for T tokens at positions t0.. (spec ENGRAM.md "Fusion"; docs/engram-hash.md (h)),
  * added to every mHC stream of X [T, hc*dim] before the block's attention:
  *   e = the looked-up rows; k = e·W_kᵀ + b_k (one key per stream); v = e·W_vᵀ + b_v (shared);
@@ -117,14 +128,19 @@ void engram_rows(const EngramHash *h, int li, const int64_t *recent, int64_t *ro
  *   U_m = α_m v;  Y_m = SiLU(conv(RMSNorm(U_m))) + U_m (depthwise causal, dilation N) or U_m;
  *   X_m += Y_m.
  * c keeps what decoding needs: the compressed ids before t0 and the conv's normed inputs. */
-void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0) {
+void engram_save_free(EngramSave *s) {
+    free(s->rows); free(s->e); free(s->key); free(s->v); free(s->X); free(s->s); free(s->alpha); free(s->U); free(s->z); free(s->y);
+    memset(s, 0, sizeof *s);
+}
+
+void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0,
+                    EngramSave *save) {
     const Config *cf = &m->cfg;
     const EngramW *G = L->engram;
     const EngramHash *h = &m->engram_hash;
     const int N = h->N, hc = cf->hc_mult, kc = cf->engram_kernel_size, hd = cf->engram_head_dim;
     const int64_t d = cf->dim, per = (int64_t)(N - 1) * h->K, E = per * hd, nd = hc * d;
-    const float gate_eps = 1.1920928955078125e-07f;   /* float32 epsilon: the demo's nn.RMSNorm default */
-    (void)t0;
+    const double gate_eps = 1.1920928955078125e-07;   /* float32 epsilon: the demo's nn.RMSNorm default */
     /* rows, then the memory vectors e [T, E] */
     float *e = xmalloc(sizeof(float) * (size_t)(T * E));
     int64_t *comp = xmalloc(sizeof(int64_t) * (size_t)T), recent[DSV4_MAX_NGRAM], rows[(DSV4_MAX_NGRAM - 1) * 64];
@@ -135,6 +151,10 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
         int64_t *r = per <= (int64_t)(sizeof rows / sizeof rows[0]) ? rows : xmalloc(sizeof(int64_t) * (size_t)per);
         engram_rows(h, G->li, recent, r);
         for (int64_t i = 0; i < per; i++) mat_dequant_rows(&G->table, G->offsets[i] + r[i], 1, e + t * E + i * hd);
+        if (save) {
+            if (!save->rows) save->rows = xmalloc(sizeof(int64_t) * (size_t)(T * per));
+            for (int64_t i = 0; i < per; i++) save->rows[t * per + i] = G->offsets[i] + r[i];
+        }
         if (r != rows) free(r);
     }
     /* the ids before the next chunk: newest first */
@@ -146,22 +166,25 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
     linear(key, nd, e, E, T, &G->key_proj, 0, nd);
     linear(v, d, e, E, T, &G->value_proj, 0, d);
     float *U = xmalloc(sizeof(float) * (size_t)(T * nd));
+    float *gs = save ? xmalloc(sizeof(float) * (size_t)(T * hc)) : NULL, *ga = save ? xmalloc(sizeof(float) * (size_t)(T * hc)) : NULL;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; t++) {
-        float kn[d], xn[d];
         for (int64_t i = 0; i < d; i++) v[t * d + i] += G->value_bias[i];
         for (int s = 0; s < hc; s++) {
             float *ks = key + t * nd + s * d;
             for (int64_t i = 0; i < d; i++) ks[i] += G->key_bias[s * d + i];
-            rmsnorm(kn, ks, G->key_norm + s * d, d, gate_eps);
-            rmsnorm(xn, X + t * nd + s * d, G->hidden_norm + s * d, d, gate_eps);
-            double g = 0;
-            for (int64_t i = 0; i < d; i++) g += (double)kn[i] * xn[i];
-            g /= sqrt((double)d);
+            double g = gate_dot(ks, X + t * nd + s * d, G->key_norm + s * d, G->hidden_norm + s * d, d, gate_eps);
+            if (gs) gs[t * hc + s] = (float)g;   /* the scaled dot, before the signed root */
             g = (g > 0 ? 1 : g < 0 ? -1 : 0) * sqrt(fmax(fabs(g), 1e-6));   /* signed square root */
             const float alpha = (float)(1.0 / (1.0 + exp(-g)));
+            if (ga) ga[t * hc + s] = alpha;
             for (int64_t i = 0; i < d; i++) U[t * nd + s * d + i] = alpha * v[t * d + i];
         }
+    }
+    if (save) {
+        save->e = e; save->key = key; save->v = v; save->X = dup_floats(X, T * nd); save->s = gs; save->alpha = ga;
+        save->U = dup_floats(U, T * nd);
+        e = key = v = NULL;
     }
     if (kc > 0) {
         /* short conv: z = RMSNorm(U) per stream (eps 1e-5); y_c[t] = Σ_j w[c, j] z_c[t − (kc−1−j)N];
@@ -170,6 +193,7 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
         float *z = xmalloc(sizeof(float) * (size_t)(T * nd));
         for (int64_t t = 0; t < T; t++)
             for (int s = 0; s < hc; s++) rmsnorm(z + t * nd + s * d, U + t * nd + s * d, G->conv_norm + s * d, d, 1e-5);
+        if (save) { save->z = dup_floats(z, T * nd); save->y = xmalloc(sizeof(float) * (size_t)(T * nd)); }
 #pragma omp parallel for schedule(static)
         for (int64_t t = 0; t < T; t++)
             for (int64_t ch = 0; ch < nd; ch++) {
@@ -181,6 +205,7 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
                     y += (double)G->conv[ch * kc + j] * zv;
                 }
                 const double silu = y / (1.0 + exp(-y));
+                if (save) save->y[t * nd + ch] = (float)y;
                 U[t * nd + ch] += (float)silu;
             }
         for (int64_t t = T > span ? T - span : 0; t < T; t++)
@@ -189,4 +214,68 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
     }
     for (int64_t i = 0; i < T * nd; i++) X[i] += U[i];
     free(e); free(comp); free(key); free(v); free(U);
+}
+
+void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, float *dtable, float *dkey_w,
+                     float *dkey_b, float *dval_w, float *dval_b, float *dkey_norm, float *dhidden_norm, float *dconv_norm, float *dconv) {
+    const Config *cf = &m->cfg;
+    const EngramW *G = L->engram;
+    const int N = cf->engram_max_ngram, hc = cf->hc_mult, kc = cf->engram_kernel_size, hd = cf->engram_head_dim;
+    const int64_t d = cf->dim, per = (int64_t)(N - 1) * cf->engram_n_heads, E = per * hd, nd = hc * d;
+    const double gate_eps = 1.1920928955078125e-07;
+    /* dU: the identity path, plus the conv path  Y = U + SiLU(y),  y = conv(z),  z = RMSNorm(U) */
+    float *dU = dup_floats(dX, T * nd);
+    if (kc > 0) {
+        float *dy = xmalloc(sizeof(float) * (size_t)(T * nd)), *dz = xcalloc((size_t)(T * nd), sizeof(float));
+        for (int64_t i = 0; i < T * nd; i++) {
+            const double y = s->y[i], sg = 1.0 / (1.0 + exp(-y));
+            dy[i] = (float)(dX[i] * sg * (1.0 + y * (1.0 - sg)));   /* SiLU'(y) = σ(y)(1 + y(1 − σ(y))) */
+        }
+        for (int64_t t = 0; t < T; t++)
+            for (int j = 0; j < kc; j++) {
+                const int64_t back = (int64_t)(kc - 1 - j) * N;
+                if (t - back < 0) continue;
+                for (int64_t ch = 0; ch < nd; ch++) {
+                    dconv[ch * kc + j] += dy[t * nd + ch] * s->z[(t - back) * nd + ch];
+                    dz[(t - back) * nd + ch] += dy[t * nd + ch] * G->conv[ch * kc + j];
+                }
+            }
+        float *tmp = xmalloc(sizeof(float) * (size_t)d);
+        for (int64_t t = 0; t < T; t++)
+            for (int st = 0; st < hc; st++) {
+                const int64_t o = t * nd + st * d;
+                rmsnorm_backward(tmp, dconv_norm + st * d, dz + o, s->U + o, G->conv_norm + st * d, d, 1e-5);
+                axpy_f32(dU + o, 1.0f, tmp, d);
+            }
+        free(tmp); free(dy); free(dz);
+    }
+    /* U_m = α_m v,  α = σ(g),  g = sign(s') sqrt(max(|s'|, 1e-6)),  s' = Σ kn·xn / sqrt(d) */
+    float *dv = xcalloc((size_t)(T * d), sizeof(float)), *dk = xmalloc(sizeof(float) * (size_t)(T * nd));
+    float *kn = xmalloc(sizeof(float) * (size_t)d), *xn = xmalloc(sizeof(float) * (size_t)d), *tmp = xmalloc(sizeof(float) * (size_t)d);
+    float *dkn = xmalloc(sizeof(float) * (size_t)d), *dxn = xmalloc(sizeof(float) * (size_t)d);
+    for (int64_t t = 0; t < T; t++)
+        for (int st = 0; st < hc; st++) {
+            const int64_t o = t * nd + st * d;
+            const double a = s->alpha[t * hc + st], sp = s->s[t * hc + st];
+            double da = 0;
+            for (int64_t i = 0; i < d; i++) { da += (double)dU[o + i] * s->v[t * d + i]; dv[t * d + i] += (float)(a * dU[o + i]); }
+            const double dg = da * a * (1 - a), dsp = fabs(sp) > 1e-6 ? dg / (2 * sqrt(fabs(sp))) : 0.0, ds = dsp / sqrt((double)d);
+            rmsnorm(kn, s->key + o, G->key_norm + st * d, d, gate_eps);
+            rmsnorm(xn, s->X + o, G->hidden_norm + st * d, d, gate_eps);
+            for (int64_t i = 0; i < d; i++) { dkn[i] = (float)(ds * xn[i]); dxn[i] = (float)(ds * kn[i]); }
+            rmsnorm_backward(dk + o, dkey_norm + st * d, dkn, s->key + o, G->key_norm + st * d, d, gate_eps);
+            rmsnorm_backward(tmp, dhidden_norm + st * d, dxn, s->X + o, G->hidden_norm + st * d, d, gate_eps);
+            axpy_f32(dX + o, 1.0f, tmp, d);   /* the identity path's dX is already there */
+        }
+    /* k = e W_kᵀ + b_k, v = e W_vᵀ + b_v, e = the looked-up rows */
+    for (int64_t t = 0; t < T; t++) {
+        axpy_f32(dkey_b, 1.0f, dk + t * nd, nd);
+        axpy_f32(dval_b, 1.0f, dv + t * d, d);
+    }
+    float *de = xcalloc((size_t)(T * E), sizeof(float));
+    linear_backward(de, E, dkey_w, dk, nd, s->e, T, &G->key_proj, 0, nd);
+    linear_backward(de, E, dval_w, dv, d, s->e, T, &G->value_proj, 0, d);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < per; i++) axpy_f32(dtable + s->rows[t * per + i] * hd, 1.0f, de + t * E + i * hd, hd);
+    free(dU); free(dv); free(dk); free(kn); free(xn); free(tmp); free(dkn); free(dxn); free(de);
 }

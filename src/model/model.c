@@ -34,7 +34,7 @@ int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X,
     float *comb = xmalloc(sizeof(float) * (size_t)(T * n * n));
     int rc;
 
-    if (L->engram) engram_forward(m, L, c, X, tokens, T, t0);
+    if (L->engram) engram_forward(m, L, c, X, tokens, T, t0, NULL);
     mhc_pre(cf, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, X, T, y, post, comb);
     for (int64_t t = 0; t < T; t++) rmsnorm(y + t * d, y + t * d, L->attn_norm, d, cf->norm_eps);
     rc = attention_forward(m, L, c, y, T, t0, f, NULL);

@@ -78,6 +78,7 @@ typedef struct {
     int64_t T;
     float *Xa, *Xm;                                      /* streams before each sublayer */
     float *y1, *post1, *comb1, *h1;                      /* attention sublayer input */
+    EngramSave es;                                       /* Engram's intermediates (engram.c), Engram layers */
     AttnSave sv;                                         /* the attention's intermediates (attention.c) */
     int64_t n_ent;                                       /* compressed entries of the sequence */
     float *f1;                                           /* attention sublayer output */
@@ -90,6 +91,7 @@ static void act_free(LayerAct *a) {
                  a->f2, a->idx2};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
     attn_save_free(&a->sv);
+    engram_save_free(&a->es);
 }
 
 #define ALLOC(n) xcalloc((size_t)(n), sizeof(float))
@@ -156,12 +158,14 @@ static void layer_forward_saved(const dsv4_model *m, const LayerW *L, const floa
     memset(a, 0, sizeof *a);
     a->T = T;
     a->Xa = dup_floats(X_in, T * nd);
+    LayerCache lc;
+    if (cache_alloc(m, L, &lc, T)) { fprintf(stderr, "dsv4: out of memory for a layer cache of %lld tokens\n", (long long)T); abort(); }
+    /* Engram adds to the streams first; Xa is then the attention sublayer's input */
+    if (L->engram) engram_forward(m, L, &lc, a->Xa, tokens, T, 0, &a->es);
     /* attention sublayer */
     a->y1 = ALLOC(T * d); a->post1 = ALLOC(T * n); a->comb1 = ALLOC(T * n * n); a->h1 = ALLOC(T * d);
     mhc_pre(c, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, a->Xa, T, a->y1, a->post1, a->comb1);
     for (int64_t t = 0; t < T; t++) rmsnorm(a->h1 + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
-    LayerCache lc;
-    if (cache_alloc(m, L, &lc, T)) { fprintf(stderr, "dsv4: out of memory for a layer cache of %lld tokens\n", (long long)T); abort(); }
     a->f1 = ALLOC(T * d);
     a->sv.want_kl = need_kl;
     attention_forward(m, L, &lc, a->h1, T, 0, a->f1, &a->sv);
@@ -378,6 +382,15 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
     for (int64_t t = 0; t < T; t++) rmsnorm_backward(dy + t * d, g_attn_norm, dh + t * d, a->y1 + t * d, L->attn_norm, d, c->norm_eps);
     mhc_pre_backward(c, &L->hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, a->Xa, T, dy, dpost, dcomb, dX,
                      gmat(Gr, &L->hc_attn_fn), gvec(Gr, pre, "hc_attn_base", mix), gvec(Gr, pre, "hc_attn_scale", 3));
+    if (L->engram) {
+        const EngramW *G = L->engram;
+        const int64_t nd_ = (int64_t)n * d;
+        const int kc = c->engram_kernel_size;
+        engram_backward(m, L, &a->es, T, dX, gmat(Gr, &G->table), gmat(Gr, &G->key_proj), gvec(Gr, pre, "engram.key_proj.bias", nd_),
+                        gmat(Gr, &G->value_proj), gvec(Gr, pre, "engram.value_proj.bias", d), gvec(Gr, pre, "engram.key_norm.weight", nd_),
+                        gvec(Gr, pre, "engram.hidden_norm.weight", nd_), kc ? gvec(Gr, pre, "engram.conv_norm.weight", nd_) : NULL,
+                        kc ? gvec(Gr, pre, "engram.conv.weight", nd_ * kc) : NULL);
+    }
     free(du); free(dO); free(dq); free(dkv); free(dent); free(dq_raw); free(dcq); free(dcq_raw); free(dkv_raw);
     free(df); free(dpost); free(dcomb); free(dh); free(dy);
     (void)nd;
@@ -496,7 +509,6 @@ Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const L
     double extra = 0;
     if (m->quant) { dsv4_fail("gradients are computed in exact arithmetic: open the model without quantisation-aware rounding"); return NULL; }
     if (check_sequence(m, tokens, T)) return NULL;
-    if (m->cfg.engram_n_layers) { dsv4_fail("gradients through Engram layers are not available in this version"); return NULL; }
     /* the dense stage attends every visible compressed entry: the same model with top-k
      * unbounded (a shallow copy: every weight is shared, read-only; the gradients are kept
      * against the caller's model, which outlives this call) */
