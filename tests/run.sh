@@ -313,8 +313,8 @@ P
     "$D" train $A --out "$TMP/trA" > "$TMP/a.txt" 2> "$TMP/err.txt"
     "$D" train $A --out "$TMP/trB" --stop-at 10 > "$TMP/b1.txt" 2>> "$TMP/err.txt"
     "$D" train --resume --data "$TMP/td" --out "$TMP/trB" > "$TMP/b2.txt" 2>> "$TMP/err.txt"
-    grep '^step' "$TMP/a.txt" | cut -d' ' -f1-4 > "$TMP/a.s"
-    cat "$TMP/b1.txt" "$TMP/b2.txt" | grep '^step' | cut -d' ' -f1-4 > "$TMP/b.s"
+    grep -a '^step' "$TMP/a.txt" | cut -d' ' -f1-4 > "$TMP/a.s"
+    cat "$TMP/b1.txt" "$TMP/b2.txt" | grep -a '^step' | cut -d' ' -f1-4 > "$TMP/b.s"
     if sanitizer_clean "$TMP/err.txt" && [ "$(wc -l < "$TMP/a.s")" = 20 ] && cmp -s "$TMP/a.s" "$TMP/b.s" &&
        cmp -s "$TMP/trA/checkpoint/model.safetensors" "$TMP/trB/checkpoint/model.safetensors" &&
        cmp -s "$TMP/trA/checkpoint/optim.safetensors" "$TMP/trB/checkpoint/optim.safetensors"; then
@@ -365,8 +365,10 @@ P
       ok "perplexity: $pp (train's validation loss $vl)" || bad "perplexity: '$pp' vs validation loss '$vl' $(head -c 200 "$TMP/err.txt")"
     # killed at a random moment: the checkpoint left behind is complete and resumable
     "$ROOT/dsv4" train $A --steps 400 --ckpt-every 1 --eval-every 0 --out "$TMP/trK" > /dev/null 2>&1 & kp=$!
-    sleep 1.5; kill -9 $kp 2>/dev/null; wait $kp 2>/dev/null
-    if "$ROOT/dsv4" train --resume --data "$TMP/td" --out "$TMP/trK" --stop-at 1000 > "$TMP/k.txt" 2> "$TMP/err.txt" && grep -q '^step' "$TMP/k.txt" ||
+    # once the first checkpoint exists (a loaded machine may take a while), kill it at a moment of its own
+    for i in $(seq 600); do [ -d "$TMP/trK/checkpoint" ] && break; sleep 0.1; done
+    sleep 0.$((RANDOM % 10)); kill -9 $kp 2>/dev/null; wait $kp 2>/dev/null
+    if "$ROOT/dsv4" train --resume --data "$TMP/td" --out "$TMP/trK" --stop-at 1000 > "$TMP/k.txt" 2> "$TMP/err.txt" && grep -aq '^step' "$TMP/k.txt" ||
        grep -q 'step' "$TMP/err.txt"; then ok "killed with SIGKILL mid-run, then resumed from its last checkpoint ($(head -1 "$TMP/k.txt" | cut -d' ' -f1-2))"
     else bad "resume after SIGKILL: $(head -c 300 "$TMP/err.txt")"; fi
   else bad "training data: $(head -c 300 "$TMP/err.txt")"; fi

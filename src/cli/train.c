@@ -267,7 +267,8 @@ static void print_sample(dsv4_model *m, dsv4_tokenizer *tk, int64_t step) {
         tok = (int32_t)best;
         if (tok == eos) break;
         const size_t k = dsv4_stream_decode(tk, &st, tok, buf, sizeof buf);
-        for (size_t j = 0; j < k; j++) putchar(buf[j] == '\n' ? ' ' : buf[j]);
+        /* one line of text: control bytes (a token may be one) print as spaces */
+        for (size_t j = 0; j < k; j++) putchar((unsigned char)buf[j] < 0x20 || buf[j] == 0x7F ? ' ' : buf[j]);
     }
     printf("\n");
     free(logits);
