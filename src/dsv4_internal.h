@@ -212,6 +212,7 @@ typedef struct EngramW {
     float *key_bias, *value_bias;  /* [hc*dim], [dim] */
     float *key_norm, *hidden_norm; /* [hc*dim]: the gate's RMSNorm weights per stream */
     float *conv_norm, *conv;       /* [hc*dim], [hc*dim, kernel]; NULL without the short conv */
+    int table_mapped;              /* the table is read in place from the file mapping */
 } EngramW;
 
 typedef struct LayerW {
@@ -460,6 +461,8 @@ void engram_save_free(EngramSave *s);
 /* Engram's contribution added to every mHC stream of X [T, hc*dim] (before the block's attention) */
 void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0,
                     EngramSave *save);
+/* Asks the kernel for the table pages the next T tokens will read (decode and short chunks). */
+void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T);
 /* Backward of engram_forward from its save: dX [T, hc*dim] holds d loss / d X_out on entry and
  * d loss / d X_in on exit; parameter gradients are added (dtable dense [rows, head_dim]). */
 void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, float *dtable, float *dkey_w,

@@ -10,6 +10,8 @@
  * smallest prime above the previous one (the order's table size − 1 to start) that no earlier
  * layer, order or head took. */
 #include <math.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,4 +280,36 @@ void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, 
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < per; i++) axpy_f32(dtable + s->rows[t * per + i] * hd, 1.0f, de + t * E + i * hd, hd);
     free(dU); free(dv); free(dk); free(kn); free(xn); free(tmp); free(dkn); free(dxn); free(de);
+}
+
+/* The table rows the next T tokens will read are known from the tokens alone (spec ENGRAM.md:
+ * addresses depend only on the input), so their pages are requested before the layers run: the
+ * kernel reads them in while the earlier layers compute. Only tables that stay memory-mapped
+ * (not copied into memory) are prefetched. */
+void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T) {
+    const Config *cf = &m->cfg;
+    const EngramHash *h = &m->engram_hash;
+    if (!cf->engram_n_layers || T > 1024) return;   /* a long prefill reads its rows in bulk anyway */
+    const long page = sysconf(_SC_PAGESIZE);
+    const int N = h->N;
+    const int64_t per = (int64_t)(N - 1) * h->K;
+    int64_t recent[DSV4_MAX_NGRAM], *rows = xmalloc(sizeof(int64_t) * (size_t)per);
+    for (int l = 0; l < cf->n_layers; l++) {
+        const EngramW *G = m->layers[l].engram;
+        if (!G || !G->table_mapped) continue;
+        const size_t row_bytes = (size_t)mat_bytes(&G->table) / (size_t)G->table.rows;
+        for (int64_t t = 0; t < T; t++) {
+            for (int k = 0; k < N; k++) {
+                const int64_t id = t - k >= 0 ? tokens[t - k] : -1;
+                recent[k] = id >= 0 ? (id < h->n_ids ? h->lookup[id] : h->pad) : caches[l].eng_recent[k - t - 1];
+            }
+            engram_rows(h, G->li, recent, rows);
+            for (int64_t i = 0; i < per; i++) {
+                const uintptr_t a = (uintptr_t)G->table.w + (uintptr_t)((G->offsets[i] + rows[i]) * (int64_t)row_bytes);
+                const uintptr_t p0 = a & ~(uintptr_t)(page - 1), p1 = (a + row_bytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+                madvise((void *)p0, p1 - p0, MADV_WILLNEED);
+            }
+        }
+    }
+    free(rows);
 }

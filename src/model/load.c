@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../dsv4_internal.h"
 
@@ -176,6 +178,13 @@ static int bind_engram(dsv4_model *m, LayerW *L, const char *pre, int li, const 
 #define EM(field, suffix, r, cc) do { snprintf(nm, sizeof nm, "%s.engram.%s", pre, suffix); if (bind_mat(m, &G->field, nm, r, cc)) return -1; } while (0)
 #define EV(field, suffix, a, b) do { snprintf(nm, sizeof nm, "%s.engram.%s", pre, suffix); if (bind_f32(m, &G->field, nm, a, b)) return -1; } while (0)
     EM(table, "embed.weight", rows, c->engram_head_dim);
+    /* rows are read at hashed addresses: no readahead around them (prefetching is explicit) */
+    if (G->table.kind == W_F32 || G->table.kind == W_BF16 || G->table.kind == W_F16) {
+        const long page = sysconf(_SC_PAGESIZE);
+        const uintptr_t a = (uintptr_t)G->table.w & ~(uintptr_t)(page - 1);
+        const uintptr_t b = (uintptr_t)G->table.w + (uintptr_t)mat_bytes(&G->table);
+        G->table_mapped = madvise((void *)a, b - a, MADV_RANDOM) == 0;
+    }
     EM(key_proj, "key_proj.weight", n * d, E);
     EV(key_bias, "key_proj.bias", n * d, 0);
     EM(value_proj, "value_proj.weight", d, E);
@@ -373,6 +382,8 @@ void model_make_trainable(dsv4_model *m) {
         W->w = buf;
         W->scale = NULL;
     }
+    for (int l = 0; l < m->cfg.n_layers; l++)   /* the tables are memory copies now */
+        if (m->layers[l].engram) m->layers[l].engram->table_mapped = 0;
     m->quant = 0;
 }
 
