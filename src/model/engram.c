@@ -123,6 +123,11 @@ static double gate_dot(const float *k, const float *x, const float *wk, const fl
     return dot / sqrt((double)d);
 }
 
+void engram_save_free(EngramSave *s) {
+    free(s->rows); free(s->e); free(s->key); free(s->v); free(s->X); free(s->s); free(s->alpha); free(s->U); free(s->z); free(s->y);
+    memset(s, 0, sizeof *s);
+}
+
 /* Engram's fusion for T tokens at positions t0.. (spec ENGRAM.md "Fusion"; docs/engram-hash.md (h)),
  * added to every mHC stream of X [T, hc*dim] before the block's attention:
  *   e = the looked-up rows; k = e·W_kᵀ + b_k (one key per stream); v = e·W_vᵀ + b_v (shared);
@@ -130,11 +135,6 @@ static double gate_dot(const float *k, const float *x, const float *wk, const fl
  *   U_m = α_m v;  Y_m = SiLU(conv(RMSNorm(U_m))) + U_m (depthwise causal, dilation N) or U_m;
  *   X_m += Y_m.
  * c keeps what decoding needs: the compressed ids before t0 and the conv's normed inputs. */
-void engram_save_free(EngramSave *s) {
-    free(s->rows); free(s->e); free(s->key); free(s->v); free(s->X); free(s->s); free(s->alpha); free(s->U); free(s->z); free(s->y);
-    memset(s, 0, sizeof *s);
-}
-
 void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0,
                     EngramSave *save) {
     const Config *cf = &m->cfg;
@@ -203,14 +203,14 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
                 for (int j = 0; j < kc; j++) {
                     const int64_t back = (int64_t)(kc - 1 - j) * N, pos = t0 + t - back;
                     if (pos < 0) continue;
-                    const float zv = t - back >= 0 ? z[(t - back) * nd + ch] : c->eng_conv[(pos % span) * nd + ch];
+                    const float zv = t - back >= 0 ? z[(t - back) * nd + ch] : c->eng_conv[(pos % span) * nd + ch];   /* span > 0 here */
                     y += (double)G->conv[ch * kc + j] * zv;
                 }
                 const double silu = y / (1.0 + exp(-y));
                 if (save) save->y[t * nd + ch] = (float)y;
                 U[t * nd + ch] += (float)silu;
             }
-        for (int64_t t = T > span ? T - span : 0; t < T; t++)
+        for (int64_t t = T > span ? T - span : 0; span > 0 && t < T; t++)
             memcpy(c->eng_conv + ((t0 + t) % span) * nd, z + t * nd, sizeof(float) * (size_t)nd);
         free(z);
     }

@@ -86,7 +86,7 @@ int cache_alloc(const dsv4_model *m, const LayerW *L, LayerCache *c, int64_t ctx
         c->idx_z = malloc(sizeof(float) * (size_t)n);
         ok = ok && c->idx_keys && c->idx_a && c->idx_z;
     }
-    if (L->engram && cf->engram_kernel_size > 0) {
+    if (L->engram && cf->engram_kernel_size > 1) {   /* a kernel of 1 looks at no earlier position */
         c->eng_conv = calloc((size_t)((cf->engram_kernel_size - 1) * cf->engram_max_ngram) * (size_t)(cf->hc_mult * cf->dim), sizeof(float));
         ok = ok && c->eng_conv;
     }
