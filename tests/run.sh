@@ -190,6 +190,20 @@ expect_error "context too small" "context full" "$D" logits -m $M --tokens $TOK 
 expect_error "unknown option" "unknown option" "$D" logits -m $M --bogus 1
 expect_error "unknown command" "unknown command" "$D" frobnicate
 expect_error "plan on malformed JSON" "malformed JSON" "$D" plan "$TMP/garbage/config.json"
+# Engram settings: each bad field named
+ecfg() {   # NAME NEEDLE PYTHON-EDIT: a copy of tests/fixtures/engram/config-small.json, edited, given to plan
+  $PY -c "import json,sys; c = json.load(open(sys.argv[1])); $3; json.dump(c, open(sys.argv[2], 'w'))" \
+    "$ROOT/tests/fixtures/engram/config-small.json" "$TMP/ecfg.json"
+  expect_error "$1" "$2" "$D" plan "$TMP/ecfg.json"
+}
+ecfg "engram: a layer beyond the model" "engram_layer_ids" "c['engram_layer_ids'] = [0, 9]"
+ecfg "engram: a layer listed twice" "twice" "c['engram_layer_ids'] = [2, 2]"
+ecfg "engram: no max n-gram size" "engram_max_ngram_size" "del c['engram_max_ngram_size']"
+ecfg "engram: n-gram size 1" "engram_max_ngram_size" "c['engram_max_ngram_size'] = 1"
+ecfg "engram: table size list of the wrong length" "engram_vocab_size" "c['engram_vocab_size'] = [7, 7]"
+ecfg "engram: a zero table size" "engram_vocab_size" "c['engram_vocab_size'] = 0"
+ecfg "engram: pad id beyond the vocabulary" "engram_pad_token_id" "c['engram_pad_token_id'] = c.get('vocab_size', 0) + 5"
+ecfg "engram: heads not an integer" "engram_n_heads" "c['engram_n_heads'] = 1.5"
 
 echo "== tokenizer: ids identical to the Hugging Face tokenizers Rust core on >= 1 MB of varied text"
 if [ -f "$TJ" ]; then
