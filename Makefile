@@ -88,6 +88,7 @@ bench: deps
 	./dsv4 bench
 	bench/tokenizer.sh
 	bench/train.sh
+	bench/engram.sh
 
 # Regenerates the reference fixtures with the independent PyTorch reference (reference/).
 fixtures: deps

@@ -90,6 +90,7 @@ static const char *RUN_HELP =
     "  --think          chat in thinking mode (implies --chat)\n"
     "  --no-bos         do not start a plain text prompt with <｜begin▁of▁sentence｜>\n"
     "  -n N             tokens to generate (default 128); stops early at <｜end▁of▁sentence｜>\n"
+    "  --ignore-eos     generate all N tokens (for measurements)\n"
     "  --temp T         temperature (default 0: greedy)   --top-k K   --top-p P   --min-p P\n"
     "  --repeat-penalty R  (default 1: off)   --repeat-last-n N (default 64)   --seed S (default 0)\n"
     "  --ctx N          KV-cache size in tokens (default 4096, or more if needed)\n"
@@ -233,7 +234,7 @@ int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int q
 int cmd_run(int argc, char **argv) {
     const char *dir = NULL, *tokf = NULL, *idl = NULL, *prompt = NULL, *pfile = NULL;
     int64_t n_gen = 128, ctx = 0;
-    int quant = -1, chat = 0, think = 0, bos = 1;
+    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0;
     dsv4_sampling sp = dsv4_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -242,6 +243,7 @@ int cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--chat")) chat = 1;
         else if (!strcmp(a, "--think")) chat = think = 1;
         else if (!strcmp(a, "--no-bos")) bos = 0;
+        else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if ((r = cli_sampling_flag("run", a, v, &sp)) != 0) { if (r < 0) return 2; i++; }
         else if (!v) return cli_error("run", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
@@ -269,6 +271,7 @@ int cmd_run(int argc, char **argv) {
     }
     Gen g;
     if (gen_open(&g, "run", dir, text, quant, ctx ? ctx : 4096, &sp)) { free(ids); free(ptext); return 1; }
+    if (ignore_eos) g.eos = -1;
     int rc = 0;
     if (text) {
         char *full = ptext;

@@ -290,6 +290,8 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
     const Config *cf = &m->cfg;
     const EngramHash *h = &m->engram_hash;
     if (!cf->engram_n_layers || T > 1024) return;   /* a long prefill reads its rows in bulk anyway */
+    const char *env = getenv("DSV4_ENGRAM_PREFETCH");   /* "0": off, to measure what it gains */
+    if (env && !strcmp(env, "0")) return;
     const long page = sysconf(_SC_PAGESIZE);
     const int N = h->N;
     const int64_t per = (int64_t)(N - 1) * h->K;
