@@ -117,8 +117,11 @@ typedef struct StWriteTensor {
     DType dtype;
     int ndim;
     int64_t shape[4];
-    void *data;            /* owned; NULL in sparse mode */
+    void *data;            /* owned; NULL in sparse mode or when `fill` makes the bytes */
     uint64_t nbytes;
+    /* A tensor larger than memory: fill(user, buf, n) writes its next n bytes, in order. */
+    void (*fill)(void *user, uint8_t *buf, uint64_t n);
+    void *fill_user;       /* owned (freed with the writer) */
 } StWriteTensor;
 typedef struct StWriter {
     StWriteTensor *t;
@@ -127,6 +130,8 @@ typedef struct StWriter {
 } StWriter;
 void st_writer_add(StWriter *w, const char *name, DType dt, int ndim, const int64_t *shape,
                    void *data_owned);
+void st_writer_add_fill(StWriter *w, const char *name, DType dt, int ndim, const int64_t *shape,
+                        void (*fill)(void *user, uint8_t *buf, uint64_t n), void *user_owned);
 /* sparse: write the header and leave the data as a hole (ftruncate). */
 int st_writer_save(StWriter *w, const char *path, int sparse);
 void st_writer_free(StWriter *w);

@@ -297,6 +297,20 @@ void cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const in
     free(v);
 }
 
+/* A BF16/F32 tensor too large to hold (an Engram table bigger than memory): its values are drawn
+ * in order while the file is written, the same values gen_values would draw. */
+typedef struct { Rng r; Init init; float std; int bf16; } Stream;
+static void stream_fill(void *user, uint8_t *buf, uint64_t n) {
+    Stream *s = user;
+    const uint64_t k = n / (s->bf16 ? 2 : 4);
+    for (uint64_t i = 0; i < k; i++) {
+        const double z = rng_normal(&s->r);
+        const float v = (float)(s->init == I_NORMAL ? s->std * z : 1.0 + s->std * z);
+        if (s->bf16) { const uint16_t h = f32_to_bf16(v); memcpy(buf + 2 * i, &h, 2); }
+        else memcpy(buf + 4 * i, &v, 4);
+    }
+}
+
 static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int sparse) {
     const int64_t rows = p->rows, cols = p->cols;
     int64_t shape[2] = {rows, cols};
@@ -328,6 +342,14 @@ static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int
         int32_t *iv = xmalloc(sizeof(int32_t) * (size_t)n);
         gen_values(p, c, seed, NULL, iv);
         st_writer_add(w, p->name, DT_I32, nd, shape, iv);
+        return;
+    }
+    if ((p->st == S_BF16 || p->st == S_F32) && n > ((int64_t)1 << 26)) {
+        Stream *s = xcalloc(1, sizeof *s);
+        s->r = (Rng){seed, 0, 0};
+        for (const char *q = p->name; *q; q++) s->r.s = (s->r.s ^ (uint8_t)*q) * 1099511628211ull;   /* as gen_values */
+        s->init = p->init; s->std = p->std; s->bf16 = p->st == S_BF16;
+        st_writer_add_fill(w, p->name, s->bf16 ? DT_BF16 : DT_F32, nd, shape, stream_fill, s);
         return;
     }
     float *v = xmalloc(sizeof(float) * (size_t)n);

@@ -354,9 +354,22 @@ int st_writer_save(StWriter *w, const char *path, int sparse) {
     for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)hl >> (8 * i));
     int ok = fwrite(lenb, 1, 8, f) == 8 && fwrite(h, 1, hl, f) == hl;
     free(h);
+    uint8_t *chunk = NULL;
+    const uint64_t CHUNK = (uint64_t)64 << 20;
     if (ok && !sparse)
-        for (int64_t i = 0; i < w->n && ok; i++)
-            if (w->t[i].nbytes) ok = w->t[i].data && fwrite(w->t[i].data, 1, w->t[i].nbytes, f) == w->t[i].nbytes;
+        for (int64_t i = 0; i < w->n && ok; i++) {
+            const StWriteTensor *t = &w->t[i];
+            if (!t->nbytes) continue;
+            if (t->data) { ok = fwrite(t->data, 1, t->nbytes, f) == t->nbytes; continue; }
+            if (!t->fill) { ok = 0; break; }
+            if (!chunk) chunk = xmalloc(CHUNK);
+            for (uint64_t o = 0; o < t->nbytes && ok; o += CHUNK) {   /* streamed: never whole in memory */
+                const uint64_t n = t->nbytes - o < CHUNK ? t->nbytes - o : CHUNK;
+                t->fill(t->fill_user, chunk, n);
+                ok = fwrite(chunk, 1, n, f) == n;
+            }
+        }
+    free(chunk);
     if (ok) ok = fflush(f) == 0;
     if (ok && sparse) ok = ftruncate(fileno(f), (off_t)(8 + hl + off)) == 0;
     if (ok) ok = fsync(fileno(f)) == 0;
@@ -366,8 +379,15 @@ int st_writer_save(StWriter *w, const char *path, int sparse) {
     return 0;
 }
 
+void st_writer_add_fill(StWriter *w, const char *name, DType dt, int ndim, const int64_t *shape,
+                        void (*fill)(void *user, uint8_t *buf, uint64_t n), void *user_owned) {
+    st_writer_add(w, name, dt, ndim, shape, NULL);
+    w->t[w->n - 1].fill = fill;
+    w->t[w->n - 1].fill_user = user_owned;
+}
+
 void st_writer_free(StWriter *w) {
-    for (int64_t i = 0; i < w->n; i++) { free(w->t[i].name); free(w->t[i].data); }
+    for (int64_t i = 0; i < w->n; i++) { free(w->t[i].name); free(w->t[i].data); free(w->t[i].fill_user); }
     free(w->t);
     memset(w, 0, sizeof *w);
 }
