@@ -285,6 +285,7 @@ struct dsv4_model {
     /* Engram: the compressed vocabulary of the model's tokenizer and the hash (model/engram.c) */
     int32_t *engram_lookup;
     EngramHash engram_hash;
+    struct EngramPrefetcher *engram_prefetcher;   /* the thread that requests table pages ahead */
 };
 /* The index in m->params of the tensor called name (a hash lookup), or -1. */
 int64_t model_param_index(const dsv4_model *m, const char *name);
@@ -466,6 +467,9 @@ void engram_save_free(EngramSave *s);
 /* Engram's contribution added to every mHC stream of X [T, hc*dim] (before the block's attention) */
 void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T, int64_t t0,
                     EngramSave *save);
+typedef struct EngramPrefetcher EngramPrefetcher;
+EngramPrefetcher *engram_prefetcher_new(void);   /* NULL when no thread can be started */
+void engram_prefetcher_free(EngramPrefetcher *p);
 /* Asks the kernel for the table pages the next T tokens will read (decode and short chunks). */
 void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T);
 /* Backward of engram_forward from its save: dX [T, hc*dim] holds d loss / d X_out on entry and

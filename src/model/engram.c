@@ -10,6 +10,7 @@
  * smallest prime above the previous one (the order's table size − 1 to start) that no earlier
  * layer, order or head took. */
 #include <math.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -283,9 +284,66 @@ void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, 
 }
 
 /* The table rows the next T tokens will read are known from the tokens alone (spec ENGRAM.md:
- * addresses depend only on the input), so their pages are requested before the layers run: the
- * kernel reads them in while the earlier layers compute. Only tables that stay memory-mapped
- * (not copied into memory) are prefetched. */
+ * addresses depend only on the input), so their pages are requested before the layers run. The
+ * requests (madvise WILLNEED: the kernel starts the reads) are made by a prefetch thread, so the
+ * layers before the first Engram layer compute while the reads are submitted and in flight. Only
+ * tables read in place from the file mapping are prefetched. */
+struct EngramPrefetcher {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uintptr_t *ranges;             /* pairs [start, end) of page-aligned spans */
+    int64_t n, cap, gen, done_gen;
+    int quit;
+};
+
+static void *prefetch_main(void *arg) {
+    EngramPrefetcher *p = arg;
+    uintptr_t *mine = NULL;
+    int64_t cap = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->quit && p->done_gen == p->gen) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->quit) break;
+        const int64_t n = p->n, gen = p->gen;
+        if (n > cap) { cap = n; free(mine); mine = xmalloc(sizeof(uintptr_t) * (size_t)cap); }
+        memcpy(mine, p->ranges, sizeof(uintptr_t) * (size_t)n);
+        pthread_mutex_unlock(&p->mu);
+        for (int64_t i = 0; i + 1 < n; i += 2) madvise((void *)mine[i], mine[i + 1] - mine[i], MADV_WILLNEED);
+        pthread_mutex_lock(&p->mu);
+        p->done_gen = gen;
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(mine);
+    return NULL;
+}
+
+EngramPrefetcher *engram_prefetcher_new(void) {
+    EngramPrefetcher *p = xcalloc(1, sizeof *p);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (pthread_create(&p->thread, NULL, prefetch_main, p) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        free(p);
+        return NULL;   /* no thread: engram_prefetch asks the kernel itself */
+    }
+    return p;
+}
+
+void engram_prefetcher_free(EngramPrefetcher *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->ranges);
+    free(p);
+}
+
 void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T) {
     const Config *cf = &m->cfg;
     const EngramHash *h = &m->engram_hash;
@@ -295,7 +353,8 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
     const long page = sysconf(_SC_PAGESIZE);
     const int N = h->N;
     const int64_t per = (int64_t)(N - 1) * h->K;
-    int64_t recent[DSV4_MAX_NGRAM], *rows = xmalloc(sizeof(int64_t) * (size_t)per);
+    int64_t recent[DSV4_MAX_NGRAM], *rows = xmalloc(sizeof(int64_t) * (size_t)per), n = 0, cap = 0;
+    uintptr_t *ranges = NULL;
     for (int l = 0; l < cf->n_layers; l++) {
         const EngramW *G = m->layers[l].engram;
         if (!G || !G->table_mapped) continue;
@@ -308,10 +367,23 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
             engram_rows(h, G->li, recent, rows);
             for (int64_t i = 0; i < per; i++) {
                 const uintptr_t a = (uintptr_t)G->table.w + (uintptr_t)((G->offsets[i] + rows[i]) * (int64_t)row_bytes);
-                const uintptr_t p0 = a & ~(uintptr_t)(page - 1), p1 = (a + row_bytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
-                madvise((void *)p0, p1 - p0, MADV_WILLNEED);
+                if (n + 2 > cap) { cap = cap ? 2 * cap : 256; ranges = realloc(ranges, sizeof(uintptr_t) * (size_t)cap); }
+                ranges[n++] = a & ~(uintptr_t)(page - 1);
+                ranges[n++] = (a + row_bytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
             }
         }
+    }
+    EngramPrefetcher *p = m->engram_prefetcher;
+    if (p) {   /* hand the spans over and return at once */
+        pthread_mutex_lock(&p->mu);
+        free(p->ranges);
+        p->ranges = ranges; p->n = n; p->cap = cap;
+        p->gen++;
+        pthread_cond_signal(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    } else {
+        for (int64_t i = 0; i + 1 < n; i += 2) madvise((void *)ranges[i], ranges[i + 1] - ranges[i], MADV_WILLNEED);
+        free(ranges);
     }
     free(rows);
 }

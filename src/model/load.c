@@ -352,6 +352,9 @@ dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
         int rc = !tk || engram_vocab_build(tk, &m->engram_lookup, &n_ids, &n_comp) ||
                  engram_hash_init(&m->engram_hash, &m->cfg, m->engram_lookup, n_ids, n_comp);
         dsv4_tokenizer_free(tk);
+        int mapped = 0;
+        for (int l = 0; l < m->cfg.n_layers; l++) mapped |= m->layers[l].engram && m->layers[l].engram->table_mapped;
+        if (!rc && mapped) m->engram_prefetcher = engram_prefetcher_new();
         if (rc) {
             dsv4_fail("%s: Engram needs the model's tokenizer: %s", dir, dsv4_last_error());
             dsv4_model_close(m);
@@ -393,6 +396,7 @@ void dsv4_model_close(dsv4_model *m) {
     free(m->owned);
     free(m->params);
     free(m->param_of_tensor);
+    engram_prefetcher_free(m->engram_prefetcher);
     engram_hash_free(&m->engram_hash);
     free(m->engram_lookup);
     st_close(&m->st);
