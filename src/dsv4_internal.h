@@ -286,6 +286,7 @@ struct dsv4_model {
     int32_t *engram_lookup;
     EngramHash engram_hash;
     struct EngramPrefetcher *engram_prefetcher;   /* the thread that requests table pages ahead */
+    float engram_scale;                           /* Engram's output is multiplied by it (1; 0 = ablation) */
 };
 /* The index in m->params of the tensor called name (a hash lookup), or -1. */
 int64_t model_param_index(const dsv4_model *m, const char *name);

@@ -8,14 +8,16 @@
 #include "cli.h"
 
 static const char *HELP =
-    "usage: dsv4 perplexity -m DIR --data FILE... [--seq N (256)] [--max-tokens N]\n"
-    "  Text files use DIR/tokenizer.json; files ending in .bin are token shards (dsv4 data prepare).\n";
+    "usage: dsv4 perplexity -m DIR --data FILE... [--seq N (256)] [--max-tokens N] [--engram-scale X]\n"
+    "  Text files use DIR/tokenizer.json; files ending in .bin are token shards (dsv4 data prepare).\n"
+    "  --engram-scale X  multiply Engram's output by X (0: the model without its memory, an ablation)\n";
 
 int cmd_perplexity(int argc, char **argv) {
     const char *dir = NULL;
     const char **files = xmalloc(sizeof(char *) * (size_t)argc);
     int nf = 0;
     int64_t seq = 256, max_tokens = INT64_MAX;
+    double engram_scale = 1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(HELP, stdout); free(files); return 0; }
@@ -24,12 +26,19 @@ int cmd_perplexity(int argc, char **argv) {
         else if (!strcmp(a, "--seq")) seq = cli_int("perplexity", a, argv[++i], 2, 1 << 20);
         else if (!strcmp(a, "--max-tokens")) max_tokens = cli_int("perplexity", a, argv[++i], 2, INT64_MAX);
         else if (!strcmp(a, "--data")) { while (i + 1 < argc && argv[i + 1][0] != '-') files[nf++] = argv[++i]; }
+        else if (!strcmp(a, "--engram-scale")) {
+            char *end;
+            engram_scale = strtod(argv[++i], &end);
+            if (*end || !isfinite(engram_scale)) { free(files); return cli_error("perplexity", "--engram-scale needs a number"); }
+        }
         else { free(files); return cli_error("perplexity", "unknown option '%s' (see --help)", a); }
     }
     if (!dir || !nf) { free(files); return cli_error("perplexity", "needs -m DIR --data FILE... (see --help)"); }
     dsv4_open_options o = {.quant_rounding = 0};
     dsv4_model *m = dsv4_model_open(dir, &o);
     if (!m) { free(files); return cli_error("perplexity", "%s", dsv4_last_error()); }
+    if (engram_scale != 1.0 && !m->cfg.engram_n_layers) { dsv4_model_close(m); free(files); return cli_error("perplexity", "%s has no Engram layers", dir); }
+    m->engram_scale = (float)engram_scale;
     dsv4_tokenizer *tk = NULL;
     double sum = 0;
     int64_t windows = 0, tokens = 0;

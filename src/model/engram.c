@@ -215,7 +215,8 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
             memcpy(c->eng_conv + ((t0 + t) % span) * nd, z + t * nd, sizeof(float) * (size_t)nd);
         free(z);
     }
-    for (int64_t i = 0; i < T * nd; i++) X[i] += U[i];
+    const float sc = m->engram_scale;
+    for (int64_t i = 0; i < T * nd; i++) X[i] += sc * U[i];
     free(e); free(comp); free(key); free(v); free(U);
 }
 

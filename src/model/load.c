@@ -338,6 +338,7 @@ int model_bind(dsv4_model *m) {
 dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
     dsv4_model *m = xcalloc(1, sizeof *m);
     m->dir = strdup(dir);
+    m->engram_scale = 1.0f;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (config_load(&m->cfg, path) || st_open_dir(&m->st, dir) || model_bind(m)) {
