@@ -355,6 +355,17 @@ int cmd_train(int argc, char **argv) {
         snprintf(seed, sizeof seed, "%llu", (unsigned long long)r.seed);
         char *args[] = {"init", "--config", (char *)cfgp, "--seed", seed, "--out", mdir, "--dtype", "f32", NULL};
         if (cmd_init(9, args)) return 1;
+        /* the data's tokenizer goes with the new model (Engram hashes its compressed ids) */
+        snprintf(path, sizeof path, "%s/meta.json", data);
+        char *meta = read_file(path, NULL);
+        cJSON *j = meta ? cJSON_Parse(meta) : NULL;
+        cJSON *tp = j ? cJSON_GetObjectItemCaseSensitive(j, "tokenizer") : NULL;
+        size_t tl = 0;
+        char *tj = cJSON_IsString(tp) ? read_file(tp->valuestring, &tl) : NULL;
+        snprintf(path, sizeof path, "%s/tokenizer.json", mdir);
+        const int wrc = tj ? write_file_atomic(path, tj, tl) : 0;
+        free(tj); cJSON_Delete(j); free(meta);
+        if (wrc) return cli_error("train", "%s", dsv4_last_error());
     }
     snprintf(path, sizeof path, "%s/config.json", mdir);
     char *config_text = read_file(path, NULL);
