@@ -43,7 +43,7 @@ static const char *HELP =
     "                     only from the language-model loss; the two gradients are clipped separately\n"
     "  --indexer-warmup N the first N steps are the dense warm-up stage: the model is frozen and attends\n"
     "                     every visible compressed entry, and only the indexer trains (0; useful with\n"
-    "                     --init-from)"
+    "                     --init-from)\n"
     "  --optimizer muon|adamw  Muon (Newton-Schulz, 8 + 2 hybrid steps, momentum 0.95) for the hidden\n"
     "                     weight matrices and AdamW for the rest (default), or AdamW for everything\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state), OUT/log.csv (step, the\n"
