@@ -73,7 +73,7 @@ DEFAULT_MODEL = models/default
 DEFAULT_PROMPT = The committee said that the
 run: deps
 	@$(MAKE) --no-print-directory all
-	./dsv4 run -m $(DEFAULT_MODEL) -p "$(DEFAULT_PROMPT)" -n 64 --temp 0.7 --top-p 0.9 --seed 1
+	./dsv4 run -m $(DEFAULT_MODEL) -p "$(DEFAULT_PROMPT)" -n 64 --temp 0.7 --top-p 0.9 --repeat-penalty 1.1 --seed 1
 
 default-model: deps
 	@$(MAKE) --no-print-directory dsv4
