@@ -13,13 +13,7 @@ STEPS=${STEPS:-400}
 SIZES=${SIZES:-"1000 4000 16000 64000"}
 PY=/usr/bin/python3
 DATA=data/brown-4096
-[ -x ./dsv4 ] || make dsv4
-[ -s data/brown/brown.txt ] || scripts/get-brown-corpus.sh
-if [ ! -s "$DATA/train.bin" ]; then
-  mkdir -p "$DATA"
-  ./dsv4 tokenizer train --vocab 4096 --data data/brown/brown.txt --out "$DATA/tokenizer.json"
-  ./dsv4 data prepare --tokenizer "$DATA/tokenizer.json" --data data/brown/brown.txt --out "$DATA"
-fi
+scripts/prepare-brown-4096.sh
 mkdir -p "$OUT"
 # configs: a small V4 backbone; Engram in layer 1 (orders 2-3, 4 heads x 32, short conv)
 $PY - "$OUT" $SIZES <<'P'

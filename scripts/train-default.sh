@@ -12,13 +12,7 @@ cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/default}
 OUT=${OUT:-models/default}
 DATA=data/brown-4096
-[ -x ./dsv4 ] || make dsv4
-[ -s data/brown/brown.txt ] || scripts/get-brown-corpus.sh
-if [ ! -s "$DATA/train.bin" ]; then
-  mkdir -p "$DATA"
-  ./dsv4 tokenizer train --vocab 4096 --data data/brown/brown.txt --out "$DATA/tokenizer.json"
-  ./dsv4 data prepare --tokenizer "$DATA/tokenizer.json" --data data/brown/brown.txt --out "$DATA"
-fi
+scripts/prepare-brown-4096.sh
 mkdir -p "$RUN"
 resume=()
 if [ -d "$RUN/checkpoint" ] || [ -d "$RUN/checkpoint.old" ]; then resume=(--resume); fi

@@ -81,32 +81,27 @@ echo "== logits against the PyTorch reference (float64, non-incremental)"
 # index_topk 6 < visible entries, 2 hash + 3 learned MoE layers, hc_mult 4, 20 Sinkhorn
 # iterations); FP8 + FP4 experts in tiny-fp8. alt-f32: Hugging Face config form, softmax
 # scoring, no SwiGLU clamp, hc_mult 2 with 3 iterations, a ratio-4 MTP layer.
-for m in tiny-bf16 tiny-fp8 alt-f32; do
-  for spec in "1 64" "150 64" "300 256" "300 7"; do
+# check_logits MODEL TOKENS VOCAB "P C"...: prefill P tokens in chunks of C, decode the rest; the
+# logits and the MTP head against the reference's
+check_logits() {
+  local m=$1 tok=$2 V=$3 spec P C name r
+  shift 3
+  for spec in "$@"; do
     set -- $spec; P=$1; C=$2
     name="$m prefill $P chunk $C"
-    if "$D" logits -m "$F/$m" --tokens "$F/tokens.txt" --prefill "$P" --chunk "$C" --out "$TMP/l.f32" --mtp-out "$TMP/m.f32" 2> "$TMP/err.txt" &&
+    if "$D" logits -m "$F/$m" --tokens "$tok" --prefill "$P" --chunk "$C" --out "$TMP/l.f32" --mtp-out "$TMP/m.f32" 2> "$TMP/err.txt" &&
        sanitizer_clean "$TMP/err.txt"; then
-      r=$($PY tests/compare.py "$TMP/l.f32" "$F/$m/ref_logits.f32" 512 --rows $((P - 1))) && ok "$name: logits $r" || bad "$name: logits $r"
-      r=$($PY tests/compare.py "$TMP/m.f32" "$F/$m/ref_mtp.f32" 512) && ok "$name: MTP head $r" || bad "$name: MTP head $r"
+      r=$($PY tests/compare.py "$TMP/l.f32" "$F/$m/ref_logits.f32" "$V" --rows $((P - 1))) && ok "$name: logits $r" || bad "$name: logits $r"
+      r=$($PY tests/compare.py "$TMP/m.f32" "$F/$m/ref_mtp.f32" "$V") && ok "$name: MTP head $r" || bad "$name: MTP head $r"
     else
       bad "$name: dsv4 logits failed: $(head -c 400 "$TMP/err.txt")"
     fi
   done
-done
+}
+for m in tiny-bf16 tiny-fp8 alt-f32; do check_logits "$m" "$F/tokens.txt" 512 "1 64" "150 64" "300 256" "300 7"; done
 # engram-tiny: Engram in layers 0 and 2 (orders 2-3, 2 heads, short conv with dilation 3) with a
 # tokenizer trained by dsv4; prefill, token-by-token decode and chunks that split the conv's span
-for spec in "1 64" "100 64" "200 256" "200 5"; do
-  set -- $spec; P=$1; C=$2
-  name="engram-tiny prefill $P chunk $C"
-  if "$D" logits -m "$F/engram-tiny" --tokens "$F/engram-tiny/tokens.txt" --prefill "$P" --chunk "$C" --out "$TMP/l.f32" --mtp-out "$TMP/m.f32" 2> "$TMP/err.txt" &&
-     sanitizer_clean "$TMP/err.txt"; then
-    r=$($PY tests/compare.py "$TMP/l.f32" "$F/engram-tiny/ref_logits.f32" 343 --rows $((P - 1))) && ok "$name: logits $r" || bad "$name: logits $r"
-    r=$($PY tests/compare.py "$TMP/m.f32" "$F/engram-tiny/ref_mtp.f32" 343) && ok "$name: MTP head $r" || bad "$name: MTP head $r"
-  else
-    bad "$name: dsv4 logits failed: $(head -c 400 "$TMP/err.txt")"
-  fi
-done
+check_logits engram-tiny "$F/engram-tiny/tokens.txt" 343 "1 64" "100 64" "200 256" "200 5"
 # gradients: `dsv4 grad` against float64 autograd of the reference, every parameter tensor
 for m in tiny-fp8 alt-f32; do
   if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then

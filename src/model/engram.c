@@ -124,6 +124,10 @@ static double gate_dot(const float *k, const float *x, const float *wk, const fl
     return dot / sqrt((double)d);
 }
 
+/* The compressed id of a token; ids the tokenizer does not define (a model vocabulary padded
+ * beyond it) hash as the pad. */
+static int64_t compressed_id(const EngramHash *h, int32_t id) { return id >= 0 && id < h->n_ids ? h->lookup[id] : h->pad; }
+
 void engram_save_free(EngramSave *s) {
     free(s->rows); free(s->e); free(s->key); free(s->v); free(s->X); free(s->s); free(s->alpha); free(s->U); free(s->z); free(s->y);
     memset(s, 0, sizeof *s);
@@ -147,8 +151,7 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
     /* rows, then the memory vectors e [T, E] */
     float *e = xmalloc(sizeof(float) * (size_t)(T * E));
     int64_t *comp = xmalloc(sizeof(int64_t) * (size_t)T), recent[DSV4_MAX_NGRAM], rows[(DSV4_MAX_NGRAM - 1) * 64];
-    /* ids the tokenizer does not define (a model vocabulary padded beyond it) hash as the pad */
-    for (int64_t t = 0; t < T; t++) comp[t] = tokens[t] >= 0 && tokens[t] < h->n_ids ? h->lookup[tokens[t]] : h->pad;
+    for (int64_t t = 0; t < T; t++) comp[t] = compressed_id(h, tokens[t]);
     for (int64_t t = 0; t < T; t++) {
         for (int k = 0; k < N; k++) recent[k] = t - k >= 0 ? comp[t - k] : c->eng_recent[k - t - 1];
         int64_t *r = per <= (int64_t)(sizeof rows / sizeof rows[0]) ? rows : xmalloc(sizeof(int64_t) * (size_t)per);
@@ -361,10 +364,7 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
         if (!G || !G->table_mapped) continue;
         const size_t row_bytes = (size_t)mat_bytes(&G->table) / (size_t)G->table.rows;
         for (int64_t t = 0; t < T; t++) {
-            for (int k = 0; k < N; k++) {
-                const int64_t id = t - k >= 0 ? tokens[t - k] : -1;
-                recent[k] = id >= 0 ? (id < h->n_ids ? h->lookup[id] : h->pad) : caches[l].eng_recent[k - t - 1];
-            }
+            for (int k = 0; k < N; k++) recent[k] = t - k >= 0 ? compressed_id(h, tokens[t - k]) : caches[l].eng_recent[k - t - 1];
             engram_rows(h, G->li, recent, rows);
             for (int64_t i = 0; i < per; i++) {
                 const uintptr_t a = (uintptr_t)G->table.w + (uintptr_t)((G->offsets[i] + rows[i]) * (int64_t)row_bytes);
