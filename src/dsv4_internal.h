@@ -291,8 +291,9 @@ struct dsv4_model {
 /* The index in m->params of the tensor called name (a hash lookup), or -1. */
 int64_t model_param_index(const dsv4_model *m, const char *name);
 
-/* Makes every weight matrix an owned, writable F32 copy (dequantised), for training. */
-void model_make_trainable(dsv4_model *m);
+/* Every weight as F32 in memory, the optimiser's to update; except_tables leaves the Engram
+ * tables where they are (the trainer then points them at its on-disk store). */
+void model_make_trainable(dsv4_model *m, int except_tables);
 
 typedef struct LayerCache {
     float *ring;                   /* [W, D] window kv, slot t mod W */
@@ -418,8 +419,22 @@ typedef struct LossOpts {
 } LossOpts;
 Grads *model_grad(const dsv4_model *m, const int32_t *tokens, int64_t T, const LossOpts *lo, double *loss);
 double model_loss(const dsv4_model *m, const int32_t *tokens, int64_t T);   /* the same loss, no gradient (NAN on error) */
-const float *grads_find(const Grads *G, const char *name, int64_t *numel);
-const float *grads_of_param(const Grads *G, int64_t i);   /* m->params[i]'s gradient, NULL if none flowed */
+/* A gradient that touches few rows of a large matrix (the Engram tables): one (row, values)
+ * entry per lookup, a row possibly repeated; sparse_rows_merge sums the repeats in entry order. */
+typedef struct SparseRows {
+    int64_t n, cap, width;
+    int64_t *row;
+    float *val;            /* [n, width] */
+} SparseRows;
+void sparse_rows_add(SparseRows *s, int64_t row, const float *v, float scale);
+void sparse_rows_merge(SparseRows *s);   /* sorted unique rows afterwards */
+void sparse_rows_free(SparseRows *s);
+/* The gradient of m->params[i] (the Engram tables densified on first use), NULL if none flowed. */
+const float *grads_find(Grads *G, const char *name, int64_t *numel);
+const float *grads_of_param(Grads *G, int64_t i);
+/* The Engram tables' gradients as rows (NULL for every other parameter). */
+const SparseRows *grads_sparse_of_param(const Grads *G, int64_t i);
+int param_is_engram_table(const ParamRef *p);
 const int64_t *grads_expert_load(const Grads *G);   /* [n_layers, n_routed_experts] tokens per expert */
 double grads_indexer_kl(const Grads *G);            /* the unweighted KL, summed over indexer layers */
 double grads_main_ce(const Grads *G);               /* the main head's cross-entropy alone */
@@ -429,10 +444,31 @@ void grads_free(Grads *G);
 /* optimisation (train/optim.c) */
 void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, double lr, double b1, double b2, double eps,
                 double wd, int64_t t);
+/* Lazy (sparse) Adam: the AdamW step, without decay, on the merged rows of g only; rows without a
+ * gradient keep their values and moments. */
+void adam_rows_step(float *p, const SparseRows *g, float *m, float *v, double lr, double b1, double b2, double eps, int64_t t);
 double lr_schedule(int64_t s, int64_t total, int64_t warmup, double lr, double min_ratio);
 double lr_schedule_step(int64_t s, int64_t total, int64_t warmup, double lr);
 void newton_schulz(float *G, int64_t rows, int64_t cols, int fast, int settle);
 void muon_step(float *p, const float *g, float *mom, int64_t rows, int64_t cols, double lr, double mu, double wd, float *scratch);
+
+/* Training with the Engram tables on disk (train/engram_store.c): the tables, lazy Adam's moments
+ * and an undo log of the rows changed since the last checkpoint, in DIR (OUT/engram). */
+typedef struct EngramStore EngramStore;
+int engram_store_create(const dsv4_model *m, const char *dir);   /* from the model's tables; moments zero */
+/* Maps the store and points the model's tables at it, after rolling the tables back to the
+ * checkpoint of `step` when the undo log says they moved past it (*restored rows). */
+EngramStore *engram_store_open(dsv4_model *m, const char *dir, int64_t step, int64_t *restored);
+void engram_store_moments(const EngramStore *S, int64_t param, float **m, float **v);
+int engram_store_is_table(const EngramStore *S, int64_t param);
+int engram_store_n_tables(const EngramStore *S);
+int64_t engram_store_table_param(const EngramStore *S, int k);
+int engram_store_log_rows(EngramStore *S, const SparseRows *const *rows);   /* before a step's in-place changes */
+int engram_store_sync(EngramStore *S);                                    /* before a checkpoint */
+int engram_store_link(const EngramStore *S, const char *ckpt_dir);        /* the tables into a checkpoint */
+int engram_store_checkpointed(EngramStore *S, int64_t step);              /* after it is in place */
+int64_t engram_store_disk_bytes(const EngramStore *S);
+void engram_store_close(EngramStore *S);
 
 /* loader (model/load.c) */
 int model_bind(dsv4_model *m);
@@ -471,11 +507,12 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
 typedef struct EngramPrefetcher EngramPrefetcher;
 EngramPrefetcher *engram_prefetcher_new(void);   /* NULL when no thread can be started */
 void engram_prefetcher_free(EngramPrefetcher *p);
-/* Asks the kernel for the table pages the next T tokens will read (decode and short chunks). */
+/* Asks the kernel for the table pages the next T tokens will read (decode and short chunks);
+ * caches NULL: the tokens start a sequence. */
 void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T);
 /* Backward of engram_forward from its save: dX [T, hc*dim] holds d loss / d X_out on entry and
  * d loss / d X_in on exit; parameter gradients are added (dtable dense [rows, head_dim]). */
-void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, float *dtable, float *dkey_w,
+void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, SparseRows *dtable, float *dkey_w,
                      float *dkey_b, float *dval_w, float *dval_b, float *dkey_norm, float *dhidden_norm, float *dconv_norm, float *dconv);
 
 /* ---- tokenizer helpers (io/tokenizer.c, io/tokenizer_train.c) ---- */
@@ -505,6 +542,11 @@ double now_sec(void);
 char *read_file(const char *path, size_t *len);  /* NUL-terminated; NULL + error on failure */
 /* Writes data to path atomically (temp file in the same directory, fsync, rename). */
 int write_file_atomic(const char *path, const void *data, size_t len);
+/* Makes a directory's entries (renames, new files) durable. */
+int sync_dir(const char *dir);
+/* Fault injection for the crash-safety tests: exits at once (status 86) when DSV4_CRASH_AT is
+ * "what:step". */
+void crash_point(const char *what, int64_t step);
 /* Removes a directory tree (no shell involved, links not followed); 0 when it is gone or was absent. */
 int remove_tree(const char *dir);
 float *dup_floats(const float *src, int64_t n);   /* a malloc'd copy */

@@ -142,6 +142,13 @@ while IFS= read -r line; do
   case "$line" in ok*) ok "npy_random: ${line#ok }"; n_rng=$((n_rng + 1)) ;; FAIL*) bad "npy_random: ${line#FAIL }" ;; esac
 done < <(tests/npy_random_test.sh 2>&1)
 [ "$n_rng" -gt 10 ] || bad "npy_random: only $n_rng checks ran"
+# training with the Engram tables on disk (tests/engram_train_test.sh): identical to in-memory
+# training, crash-safe at every point of the undo-log protocol, within its disk budget
+n_etr=0
+while IFS= read -r line; do
+  case "$line" in ok*) ok "engram on-disk training: ${line#ok    }"; n_etr=$((n_etr + 1)) ;; FAIL*) bad "engram on-disk training: ${line#FAIL  }" ;; esac
+done < <(D="$D" tests/engram_train_test.sh 2>&1)
+[ "$n_etr" -gt 10 ] || bad "engram on-disk training: only $n_etr checks ran"
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 300 --out "$TMP/b.f32" 2>/dev/null

@@ -948,6 +948,68 @@ static void test_sampling(void) {
     CHECK(dsv4_sampler_new(&p, 6) == NULL, "bad settings refused");
 }
 
+/* ---- lazy Adam on sparse rows: a double-precision model of torch.optim.SparseAdam's row
+ * semantics (repeated rows summed; untouched rows and their moments unchanged; bias correction
+ * by the global step) ---- */
+static void test_lazy_adam(void) {
+    g_test = "lazy adam";
+    enum { R = 40, W = 6, STEPS = 6, PER = 12 };
+    float p[R * W], m[R * W] = {0}, v[R * W] = {0};
+    double rp[R * W], rm[R * W] = {0}, rv[R * W] = {0};
+    for (int i = 0; i < R * W; i++) rp[i] = p[i] = (float)nrand();
+    const double lr = 0.01, b1 = 0.9, b2 = 0.95, eps = 1e-8;
+    int touched_ever[R] = {0}, merged_ok = 1;
+    float before[R * W];
+    for (int t = 1; t <= STEPS; t++) {
+        SparseRows g = {.width = W};
+        double dg[R * W] = {0};
+        int hit[R] = {0};
+        for (int k = 0; k < PER; k++) {
+            const int row = (int)(urand() * (t < 4 ? R / 2 : R));   /* later steps reach new rows */
+            float val[W];
+            for (int i = 0; i < W; i++) { val[i] = (float)nrand(); dg[row * W + i] += 0.5 * val[i]; }
+            sparse_rows_add(&g, row, val, 0.5f);
+            hit[row] = touched_ever[row] = 1;
+        }
+        sparse_rows_merge(&g);
+        int n_hit = 0;
+        for (int r = 0; r < R; r++) n_hit += hit[r];
+        merged_ok &= g.n == n_hit;
+        for (int64_t k = 0; k < g.n; k++) {
+            merged_ok &= hit[g.row[k]] && (k == 0 || g.row[k] > g.row[k - 1]);
+            for (int i = 0; i < W; i++) merged_ok &= fabs(g.val[k * W + i] - dg[g.row[k] * W + i]) < 1e-5;
+        }
+        memcpy(before, p, sizeof p);
+        float mb[R * W], vb[R * W];
+        memcpy(mb, m, sizeof m); memcpy(vb, v, sizeof v);
+        adam_rows_step(p, &g, m, v, lr, b1, b2, eps, t);
+        int untouched_same = 1;
+        for (int r = 0; r < R; r++) {
+            if (!hit[r]) {
+                untouched_same &= !memcmp(p + r * W, before + r * W, sizeof(float) * W) && !memcmp(m + r * W, mb + r * W, sizeof(float) * W) &&
+                                  !memcmp(v + r * W, vb + r * W, sizeof(float) * W);
+                continue;
+            }
+            for (int i = 0; i < W; i++) {
+                const int j = r * W + i;
+                rm[j] = b1 * rm[j] + (1 - b1) * dg[j];
+                rv[j] = b2 * rv[j] + (1 - b2) * dg[j] * dg[j];
+                rp[j] -= lr * (rm[j] / (1 - pow(b1, t))) / (sqrt(rv[j] / (1 - pow(b2, t))) + eps);
+            }
+        }
+        CHECK(untouched_same, "step %d: rows without a gradient keep their values and moments", t);
+        sparse_rows_free(&g);
+    }
+    CHECK(merged_ok, "merged rows: sorted, unique, repeats summed");
+    double worst = 0;
+    int n_touched = 0;
+    for (int r = 0; r < R; r++) {
+        n_touched += touched_ever[r];
+        for (int i = 0; i < W; i++) worst = fmax(worst, fabs(p[r * W + i] - rp[r * W + i]));
+    }
+    CHECK(worst < 1e-5 && n_touched > R / 2 && n_touched < R, "6 steps vs double reference: max |diff| %.2e over %d touched rows", worst, n_touched);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/dsv4-unit-%d", (int)getpid());
     char cmd[600];
@@ -965,6 +1027,7 @@ int main(void) {
     test_compressor_backward();
     test_moe_backward();
     test_optim();
+    test_lazy_adam();
     test_balance_loss();
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) return 2;

@@ -21,6 +21,7 @@ typedef struct {
     uint64_t seed;
     int muon;   /* 1: Muon for the hidden weight matrices, AdamW for the rest */
     int step_schedule;   /* 1: multi-step decay instead of cosine */
+    int engram_disk;     /* 1: the Engram tables and their moments stay in OUT/engram (engram_store.c) */
 } RunCfg;
 
 static const char *HELP =
@@ -46,6 +47,11 @@ static const char *HELP =
     "                     --init-from)\n"
     "  --optimizer muon|adamw  Muon (Newton-Schulz, 8 + 2 hybrid steps, momentum 0.95) for the hidden\n"
     "                     weight matrices and AdamW for the rest (default), or AdamW for everything\n"
+    "  --engram-on-disk   keep the Engram tables and their Adam moments in OUT/engram and update them\n"
+    "                     in place (tables larger than memory); an undo log makes every checkpoint\n"
+    "                     recoverable without copying the tables. Disk: the tables as F32, up to twice\n"
+    "                     that for the moments of rows ever updated, and the log of the rows changed\n"
+    "                     since the last checkpoint (12 x width + 24 bytes each)\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state), OUT/log.csv (step, the\n"
     "  main head's cross-entropy, lr, grad_norm, tokens/s, val_loss, indexer_kl, mtp_loss) and loss.png.\n";
 
@@ -56,8 +62,8 @@ static uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Engram's memory tables (spec ENGRAM.md): Adam at 5x the learning rate, no weight decay */
-static int is_engram_table(const ParamRef *p) { return strstr(p->name, ".engram.embed.weight") != NULL; }
+/* Engram's memory tables (spec ENGRAM.md): lazy Adam at 5x the learning rate, no weight decay */
+static int is_engram_table(const ParamRef *p) { return param_is_engram_table(p); }
 
 /* Muon takes the 2-D hidden weight matrices; embeddings, head, gates, mHC, Engram tables and
  * vectors stay on AdamW */
@@ -75,13 +81,15 @@ static int decays(const ParamRef *p) {
     return p->mat && l > 7 && !strcmp(p->name + l - 7, ".weight") && strcmp(p->name, "embed.weight") && !is_engram_table(p);
 }
 
-/* A model directory with the current parameters as F32 (integer tables copied). */
-static int save_model(const dsv4_model *m, const char *dir) {
+/* A model directory with the current parameters as F32 (integer tables copied); tables in an
+ * Engram store are hard-linked instead. */
+static int save_model(const dsv4_model *m, const EngramStore *S, const char *dir) {
     StWriter w = {0};
     for (int64_t i = 0; i < m->st.n_tensors; i++) {
         const StTensor *t = &m->st.tensors[i];
         const int64_t pi = model_param_index(m, t->name);
         const ParamRef *p = pi >= 0 ? &m->params[pi] : NULL;
+        if (S && pi >= 0 && engram_store_is_table(S, pi)) continue;
         int64_t shape[4];
         for (int k = 0; k < t->ndim && k < 4; k++) shape[k] = t->shape[k];
         if (p) {
@@ -99,14 +107,16 @@ static int save_model(const dsv4_model *m, const char *dir) {
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     int rc = st_writer_save(&w, path, 0);
     st_writer_free(&w);
-    return rc;
+    return rc || (S && engram_store_link(S, dir)) ? -1 : 0;
 }
 
-static int save_optim(const dsv4_model *m, float **mom, float **var, const char *dir) {
+/* The moments of every parameter but the tables in an Engram store (those live there). */
+static int save_optim(const dsv4_model *m, const EngramStore *S, float **mom, float **var, const char *dir) {
     StWriter w = {0};
     char nm[1024];
     for (int64_t i = 0; i < m->n_params; i++) {
         const int64_t n = m->params[i].numel;
+        if (S && engram_store_is_table(S, i)) continue;
         float *a = xmalloc(sizeof(float) * (size_t)n), *b = xmalloc(sizeof(float) * (size_t)n);
         memcpy(a, mom[i], sizeof(float) * (size_t)n);
         memcpy(b, var[i], sizeof(float) * (size_t)n);
@@ -122,14 +132,14 @@ static int save_optim(const dsv4_model *m, float **mom, float **var, const char 
     return rc;
 }
 
-static int load_optim(const dsv4_model *m, float **mom, float **var, const char *dir) {
+static int load_optim(const dsv4_model *m, const EngramStore *S, float **mom, float **var, const char *dir) {
     char path[4200], nm[1024];
     snprintf(path, sizeof path, "%s/optim.safetensors", dir);
     StSet s = {0};
     if (st_open_file(&s, path)) return -1;
     int rc = 0;
     for (int64_t i = 0; i < m->n_params && rc == 0; i++)
-        for (int k = 0; k < 2 && rc == 0; k++) {
+        for (int k = 0; k < 2 && rc == 0 && !(S && engram_store_is_table(S, i)); k++) {
             snprintf(nm, sizeof nm, "%s.%s", k ? "v" : "m", m->params[i].name);
             const StTensor *t = st_find(&s, nm);
             if (!t || t->dtype != DT_F32 || t->nbytes != sizeof(float) * (size_t)m->params[i].numel)
@@ -162,6 +172,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "seed", (double)r->seed);
     cJSON_AddNumberToObject(j, "indexer_weight", r->indexer_weight);
     cJSON_AddNumberToObject(j, "indexer_warmup", (double)r->indexer_warmup);
+    cJSON_AddNumberToObject(j, "engram_on_disk", r->engram_disk);
     (void)config_text;
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
@@ -186,6 +197,8 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     cJSON *iw = cJSON_GetObjectItemCaseSensitive(j, "indexer_weight"), *iu = cJSON_GetObjectItemCaseSensitive(j, "indexer_warmup");
     r->indexer_weight = cJSON_IsNumber(iw) ? iw->valuedouble : 0.0;
     r->indexer_warmup = cJSON_IsNumber(iu) ? (int64_t)iu->valuedouble : 0;
+    cJSON *ed = cJSON_GetObjectItemCaseSensitive(j, "engram_on_disk");
+    r->engram_disk = cJSON_IsNumber(ed) && ed->valuedouble != 0;
     cJSON_Delete(j);
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
@@ -197,8 +210,8 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
 /* OUT/checkpoint.tmp is written completely, then swapped in: checkpoint -> checkpoint.old,
  * checkpoint.tmp -> checkpoint, checkpoint.old removed. A crash at any point leaves a complete
  * checkpoint or checkpoint.old, which --resume falls back to. */
-static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const RunCfg *r, int64_t step, const char *out,
-                           const char *config_text, const char *tokenizer) {
+static int save_checkpoint(const dsv4_model *m, EngramStore *S, float **mom, float **var, const RunCfg *r, int64_t step,
+                           const char *out, const char *config_text, const char *tokenizer) {
     char tmp[4096], cur[4096], old[4096], path[4200];
     snprintf(tmp, sizeof tmp, "%s/checkpoint.tmp", out);
     snprintf(cur, sizeof cur, "%s/checkpoint", out);
@@ -207,7 +220,9 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
     if (mkdir(tmp, 0755)) return dsv4_fail("%s: cannot create: %s", tmp, strerror(errno));
     snprintf(path, sizeof path, "%s/config.json", tmp);
     if (write_file_atomic(path, config_text, strlen(config_text))) return -1;
-    if (save_model(m, tmp) || save_optim(m, mom, var, tmp)) return -1;
+    /* the store's tables on disk first: the checkpoint may name this state only then */
+    if (S && engram_store_sync(S)) return -1;
+    if (save_model(m, S, tmp) || save_optim(m, S, mom, var, tmp)) return -1;
     char *rj = run_json(r, step, config_text);
     snprintf(path, sizeof path, "%s/state.json", tmp);
     int rc = write_file_atomic(path, rj, strlen(rj));
@@ -224,7 +239,9 @@ static int save_checkpoint(const dsv4_model *m, float **mom, float **var, const 
     if (access(cur, F_OK) == 0 && rename(cur, old)) return dsv4_fail("%s: cannot move aside: %s", cur, strerror(errno));
     if (rename(tmp, cur)) return dsv4_fail("%s: cannot rename into place: %s", cur, strerror(errno));
     remove_tree(old);
-    return 0;
+    if (S && sync_dir(out)) return -1;   /* the new checkpoint durable before the log forgets the old one */
+    crash_point("checkpointed", step);
+    return S ? engram_store_checkpointed(S, step) : 0;
 }
 
 /* OUT/loss.png from OUT/log.csv with gnuplot (skipped, with a note, when gnuplot is missing). */
@@ -299,6 +316,7 @@ int cmd_train(int argc, char **argv) {
         char *end;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(HELP, stdout); return 0; }
         else if (!strcmp(a, "--resume")) resume = 1;
+        else if (!strcmp(a, "--engram-on-disk")) r.engram_disk = 1;
         else if (i + 1 >= argc) return cli_error("train", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "--config")) cfgp = argv[++i];
         else if (!strcmp(a, "--data")) data = argv[++i];
@@ -373,15 +391,42 @@ int cmd_train(int argc, char **argv) {
     dsv4_open_options o = {.quant_rounding = 0};
     dsv4_model *m = dsv4_model_open(mdir, &o);
     if (!m) { free(config_text); return cli_error("train", "%s", dsv4_last_error()); }
-    model_make_trainable(m);
     const int64_t P = m->n_params;
+    int n_tables = 0;
+    for (int64_t i = 0; i < P; i++) n_tables += is_engram_table(&m->params[i]);
+    if (r.engram_disk && !n_tables) {
+        dsv4_model_close(m); free(config_text);
+        return cli_error("train", "--engram-on-disk: %s has no Engram tables", mdir);
+    }
+    model_make_trainable(m, r.engram_disk);
+    /* the Engram store: made from the starting model's tables on a fresh run, rolled back to the
+     * checkpoint on --resume */
+    EngramStore *S = NULL;
+    char sdir[4200];
+    snprintf(sdir, sizeof sdir, "%s/engram", out);
+    if (r.engram_disk) {
+        int64_t restored = 0;
+        if ((!resume && engram_store_create(m, sdir)) || !(S = engram_store_open(m, sdir, start, &restored))) {
+            dsv4_model_close(m); free(config_text);
+            return cli_error("train", "Engram store %s: %s", sdir, dsv4_last_error());
+        }
+        double tb = 0;
+        int64_t width = 0;
+        for (int64_t i = 0; i < P; i++)
+            if (is_engram_table(&m->params[i])) { tb += 4.0 * (double)m->params[i].numel; width = m->params[i].mat->cols; }
+        fprintf(stderr, "dsv4 train: Engram tables on disk in %s: %.2f GB of F32 tables, moments up to %.2f GB (rows "
+                "ever updated), undo log %lld bytes per row changed between checkpoints\n", sdir, tb / 1e9, 2 * tb / 1e9,
+                (long long)(12 * width + 24));
+        if (restored) fprintf(stderr, "dsv4 train: rolled %lld table rows back to step %lld\n", (long long)restored, (long long)start);
+    }
     float **mom = xcalloc((size_t)P, sizeof(float *)), **var = xcalloc((size_t)P, sizeof(float *));
     for (int64_t i = 0; i < P; i++) {
+        if (S && engram_store_is_table(S, i)) { engram_store_moments(S, i, &mom[i], &var[i]); continue; }
         mom[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
         var[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
     }
     int rc = 0;
-    if (resume && load_optim(m, mom, var, mdir)) rc = cli_error("train", "%s", dsv4_last_error());
+    if (resume && load_optim(m, S, mom, var, mdir)) rc = cli_error("train", "%s", dsv4_last_error());
     int64_t ntrain = 0, nval = 0;
     snprintf(path, sizeof path, "%s/train.bin", data);
     int32_t *train = rc ? NULL : shard_read(path, &ntrain);
@@ -428,17 +473,27 @@ int cmd_train(int argc, char **argv) {
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
     if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss,indexer_kl,mtp_loss\n");
     int64_t max_numel = 1;
-    for (int64_t i = 0; i < P; i++) if (m->params[i].numel > max_numel) max_numel = m->params[i].numel;
+    for (int64_t i = 0; i < P; i++) if (!is_engram_table(&m->params[i]) && m->params[i].numel > max_numel) max_numel = m->params[i].numel;
     float *scratch = xmalloc(sizeof(float) * (size_t)max_numel);
     const int E = m->cfg.n_routed_experts;
     int64_t *load = xcalloc((size_t)m->cfg.n_layers * (size_t)E, sizeof(int64_t));
+    /* the step's gradient: dense, but rows for the Engram tables (their size is the table's) */
     float **gsum = xcalloc((size_t)P, sizeof(float *));
-    for (int64_t i = 0; i < P; i++) gsum[i] = xcalloc((size_t)m->params[i].numel, sizeof(float));
+    SparseRows **grows = xcalloc((size_t)P, sizeof(SparseRows *));
+    const SparseRows **store_rows = xcalloc((size_t)(n_tables ? n_tables : 1), sizeof(SparseRows *));
+    for (int64_t i = 0; i < P; i++) {
+        if (!is_engram_table(&m->params[i])) { gsum[i] = xcalloc((size_t)m->params[i].numel, sizeof(float)); continue; }
+        grows[i] = xcalloc(1, sizeof(SparseRows));
+        grows[i]->width = m->params[i].mat->cols;
+    }
     const double t0 = now_sec();
     int64_t tokens_done = 0;
     for (int64_t step = start; !rc && step < r.steps; step++) {
         const double ts = now_sec();
-        for (int64_t i = 0; i < P; i++) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
+        for (int64_t i = 0; i < P; i++) {
+            if (gsum[i]) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
+            else grows[i]->n = 0;
+        }
         memset(load, 0, sizeof(int64_t) * (size_t)m->cfg.n_layers * (size_t)E);
         double loss = 0, kl = 0, mtp = 0;
         const int frozen = step < r.indexer_warmup;   /* the dense warm-up stage */
@@ -461,11 +516,16 @@ int cmd_train(int argc, char **argv) {
             mtp += grads_mtp_ce(G) / (double)r.batch;
             kl += grads_indexer_kl(G) / (double)r.batch;
             for (int64_t i = 0; i < P; i++) {
+                const float w = 1.0f / (float)r.batch;
+                if (grows[i]) {   /* an Engram table: its rows, merged after the batch */
+                    const SparseRows *sr = grads_sparse_of_param(G, i);
+                    for (int64_t k = 0; sr && k < sr->n; k++) sparse_rows_add(grows[i], sr->row[k], sr->val + k * sr->width, w);
+                    continue;
+                }
                 const float *g = grads_of_param(G, i);
                 const int64_t n = m->params[i].numel;
                 if (!g) continue;
                 float *dst = gsum[i];
-                const float w = 1.0f / (float)r.batch;
 #pragma omp parallel for schedule(static) if (n > 65536)
                 for (int64_t k = 0; k < n; k++) dst[k] += w * g[k];
             }
@@ -479,8 +539,17 @@ int cmd_train(int argc, char **argv) {
         double gn2[2] = {0, 0};
         for (int64_t i = 0; i < P; i++) {
             double s2 = 0;
-            for (int64_t k = 0; k < m->params[i].numel; k++) s2 += (double)gsum[i][k] * gsum[i][k];
+            if (grows[i]) sparse_rows_merge(grows[i]);
+            const float *g = grows[i] ? grows[i]->val : gsum[i];
+            const int64_t n = grows[i] ? grows[i]->n * grows[i]->width : m->params[i].numel;
+            for (int64_t k = 0; k < n; k++) s2 += (double)g[k] * g[k];
             gn2[is_indexer(&m->params[i])] += s2;
+        }
+        /* on disk: the old values of the rows about to change go to the undo log first */
+        if (S && !frozen) {
+            for (int k = 0; k < n_tables; k++) store_rows[k] = grows[engram_store_table_param(S, k)];
+            if (engram_store_log_rows(S, store_rows)) { rc = cli_error("train", "step %lld: %s", (long long)step + 1, dsv4_last_error()); break; }
+            crash_point("logged", step + 1);
         }
         const double gnorm = sqrt(gn2[0]), gnorm_idx = sqrt(gn2[1]);
         const double clips[2] = {r.clip > 0 && gnorm > r.clip ? r.clip / gnorm : 1.0,
@@ -491,6 +560,18 @@ int cmd_train(int argc, char **argv) {
             ParamRef *p = &m->params[i];
             if (frozen && !is_indexer(p)) continue;
             const double clip = clips[is_indexer(p)];
+            if (grows[i]) {   /* lazy Adam on the rows with a gradient (5x lr, no decay) */
+                SparseRows *g = grows[i];
+                for (int64_t k = 0; clip != 1.0 && k < g->n * g->width; k++) g->val[k] *= (float)clip;
+                /* in two halves (rows are independent), with a crash point between them for the tests */
+                SparseRows lo = *g, hi = *g;
+                lo.n = g->n / 2;
+                hi.row += lo.n; hi.val += lo.n * g->width; hi.n -= lo.n;
+                adam_rows_step((float *)p->mat->w, &lo, mom[i], var[i], 5 * lr, r.b1, r.b2, r.eps, step + 1);
+                if (S) crash_point("updating", step + 1);
+                adam_rows_step((float *)p->mat->w, &hi, mom[i], var[i], 5 * lr, r.b1, r.b2, r.eps, step + 1);
+                continue;
+            }
             if (clip != 1.0) {
                 float *gi = gsum[i];
                 const int64_t pn = p->numel;
@@ -532,13 +613,20 @@ int cmd_train(int argc, char **argv) {
         progress("train", step + 1 - start, r.steps - start, t0);
         const int last = step + 1 == r.steps || step + 1 == stop_at;
         if ((r.ckpt_every && (step + 1) % r.ckpt_every == 0) || last)
-            if (save_checkpoint(m, mom, var, &r, step + 1, out, config_text, tok_path)) rc = cli_error("train", "checkpoint: %s", dsv4_last_error());
+            if (save_checkpoint(m, S, mom, var, &r, step + 1, out, config_text, tok_path)) rc = cli_error("train", "checkpoint: %s", dsv4_last_error());
         if (step + 1 == stop_at) break;
     }
     if (logf) fclose(logf);
     if (!rc) plot_loss(out);
     if (!rc) fprintf(stderr, "dsv4 train: %lld tokens in %.1f s; model in %s/checkpoint\n", (long long)tokens_done, now_sec() - t0, out);
-    for (int64_t i = 0; i < P; i++) { free(mom[i]); free(var[i]); free(gsum[i]); }
+    if (S && !rc) fprintf(stderr, "dsv4 train: the Engram store takes %.3f GB on disk\n", (double)engram_store_disk_bytes(S) / 1e9);
+    for (int64_t i = 0; i < P; i++) {
+        if (!(S && engram_store_is_table(S, i))) { free(mom[i]); free(var[i]); }
+        free(gsum[i]);
+        if (grows[i]) { sparse_rows_free(grows[i]); free(grows[i]); }
+    }
+    free(grows); free(store_rows);
+    engram_store_close(S);
     dsv4_tokenizer_free(tk);
     free(scratch);
     free(mom); free(var); free(gsum); free(load); free(train); free(val); free(config_text);

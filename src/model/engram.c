@@ -223,7 +223,7 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
     free(e); free(comp); free(key); free(v); free(U);
 }
 
-void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, float *dtable, float *dkey_w,
+void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, SparseRows *dtable, float *dkey_w,
                      float *dkey_b, float *dval_w, float *dval_b, float *dkey_norm, float *dhidden_norm, float *dconv_norm, float *dconv) {
     const Config *cf = &m->cfg;
     const EngramW *G = L->engram;
@@ -283,7 +283,7 @@ void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, 
     linear_backward(de, E, dkey_w, dk, nd, s->e, T, &G->key_proj, 0, nd);
     linear_backward(de, E, dval_w, dv, d, s->e, T, &G->value_proj, 0, d);
     for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < per; i++) axpy_f32(dtable + s->rows[t * per + i] * hd, 1.0f, de + t * E + i * hd, hd);
+        for (int64_t i = 0; i < per; i++) sparse_rows_add(dtable, s->rows[t * per + i], de + t * E + i * hd, 1.0f);
     free(dU); free(dv); free(dk); free(kn); free(xn); free(tmp); free(dkn); free(dxn); free(de);
 }
 
@@ -311,7 +311,7 @@ static void *prefetch_main(void *arg) {
         if (p->quit) break;
         const int64_t n = p->n, gen = p->gen;
         if (n > cap) { cap = n; free(mine); mine = xmalloc(sizeof(uintptr_t) * (size_t)cap); }
-        memcpy(mine, p->ranges, sizeof(uintptr_t) * (size_t)n);
+        if (n) memcpy(mine, p->ranges, sizeof(uintptr_t) * (size_t)n);
         pthread_mutex_unlock(&p->mu);
         for (int64_t i = 0; i + 1 < n; i += 2) madvise((void *)mine[i], mine[i + 1] - mine[i], MADV_WILLNEED);
         pthread_mutex_lock(&p->mu);
@@ -364,7 +364,8 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
         if (!G || !G->table_mapped) continue;
         const size_t row_bytes = (size_t)mat_bytes(&G->table) / (size_t)G->table.rows;
         for (int64_t t = 0; t < T; t++) {
-            for (int k = 0; k < N; k++) recent[k] = t - k >= 0 ? compressed_id(h, tokens[t - k]) : caches[l].eng_recent[k - t - 1];
+            for (int k = 0; k < N; k++)
+                recent[k] = t - k >= 0 ? compressed_id(h, tokens[t - k]) : caches ? caches[l].eng_recent[k - t - 1] : h->pad;
             engram_rows(h, G->li, recent, rows);
             for (int64_t i = 0; i < per; i++) {
                 const uintptr_t a = (uintptr_t)G->table.w + (uintptr_t)((G->offsets[i] + rows[i]) * (int64_t)row_bytes);
@@ -375,6 +376,11 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
         }
     }
     EngramPrefetcher *p = m->engram_prefetcher;
+    if (!n) {   /* no table read in place (a training copy, or tables in memory) */
+        free(ranges);
+        free(rows);
+        return;
+    }
     if (p) {   /* hand the spans over and return at once */
         pthread_mutex_lock(&p->mu);
         free(p->ranges);

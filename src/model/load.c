@@ -376,10 +376,12 @@ dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
     return m;
 }
 
-void model_make_trainable(dsv4_model *m) {
+int param_is_engram_table(const ParamRef *p) { return strstr(p->name, ".engram.embed.weight") != NULL; }
+
+void model_make_trainable(dsv4_model *m, int except_tables) {
     for (int64_t i = 0; i < m->n_params; i++) {
         Mat *W = m->params[i].mat;
-        if (!W) continue;
+        if (!W || (except_tables && param_is_engram_table(&m->params[i]))) continue;
         float *buf = own(m, xmalloc(sizeof(float) * (size_t)(W->rows * W->cols)));
         mat_dequant_rows(W, 0, W->rows, buf);
         W->kind = W_F32;

@@ -22,6 +22,7 @@
 struct Grads {
     const dsv4_model *m;
     float **g;          /* [n_params] */
+    SparseRows **sp;    /* [n_params]: the Engram tables' gradients as rows */
     int64_t *load;      /* [n_layers, E]: tokens routed to each expert (for aux-loss-free balancing) */
     double indexer_kl;  /* the indexer KL loss, summed over layers, unweighted */
     double main_ce, mtp_ce;   /* the cross-entropies of the main head and of the MTP block */
@@ -36,6 +37,7 @@ static Grads *grads_new(const dsv4_model *m) {
     Grads *G = xcalloc(1, sizeof *G);
     G->m = m;
     G->g = xcalloc((size_t)(m->n_params ? m->n_params : 1), sizeof(float *));
+    G->sp = xcalloc((size_t)(m->n_params ? m->n_params : 1), sizeof(SparseRows *));
     G->load = xcalloc((size_t)m->cfg.n_layers * (size_t)m->cfg.n_routed_experts, sizeof(int64_t));
     return G;
 }
@@ -50,20 +52,41 @@ static float *grad_of(Grads *G, const char *name, int64_t numel) {
     return G->g[i];
 }
 
-const float *grads_of_param(const Grads *G, int64_t i) { return i >= 0 && i < G->m->n_params ? G->g[i] : NULL; }
-
-const float *grads_find(const Grads *G, const char *name, int64_t *numel) {
-    const int64_t i = model_param_index(G->m, name);
-    if (i < 0 || !G->g[i]) return NULL;
-    *numel = G->m->params[i].numel;
+const float *grads_of_param(Grads *G, int64_t i) {
+    if (i < 0 || i >= G->m->n_params) return NULL;
+    const SparseRows *s = G->sp[i];
+    if (s && !G->g[i]) {   /* scattered on demand (small tables: `dsv4 grad`, the tests) */
+        G->g[i] = xcalloc((size_t)G->m->params[i].numel, sizeof(float));
+        for (int64_t k = 0; k < s->n; k++) axpy_f32(G->g[i] + s->row[k] * s->width, 1.0f, s->val + k * s->width, s->width);
+    }
     return G->g[i];
+}
+
+const SparseRows *grads_sparse_of_param(const Grads *G, int64_t i) { return i >= 0 && i < G->m->n_params ? G->sp[i] : NULL; }
+
+const float *grads_find(Grads *G, const char *name, int64_t *numel) {
+    const int64_t i = model_param_index(G->m, name);
+    if (i < 0) return NULL;
+    *numel = G->m->params[i].numel;
+    return grads_of_param(G, i);
 }
 
 void grads_free(Grads *G) {
     if (!G) return;
-    for (int64_t i = 0; i < G->m->n_params; i++) free(G->g[i]);
-    free(G->g); free(G->load);
+    for (int64_t i = 0; i < G->m->n_params; i++) {
+        free(G->g[i]);
+        if (G->sp[i]) { sparse_rows_free(G->sp[i]); free(G->sp[i]); }
+    }
+    free(G->g); free(G->sp); free(G->load);
     free(G);
+}
+
+/* The rows of an Engram table's gradient (the table itself may be far larger than memory). */
+static SparseRows *gtable(Grads *G, const Mat *W) {
+    const int64_t i = model_param_index(G->m, W->name);
+    if (i < 0) { fprintf(stderr, "dsv4: internal error: no parameter '%s'\n", W->name); abort(); }
+    if (!G->sp[i]) { G->sp[i] = xcalloc(1, sizeof(SparseRows)); G->sp[i]->width = W->cols; }
+    return G->sp[i];
 }
 
 static float *gmat(Grads *G, const Mat *W) { return grad_of(G, W->name, W->rows * W->cols); }
@@ -386,7 +409,7 @@ static void layer_backward(const dsv4_model *m, const LayerW *L, const char *pre
         const EngramW *G = L->engram;
         const int64_t nd_ = (int64_t)n * d;
         const int kc = c->engram_kernel_size;
-        engram_backward(m, L, &a->es, T, dX, gmat(Gr, &G->table), gmat(Gr, &G->key_proj), gvec(Gr, pre, "engram.key_proj.bias", nd_),
+        engram_backward(m, L, &a->es, T, dX, gtable(Gr, &G->table), gmat(Gr, &G->key_proj), gvec(Gr, pre, "engram.key_proj.bias", nd_),
                         gmat(Gr, &G->value_proj), gvec(Gr, pre, "engram.value_proj.bias", d), gvec(Gr, pre, "engram.key_norm.weight", nd_),
                         gvec(Gr, pre, "engram.hidden_norm.weight", nd_), kc ? gvec(Gr, pre, "engram.conv_norm.weight", nd_) : NULL,
                         kc ? gvec(Gr, pre, "engram.conv.weight", nd_ * kc) : NULL);
@@ -402,6 +425,7 @@ static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T
     const Config *c = &m->cfg;
     const int n = c->hc_mult;
     const int64_t d = c->dim, nd = n * d;
+    engram_prefetch(m, NULL, tokens, T);   /* tables on disk: the sequence's rows requested at once */
     for (int64_t t = 0; t < T; t++) {
         mat_dequant_rows(&m->embed, tokens[t], 1, X + t * nd);
         for (int i = 1; i < n; i++) memcpy(X + t * nd + i * d, X + t * nd, sizeof(float) * (size_t)d);

@@ -2,6 +2,7 @@
  * learning-rate schedule (linear warm-up, then cosine decay to a floor). */
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,4 +85,68 @@ void muon_step(float *p, const float *g, float *mom, int64_t rows, int64_t cols,
     newton_schulz(scratch, rows, cols, 8, 2);
     const double k = 0.18 * sqrt((double)(rows > cols ? rows : cols));
     for (int64_t i = 0; i < n; i++) p[i] = (float)(p[i] - lr * (k * scratch[i] + wd * p[i]));
+}
+
+/* ---- sparse row gradients (the Engram tables) ---- */
+
+void sparse_rows_add(SparseRows *s, int64_t row, const float *v, float scale) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 256;
+        s->row = realloc(s->row, sizeof(int64_t) * (size_t)s->cap);
+        s->val = realloc(s->val, sizeof(float) * (size_t)(s->cap * s->width));
+        if (!s->row || !s->val) { fprintf(stderr, "dsv4: out of memory (sparse gradient rows)\n"); abort(); }
+    }
+    s->row[s->n] = row;
+    float *dst = s->val + s->n * s->width;
+    for (int64_t i = 0; i < s->width; i++) dst[i] = scale * v[i];
+    s->n++;
+}
+
+typedef struct { int64_t row, at; } RowAt;
+static int row_at_cmp(const void *a, const void *b) {
+    const RowAt *x = a, *y = b;
+    if (x->row != y->row) return x->row < y->row ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Sorts by row and sums repeats in the order they were added: the same sums, bit for bit,
+ * however the rows are stored afterwards (memory or disk). */
+void sparse_rows_merge(SparseRows *s) {
+    if (s->n < 2) return;
+    RowAt *o = malloc(sizeof(RowAt) * (size_t)s->n);
+    float *val = malloc(sizeof(float) * (size_t)(s->n * s->width));
+    if (!o || !val) { fprintf(stderr, "dsv4: out of memory (sparse gradient rows)\n"); abort(); }
+    for (int64_t k = 0; k < s->n; k++) { o[k].row = s->row[k]; o[k].at = k; }
+    qsort(o, (size_t)s->n, sizeof(RowAt), row_at_cmp);
+    int64_t u = -1;
+    for (int64_t k = 0; k < s->n; k++) {
+        const float *src = s->val + o[k].at * s->width;
+        if (u < 0 || s->row[u] != o[k].row) {
+            u++;
+            s->row[u] = o[k].row;
+            memcpy(val + u * s->width, src, sizeof(float) * (size_t)s->width);
+        } else
+            for (int64_t i = 0; i < s->width; i++) val[u * s->width + i] += src[i];
+    }
+    free(s->val);
+    s->val = val;
+    s->n = u + 1;
+    free(o);
+}
+
+void sparse_rows_free(SparseRows *s) {
+    free(s->row);
+    free(s->val);
+    memset(s, 0, sizeof *s);
+}
+
+/* Lazy Adam (as torch.optim.SparseAdam): the moments and values of a row change only in the
+ * steps whose gradient has that row; the bias correction follows the global step t. */
+void adam_rows_step(float *p, const SparseRows *g, float *m, float *v, double lr, double b1, double b2, double eps, int64_t t) {
+    const int64_t w = g->width;
+#pragma omp parallel for schedule(static) if (g->n * w > 65536)
+    for (int64_t k = 0; k < g->n; k++) {
+        const int64_t o = g->row[k] * w;
+        adamw_step(p + o, g->val + k * w, m + o, v + o, w, lr, b1, b2, eps, 0.0, t);
+    }
 }

@@ -96,6 +96,14 @@ int write_file_atomic(const char *path, const void *data, size_t len) {
     return 0;
 }
 
+int sync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return dsv4_fail("%s: cannot open: %s", dir, strerror(errno));
+    const int rc = fsync(fd);
+    close(fd);
+    return rc ? dsv4_fail("%s: fsync failed: %s", dir, strerror(errno)) : 0;
+}
+
 static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb; (void)flag; (void)ftw;
     return remove(path);
@@ -111,4 +119,13 @@ float *dup_floats(const float *src, int64_t n) {
     float *d = xmalloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
     if (n > 0) memcpy(d, src, sizeof(float) * (size_t)n);
     return d;
+}
+
+void crash_point(const char *what, int64_t step) {
+    const char *e = getenv("DSV4_CRASH_AT");
+    if (!e) return;
+    const size_t n = strlen(what);
+    if (strncmp(e, what, n) || e[n] != ':' || strtoll(e + n + 1, NULL, 10) != step) return;
+    fprintf(stderr, "dsv4: DSV4_CRASH_AT=%s: exiting here\n", e);
+    _exit(86);
 }
