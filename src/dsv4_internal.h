@@ -507,9 +507,10 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
 typedef struct EngramPrefetcher EngramPrefetcher;
 EngramPrefetcher *engram_prefetcher_new(void);   /* NULL when no thread can be started */
 void engram_prefetcher_free(EngramPrefetcher *p);
-/* Asks the kernel for the table pages the next T tokens will read (decode and short chunks);
- * caches NULL: the tokens start a sequence. */
-void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T);
+/* Asks the kernel for the table pages that tokens[from..T) will read, tokens[0..T) following
+ * what the caches hold (caches NULL: the tokens start a sequence). Returns at once: a thread
+ * makes the requests, in the order they were queued. */
+void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t from, int64_t T);
 /* Backward of engram_forward from its save: dX [T, hc*dim] holds d loss / d X_out on entry and
  * d loss / d X_in on exit; parameter gradients are added (dtable dense [rows, head_dim]). */
 void engram_backward(const dsv4_model *m, const LayerW *L, const EngramSave *s, int64_t T, float *dX, SparseRows *dtable, float *dkey_w,

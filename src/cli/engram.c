@@ -1,6 +1,7 @@
 /* `dsv4 engram hash` (a fixed contract): Engram's retrieval addresses for a token sequence — per
  * Engram layer and position, the compressed id and the row of every (order, head) table. Needs
- * only the model directory's config.json and tokenizer.json. */
+ * only the model directory's config.json and tokenizer.json.
+ * `dsv4 engram bench`: the decode speed of two models differing only in their tables. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,8 +86,62 @@ static int engram_hash_cmd(int argc, char **argv) {
     return rc;
 }
 
+static const char *BENCH_HELP =
+    "usage: dsv4 engram bench --small DIR --big DIR [-n N] [--ids LIST] [--seed S]\n"
+    "  Decode speed of two models that differ only in their Engram tables (e.g. small in memory vs\n"
+    "  larger than RAM on disk), measured in one process with their decode steps interleaved, so\n"
+    "  that the machine's drifts fall on both alike. Each prefills LIST (default 16 fixed ids) and\n"
+    "  samples N tokens (default 256) at temperature 1 with seed S (default 1). Prints both speeds\n"
+    "  and their ratio. Drop the big tables from the page cache first for a cold-cache figure.\n";
+
+static int engram_bench_cmd(int argc, char **argv) {
+    const char *dirs[2] = {NULL, NULL}, *idl = "5,17,300,41,9,1000,77,123,64,512,8,250,33,1500,7,99";
+    int64_t n_gen = 256;
+    dsv4_sampling sp = dsv4_sampling_default();
+    sp.temperature = 1.0f;
+    sp.seed = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(BENCH_HELP, stdout); return 0; }
+        else if (i + 1 >= argc) return cli_error("engram bench", "option %s needs a value (see --help)", a);
+        else if (!strcmp(a, "--small")) dirs[0] = argv[++i];
+        else if (!strcmp(a, "--big")) dirs[1] = argv[++i];
+        else if (!strcmp(a, "--ids")) idl = argv[++i];
+        else if (!strcmp(a, "-n")) n_gen = cli_int("engram bench", a, argv[++i], 1, 1 << 24);
+        else if (!strcmp(a, "--seed")) sp.seed = (uint64_t)cli_int("engram bench", a, argv[++i], 0, INT64_MAX);
+        else return cli_error("engram bench", "unknown option '%s' (see --help)", a);
+    }
+    if (!dirs[0] || !dirs[1]) return cli_error("engram bench", "needs --small DIR --big DIR (see --help)");
+    int64_t N = 0;
+    int32_t *ids = parse_token_list(idl, "--ids", &N);
+    if (!ids) return cli_error("engram bench", "%s", dsv4_last_error());
+    Gen g[2];
+    int opened = 0, rc = 0;
+    for (; opened < 2; opened++)
+        if (gen_open(&g[opened], "engram bench", dirs[opened], 0, -1, N + n_gen + 1, &sp)) { rc = 1; break; }
+    double t[2] = {0, 0};
+    for (int k = 0; k < 2 && !rc; k++) {
+        if (gen_prefill(&g[k], ids, N, NULL)) rc = cli_error("engram bench", "%s: %s", dirs[k], dsv4_last_error());
+    }
+    for (int64_t step = 0; step < n_gen && !rc; step++)
+        for (int k = 0; k < 2 && !rc; k++) {   /* one token of each, in turn */
+            const double t0 = now_sec();
+            const int32_t next = dsv4_sample(g[k].smp, g[k].logits, g[k].hist, g[k].n_hist);
+            if (dsv4_forward(g[k].s, &next, 1, g[k].logits, NULL)) rc = cli_error("engram bench", "%s: %s", dirs[k], dsv4_last_error());
+            gen_push(&g[k], next);
+            t[k] += now_sec() - t0;
+        }
+    if (!rc)
+        printf("small %.1f tok/s  big %.1f tok/s  ratio %.3f  (%lld tokens each, interleaved)\n", n_gen / t[0], n_gen / t[1],
+               t[1] / t[0], (long long)n_gen);
+    for (int k = 0; k < opened; k++) gen_free(&g[k]);
+    free(ids);
+    return rc;
+}
+
 int cmd_engram(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "hash")) return engram_hash_cmd(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "bench")) return engram_bench_cmd(argc - 1, argv + 1);
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) { fputs(HELP, stdout); return 0; }
-    return cli_error("engram", "unknown subcommand (dsv4 engram hash -m DIR --tokens FILE)");
+    return cli_error("engram", "unknown subcommand (dsv4 engram hash -m DIR --tokens FILE, or dsv4 engram bench --small DIR --big DIR)");
 }

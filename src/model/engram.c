@@ -309,9 +309,10 @@ static void *prefetch_main(void *arg) {
     for (;;) {
         while (!p->quit && p->done_gen == p->gen) pthread_cond_wait(&p->cv, &p->mu);
         if (p->quit) break;
-        const int64_t n = p->n, gen = p->gen;
+        const int64_t n = p->n, gen = p->gen;   /* everything queued so far, oldest first */
         if (n > cap) { cap = n; free(mine); mine = xmalloc(sizeof(uintptr_t) * (size_t)cap); }
         if (n) memcpy(mine, p->ranges, sizeof(uintptr_t) * (size_t)n);
+        p->n = 0;
         pthread_mutex_unlock(&p->mu);
         for (int64_t i = 0; i + 1 < n; i += 2) madvise((void *)mine[i], mine[i + 1] - mine[i], MADV_WILLNEED);
         pthread_mutex_lock(&p->mu);
@@ -348,10 +349,10 @@ void engram_prefetcher_free(EngramPrefetcher *p) {
     free(p);
 }
 
-void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t T) {
+void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_t *tokens, int64_t from, int64_t T) {
     const Config *cf = &m->cfg;
     const EngramHash *h = &m->engram_hash;
-    if (!cf->engram_n_layers || T > 1024) return;   /* a long prefill reads its rows in bulk anyway */
+    if (!cf->engram_n_layers || T - from > 4096 || from >= T) return;   /* requests in chunk-sized pieces */
     const char *env = getenv("DSV4_ENGRAM_PREFETCH");   /* "0": off, to measure what it gains */
     if (env && !strcmp(env, "0")) return;
     const long page = sysconf(_SC_PAGESIZE);
@@ -363,7 +364,7 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
         const EngramW *G = m->layers[l].engram;
         if (!G || !G->table_mapped) continue;
         const size_t row_bytes = (size_t)mat_bytes(&G->table) / (size_t)G->table.rows;
-        for (int64_t t = 0; t < T; t++) {
+        for (int64_t t = from; t < T; t++) {
             for (int k = 0; k < N; k++)
                 recent[k] = t - k >= 0 ? compressed_id(h, tokens[t - k]) : caches ? caches[l].eng_recent[k - t - 1] : h->pad;
             engram_rows(h, G->li, recent, rows);
@@ -381,16 +382,19 @@ void engram_prefetch(const dsv4_model *m, const LayerCache *caches, const int32_
         free(rows);
         return;
     }
-    if (p) {   /* hand the spans over and return at once */
+    if (p) {   /* queued after any requests the thread has not taken yet; returns at once */
         pthread_mutex_lock(&p->mu);
-        free(p->ranges);
-        p->ranges = ranges; p->n = n; p->cap = cap;
+        if (p->n + n > p->cap) {
+            p->cap = 2 * (p->n + n);
+            p->ranges = realloc(p->ranges, sizeof(uintptr_t) * (size_t)p->cap);
+        }
+        memcpy(p->ranges + p->n, ranges, sizeof(uintptr_t) * (size_t)n);
+        p->n += n;
         p->gen++;
         pthread_cond_signal(&p->cv);
         pthread_mutex_unlock(&p->mu);
-    } else {
+    } else
         for (int64_t i = 0; i + 1 < n; i += 2) madvise((void *)ranges[i], ranges[i + 1] - ranges[i], MADV_WILLNEED);
-        free(ranges);
-    }
+    free(ranges);
     free(rows);
 }

@@ -183,7 +183,10 @@ int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logit
             mat_dequant_rows(&m->embed, tokens[c0 + t], 1, X + t * nd);
             for (int i = 1; i < cf->hc_mult; i++) memcpy(X + t * nd + i * cf->dim, X + t * nd, sizeof(float) * (size_t)cf->dim);
         }
-        engram_prefetch(m, s->cache, tokens + c0, T);
+        /* Engram tables on disk: this chunk's rows (first chunk only: later ones were asked for
+         * one chunk ahead), then the next chunk's, read while this one computes */
+        const int64_t next = c0 + T + s->chunk <= n ? s->chunk : n - c0 - T;
+        engram_prefetch(m, s->cache, tokens + c0, c0 ? T : 0, T + next);
         for (int l = 0; l < cf->n_layers; l++)
             if (block_forward(m, &m->layers[l], &s->cache[l], X, tokens + c0, T, s->pos)) { free(X); return -1; }
         if (hidden) memcpy(hidden + c0 * nd, X, sizeof(float) * (size_t)(T * nd));

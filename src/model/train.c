@@ -425,7 +425,7 @@ static int forward_streams(const dsv4_model *m, const int32_t *tokens, int64_t T
     const Config *c = &m->cfg;
     const int n = c->hc_mult;
     const int64_t d = c->dim, nd = n * d;
-    engram_prefetch(m, NULL, tokens, T);   /* tables on disk: the sequence's rows requested at once */
+    engram_prefetch(m, NULL, tokens, 0, T);   /* tables on disk: the sequence's rows requested at once */
     for (int64_t t = 0; t < T; t++) {
         mat_dequant_rows(&m->embed, tokens[t], 1, X + t * nd);
         for (int i = 1; i < n; i++) memcpy(X + t * nd + i * d, X + t * nd, sizeof(float) * (size_t)d);
