@@ -89,6 +89,7 @@ bench: deps
 	bench/tokenizer.sh
 	bench/train.sh
 	bench/engram.sh
+	bench/engram-train.sh
 
 # Regenerates the reference fixtures with the independent PyTorch reference (reference/).
 fixtures: deps

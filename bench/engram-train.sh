@@ -12,8 +12,11 @@ PY=/usr/bin/python3
 GB=${DSV4_TRAIN_TABLE_GB:-6}
 MEM_GB=${DSV4_TRAIN_MEM_GB:-2}
 STEPS=${STEPS:-12}
-scripts/prepare-brown-4096.sh > /dev/null
 W=bench/engram-train
+need=$($PY -c "print(int(4 * $GB + 2))")   # the F32 starting model, the store's table, moments touched, margin
+free=$(df -P --block-size=1G bench | awk 'NR == 2 {print $4}')
+if [ "$free" -lt "$need" ]; then echo "bench/engram-train.sh: skipped: needs about $need GB free on $(df -P bench | awk 'NR == 2 {print $6}'), has $free GB"; exit 0; fi
+scripts/prepare-brown-4096.sh > /dev/null
 rm -rf "$W"
 mkdir -p "$W"
 trap 'rm -rf "$W"; [ -n "${CG:-}" ] && rmdir "$CG" 2> /dev/null || true' EXIT

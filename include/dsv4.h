@@ -72,6 +72,11 @@ DSV4_API int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, flo
 DSV4_API int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n,
                      float *logits);
 
+/* Engram tables read from disk: asks for the table rows that tokens[from..n) will read, where
+ * tokens[0..n) are tokens expected to follow what the session holds (the token just sampled, an
+ * MTP draft). Returns at once (a thread makes the requests); a no-op without such tables. */
+DSV4_API void dsv4_prefetch(dsv4_session *s, const int32_t *tokens, int64_t n, int64_t from);
+
 /* ---- tokenizer (a Hugging Face tokenizer.json with a byte-level BPE model) ---- */
 typedef struct dsv4_tokenizer dsv4_tokenizer;
 DSV4_API dsv4_tokenizer *dsv4_tokenizer_load(const char *tokenizer_json);

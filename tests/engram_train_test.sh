@@ -66,10 +66,17 @@ print(f"{len(a)} tensors identical, {sum(a[k].size for k in tab)} table values")
 P
 
 rm -f "$TMP/err.txt"
-train --out "$TMP/mem" && train --engram-on-disk --out "$TMP/disk"
+train --engram-adam lazy --out "$TMP/mem" && train --engram-on-disk --out "$TMP/disk" && train --out "$TMP/dense"
 r=$($PY "$TMP/same.py" "$TMP/mem/checkpoint" "" "$TMP/disk/checkpoint" "$TMP/disk/engram" 2>&1); same=$?
-if [ $same = 0 ] && sanitizer_clean "$TMP/err.txt"; then ok "tables in memory vs on disk, 8 steps: $r"
+if [ $same = 0 ] && sanitizer_clean "$TMP/err.txt"; then ok "tables in memory vs on disk (lazy Adam), 8 steps: $r"
 else bad "memory vs disk: $r $(head -c 300 "$TMP/err.txt")"; fi
+# dense Adam (the in-memory default) keeps moving rows whose gradient stopped: another model
+r=$($PY "$TMP/same.py" "$TMP/mem/checkpoint" "" "$TMP/dense/checkpoint" "" 2>&1); same=$?
+[ $same != 0 ] && echo "$r" | grep -q "AssertionError" && ok "dense Adam (the in-memory default) and lazy Adam train different models" ||
+  bad "dense vs lazy: $r"
+"$D" train $A --engram-on-disk --engram-adam dense --out "$TMP/x" > /dev/null 2> "$TMP/err.txt"; rc=$?
+[ $rc = 1 ] && grep -q "lazy Adam" "$TMP/err.txt" && ok "--engram-on-disk with --engram-adam dense -> exit 1: $(head -c 120 "$TMP/err.txt")" ||
+  bad "on disk + dense: exit $rc $(head -c 200 "$TMP/err.txt")"
 # the tables moved, lazily: rows never updated keep zero moments and take no disk in the moments file
 r=$($PY - "$TMP/disk" <<'P'
 import glob, json, struct, sys

@@ -129,6 +129,32 @@ for v in "tokens-21.txt:ref_grads_21.safetensors:1e-4" "tokens.txt:ref_grads.saf
     r=$($PY tests/compare_grads.py "$TMP/g.safetensors" "$F/engram-tiny/$rf" --tol "$tol") && ok "grad engram-tiny $tf ($(echo "$out" | tail -1)): $r" || bad "grad engram-tiny $tf: $r"
   else bad "grad engram-tiny $tf: $(head -c 300 "$TMP/err.txt")"; fi
 done
+# dsv4 engram bench (the on-disk decode benchmark's tool): runs and reports; bad arguments refused
+if out=$("$D" engram bench --small "$F/engram-tiny" --big "$F/engram-tiny" -n 8 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt" &&
+   echo "$out" | grep -Eq '^small [0-9.]+ tok/s  big [0-9.]+ tok/s  ratio [0-9.]+  \(8 tokens each, interleaved\)$'; then ok "engram bench: $out"
+else bad "engram bench: '$out' $(head -c 300 "$TMP/err.txt")"; fi
+expect_error "engram bench without --big" "needs --small DIR --big DIR" "$D" engram bench --small "$F/engram-tiny"
+# run --draft-prefetch: the MTP block drafts each next token during decoding (its cache filled
+# from the prompt); the output is the plain run's, and the drafts it reports right are the ones
+# the MTP head of `logits --mtp-out` (tested against the reference) gets right over the sequence
+ids=$(echo "The committee said that the new law" | "$D" tokenize -m "$ROOT/models/default" | tr ' ' ',')
+out=$("$D" run -m "$ROOT/models/default" --ids "$ids" -n 32 --draft-prefetch --ignore-eos 2> "$TMP/err.txt")
+plain=$("$D" run -m "$ROOT/models/default" --ids "$ids" -n 32 --ignore-eos 2>> "$TMP/err.txt")
+echo "$ids $(echo "$out" | sed -n 's/^generated: *//p')" | tr ', ' '\n\n' | grep . > "$TMP/dseq.txt"
+if sanitizer_clean "$TMP/err.txt" && [ -n "$out" ] && [ "$out" = "$plain" ] && [ "$(grep -c . "$TMP/dseq.txt")" = $(( $(echo "$ids" | tr ',' '\n' | grep -c .) + 32 )) ] &&
+   "$D" logits -m "$ROOT/models/default" --tokens "$TMP/dseq.txt" --prefill "$(grep -c . "$TMP/dseq.txt")" --out "$TMP/dl.f32" --mtp-out "$TMP/dm.f32" 2>> "$TMP/err.txt"; then
+  r=$($PY - "$TMP/dm.f32" "$TMP/dseq.txt" "$(echo "$ids" | tr ',' '\n' | grep -c .)" "$(grep -o 'right [0-9]* of [0-9]*' "$TMP/err.txt")" <<'P'
+import sys
+import numpy as np
+tok = [int(x) for x in open(sys.argv[2]).read().split()]
+m = np.fromfile(sys.argv[1], dtype="<f4").reshape(len(tok) - 1, -1)
+N, said = int(sys.argv[3]), sys.argv[4].split()
+hits = sum(int(m[i].argmax() == tok[i + 2]) for i in range(N - 1, len(tok) - 2))
+assert said == ["right", str(hits), "of", str(len(tok) - N - 1)], (said, hits)
+print(f"the drafts were right {hits} of {len(tok) - N - 1} times, as the MTP head over the whole sequence says")
+P
+) && ok "run --draft-prefetch: the same 32 tokens as without; $r" || bad "run --draft-prefetch: $r"
+else bad "run --draft-prefetch: output differs or failed: $(head -c 300 "$TMP/err.txt")"; fi
 # dsv4 convert (tests/convert_test.sh): the official encodings byte for byte as init writes them,
 # lossless re-encoding, the config's format fields, errors
 n_conv=0

@@ -54,7 +54,16 @@ typedef struct Gen {
     float *logits;
     double load_seconds;
     int hit_eos;              /* the last gen_decode stopped at <｜end▁of▁sentence｜> */
+    /* MTP-draft prefetch (gen_enable_draft): the MTP block drafts the token after the one just
+     * sampled, and that draft's Engram rows are requested a token ahead */
+    int draft;
+    float *hidden, *mtp_logits;   /* the last position's final streams; the MTP head's logits */
+    int32_t last_draft;
+    int64_t draft_hits, draft_total;
 } Gen;
+int gen_enable_draft(Gen *g);   /* 0, or -1 (the model has no MTP block) */
+int32_t gen_sample(Gen *g);           /* the next token from the current logits */
+int gen_feed(Gen *g, int32_t next);   /* feeds it: the draft prefetch when on, the forward */
 int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int quant, int64_t ctx, const dsv4_sampling *sp);
 int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds);
 int64_t gen_decode(Gen *g, int64_t n_gen, volatile sig_atomic_t *stop, double *seconds, char **text, size_t *text_len);

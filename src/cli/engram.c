@@ -87,23 +87,33 @@ static int engram_hash_cmd(int argc, char **argv) {
 }
 
 static const char *BENCH_HELP =
-    "usage: dsv4 engram bench --small DIR --big DIR [-n N] [--ids LIST] [--seed S]\n"
+    "usage: dsv4 engram bench --small DIR --big DIR [-n N] [--ids LIST] [--seed S] [--temp T] [--draft-prefetch]\n"
     "  Decode speed of two models that differ only in their Engram tables (e.g. small in memory vs\n"
     "  larger than RAM on disk), measured in one process with their decode steps interleaved, so\n"
     "  that the machine's drifts fall on both alike. Each prefills LIST (default 16 fixed ids) and\n"
-    "  samples N tokens (default 256) at temperature 1 with seed S (default 1). Prints both speeds\n"
-    "  and their ratio. Drop the big tables from the page cache first for a cold-cache figure.\n";
+    "  samples N tokens (default 256) at temperature T (default 1) with seed S (default 1). Prints\n"
+    "  both speeds and their ratio. Drop the big tables from the page cache first for a cold-cache\n"
+    "  figure. --draft-prefetch: the big model drafts with its MTP block and prefetches the draft's\n"
+    "  rows a token ahead (see run --help); how often the draft was right is printed too.\n";
 
 static int engram_bench_cmd(int argc, char **argv) {
-    const char *dirs[2] = {NULL, NULL}, *idl = "5,17,300,41,9,1000,77,123,64,512,8,250,33,1500,7,99";
+    const char *dirs[2] = {NULL, NULL}, *idl = NULL;
     int64_t n_gen = 256;
+    int draft = 0;
     dsv4_sampling sp = dsv4_sampling_default();
     sp.temperature = 1.0f;
     sp.seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(BENCH_HELP, stdout); return 0; }
+        else if (!strcmp(a, "--draft-prefetch")) draft = 1;
         else if (i + 1 >= argc) return cli_error("engram bench", "option %s needs a value (see --help)", a);
+        else if (!strcmp(a, "--temp")) {
+            char *end;
+            const double x = strtod(argv[++i], &end);
+            if (*end || !(x >= 0) || x > 100) return cli_error("engram bench", "--temp needs a number in [0, 100]");
+            sp.temperature = (float)x;
+        }
         else if (!strcmp(a, "--small")) dirs[0] = argv[++i];
         else if (!strcmp(a, "--big")) dirs[1] = argv[++i];
         else if (!strcmp(a, "--ids")) idl = argv[++i];
@@ -112,28 +122,35 @@ static int engram_bench_cmd(int argc, char **argv) {
         else return cli_error("engram bench", "unknown option '%s' (see --help)", a);
     }
     if (!dirs[0] || !dirs[1]) return cli_error("engram bench", "needs --small DIR --big DIR (see --help)");
-    int64_t N = 0;
-    int32_t *ids = parse_token_list(idl, "--ids", &N);
-    if (!ids) return cli_error("engram bench", "%s", dsv4_last_error());
+    int64_t N = 16;
+    int32_t *ids = idl ? parse_token_list(idl, "--ids", &N) : NULL;
+    if (idl && !ids) return cli_error("engram bench", "%s", dsv4_last_error());
     Gen g[2];
     int opened = 0, rc = 0;
     for (; opened < 2; opened++)
         if (gen_open(&g[opened], "engram bench", dirs[opened], 0, -1, N + n_gen + 1, &sp)) { rc = 1; break; }
+    if (!rc && draft && gen_enable_draft(&g[1])) rc = cli_error("engram bench", "%s: %s", dirs[1], dsv4_last_error());
+    if (!rc && !ids) {   /* 16 ids spread over the smaller vocabulary */
+        const int V = dsv4_vocab_size(g[0].m) < dsv4_vocab_size(g[1].m) ? dsv4_vocab_size(g[0].m) : dsv4_vocab_size(g[1].m);
+        ids = xmalloc(sizeof(int32_t) * 16);
+        for (int k = 0; k < 16; k++) ids[k] = (int32_t)((5 + 97 * k) % V);
+    }
     double t[2] = {0, 0};
     for (int k = 0; k < 2 && !rc; k++) {
         if (gen_prefill(&g[k], ids, N, NULL)) rc = cli_error("engram bench", "%s: %s", dirs[k], dsv4_last_error());
     }
     for (int64_t step = 0; step < n_gen && !rc; step++)
-        for (int k = 0; k < 2 && !rc; k++) {   /* one token of each, in turn */
+        for (int k = 0; k < 2 && !rc; k++) {   /* one token of each, in turn (run's decode loop) */
             const double t0 = now_sec();
-            const int32_t next = dsv4_sample(g[k].smp, g[k].logits, g[k].hist, g[k].n_hist);
-            if (dsv4_forward(g[k].s, &next, 1, g[k].logits, NULL)) rc = cli_error("engram bench", "%s: %s", dirs[k], dsv4_last_error());
-            gen_push(&g[k], next);
+            if (gen_feed(&g[k], gen_sample(&g[k]))) rc = cli_error("engram bench", "%s: %s", dirs[k], dsv4_last_error());
             t[k] += now_sec() - t0;
         }
-    if (!rc)
-        printf("small %.1f tok/s  big %.1f tok/s  ratio %.3f  (%lld tokens each, interleaved)\n", n_gen / t[0], n_gen / t[1],
+    if (!rc) {
+        printf("small %.1f tok/s  big %.1f tok/s  ratio %.3f  (%lld tokens each, interleaved)", n_gen / t[0], n_gen / t[1],
                t[1] / t[0], (long long)n_gen);
+        if (draft && g[1].draft_total) printf("  draft right %.1f%%", 100.0 * (double)g[1].draft_hits / (double)g[1].draft_total);
+        printf("\n");
+    }
     for (int k = 0; k < opened; k++) gen_free(&g[k]);
     free(ids);
     return rc;

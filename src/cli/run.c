@@ -94,6 +94,9 @@ static const char *RUN_HELP =
     "  --temp T         temperature (default 0: greedy)   --top-k K   --top-p P   --min-p P\n"
     "  --repeat-penalty R  (default 1: off)   --repeat-last-n N (default 64)   --seed S (default 0)\n"
     "  --ctx N          KV-cache size in tokens (default 4096, or more if needed)\n"
+    "  --draft-prefetch Engram tables on disk: the MTP block drafts the token after each sampled\n"
+    "                   one and that draft's table rows are requested a token ahead (costs one MTP\n"
+    "                   block per token; reports how often the draft was right)\n"
     "  --quant on|off   quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
 
 static void prefill_progress(void *user, int64_t done, int64_t total) {
@@ -132,11 +135,38 @@ void gen_push(Gen *g, int32_t id) {
     g->hist[g->n_hist++] = id;
 }
 
+int gen_enable_draft(Gen *g) {
+    if (dsv4_n_mtp_layers(g->m) < 1) return dsv4_fail("MTP-draft prefetch needs a model with an MTP block (n_mtp_layers)");
+    const int64_t nd = (int64_t)dsv4_hidden_size(g->m) * dsv4_hc_mult(g->m);
+    g->draft = 1;
+    g->hidden = xcalloc((size_t)nd, sizeof(float));
+    g->mtp_logits = xmalloc(sizeof(float) * (size_t)dsv4_vocab_size(g->m));
+    g->last_draft = -1;
+    return 0;
+}
+
+/* The prompt's final streams feed the MTP block at every prompt position (its cache must hold
+ * them before it drafts), a piece at a time; the last one is kept for the first draft. */
+static int prefill_with_mtp(Gen *g, const int32_t *ids, int64_t n) {
+    const int64_t nd = (int64_t)dsv4_hidden_size(g->m) * dsv4_hc_mult(g->m), piece = 4096;
+    float *H = xmalloc(sizeof(float) * (size_t)((n < piece ? n : piece) * nd));
+    int rc = 0;
+    for (int64_t c0 = 0; c0 < n && rc == 0; c0 += piece) {
+        const int64_t c1 = c0 + piece < n ? c0 + piece : n, k = (c1 < n - 1 ? c1 : n - 1) - c0;   /* positions with a next token */
+        rc = dsv4_forward(g->s, ids + c0, c1 - c0, g->logits, H);
+        if (rc == 0 && k > 0) rc = dsv4_mtp_forward(g->s, H, ids + c0 + 1, k, NULL);
+        if (rc == 0 && c1 == n) memcpy(g->hidden, H + (c1 - 1 - c0) * nd, sizeof(float) * (size_t)nd);
+    }
+    free(H);
+    return rc;
+}
+
 /* Brings the session to hold exactly `ids`: keeps the cached prefix when the new prompt extends
- * what the cache holds, else starts over. Returns 0 or -1. */
+ * what the cache holds (not with the MTP draft on), else starts over. Returns 0 or -1. */
 int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds) {
     int64_t keep = 0;
-    if (g->n_hist <= n) {
+    if (g->draft) keep = -1;   /* the MTP block's cache follows the prompt from its start */
+    else if (g->n_hist <= n) {
         keep = g->n_hist;
         for (int64_t i = 0; i < g->n_hist; i++) if (g->hist[i] != ids[i]) { keep = -1; break; }
     } else keep = -1;
@@ -148,12 +178,32 @@ int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds) {
     if (dsv4_session_pos(g->s) + (n - keep) > g->ctx) return dsv4_fail("the conversation (%lld tokens) no longer fits --ctx %lld", (long long)n, (long long)g->ctx);
     double t0 = now_sec();
     dsv4_session_set_progress(g->s, prefill_progress, &t0);
-    int rc = dsv4_forward(g->s, ids + keep, n - keep, g->logits, NULL);
+    int rc = g->draft ? prefill_with_mtp(g, ids, n) : dsv4_forward(g->s, ids + keep, n - keep, g->logits, NULL);
     dsv4_session_set_progress(g->s, NULL, NULL);
     if (seconds) *seconds = now_sec() - t0;
     if (rc) return -1;
     for (int64_t i = keep; i < n; i++) gen_push(g, ids[i]);
     g->fed_prompt = n - keep;
+    return 0;
+}
+
+int32_t gen_sample(Gen *g) {
+    const int32_t next = dsv4_sample(g->smp, g->logits, g->hist, g->n_hist);
+    if (g->draft && g->last_draft >= 0) { g->draft_total++; g->draft_hits += next == g->last_draft; g->last_draft = -1; }
+    return next;
+}
+
+int gen_feed(Gen *g, int32_t next) {
+    if (g->draft) {   /* this token's rows first, then the MTP draft of the next one's, a token ahead */
+        dsv4_prefetch(g->s, &next, 1, 0);
+        if (dsv4_mtp_forward(g->s, g->hidden, &next, 1, g->mtp_logits)) return -1;
+        int32_t pair[2] = {next, 0};
+        for (int32_t v = 1; v < dsv4_vocab_size(g->m); v++) if (g->mtp_logits[v] > g->mtp_logits[pair[1]]) pair[1] = v;
+        g->last_draft = pair[1];
+        dsv4_prefetch(g->s, pair, 2, 1);
+    }
+    if (dsv4_forward(g->s, &next, 1, g->logits, g->draft ? g->hidden : NULL)) return -1;
+    gen_push(g, next);
     return 0;
 }
 
@@ -168,7 +218,7 @@ int64_t gen_decode(Gen *g, int64_t n_gen, volatile sig_atomic_t *stop, double *s
     size_t tl = 0;
     g->hit_eos = 0;
     while (made < n_gen && !(stop && *stop)) {
-        const int32_t next = dsv4_sample(g->smp, g->logits, g->hist, g->n_hist);
+        const int32_t next = gen_sample(g);
         made++;
         if (next == g->eos) { g->hit_eos = 1; break; }
         if (g->tk) {
@@ -178,8 +228,7 @@ int64_t gen_decode(Gen *g, int64_t n_gen, volatile sig_atomic_t *stop, double *s
         } else printf(" %d", next);
         fflush(stdout);
         if (made == n_gen || (stop && *stop)) break;
-        if (dsv4_forward(g->s, &next, 1, g->logits, NULL)) return -1;
-        gen_push(g, next);
+        if (gen_feed(g, next)) return -1;
     }
     if (g->tk) {   /* whatever an unfinished character held back */
         size_t k = dsv4_stream_decode(g->tk, &st, -1, buf, sizeof buf);
@@ -199,6 +248,8 @@ void gen_free(Gen *g) {
     dsv4_model_close(g->m);
     free(g->hist);
     free(g->logits);
+    free(g->hidden);
+    free(g->mtp_logits);
 }
 
 /* Opens model, tokenizer (when wanted), session and sampler. */
@@ -234,7 +285,7 @@ int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int q
 int cmd_run(int argc, char **argv) {
     const char *dir = NULL, *tokf = NULL, *idl = NULL, *prompt = NULL, *pfile = NULL;
     int64_t n_gen = 128, ctx = 0;
-    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0;
+    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0, draft = 0;
     dsv4_sampling sp = dsv4_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -244,6 +295,7 @@ int cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--think")) chat = think = 1;
         else if (!strcmp(a, "--no-bos")) bos = 0;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
+        else if (!strcmp(a, "--draft-prefetch")) draft = 1;
         else if ((r = cli_sampling_flag("run", a, v, &sp)) != 0) { if (r < 0) return 2; i++; }
         else if (!v) return cli_error("run", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
@@ -273,6 +325,7 @@ int cmd_run(int argc, char **argv) {
     if (gen_open(&g, "run", dir, text, quant, ctx ? ctx : 4096, &sp)) { free(ids); free(ptext); return 1; }
     if (ignore_eos) g.eos = -1;
     int rc = 0;
+    if (draft && gen_enable_draft(&g)) { rc = cli_error("run", "--draft-prefetch: %s", dsv4_last_error()); goto done; }
     if (text) {
         char *full = ptext;
         if (chat) {
@@ -318,6 +371,9 @@ int cmd_run(int argc, char **argv) {
     else
         fprintf(stderr, "prompt:   %lld tokens in %.3f s (%.1f tok/s)\ngenerate: %lld tokens in %.3f s (%.1f tok/s)\n",
                 (long long)N, t_pre, N / (t_pre > 0 ? t_pre : 1e-9), (long long)made, t_dec, made / (t_dec > 0 ? t_dec : 1e-9));
+    if (made >= 0 && draft && g.draft_total)
+        fprintf(stderr, "MTP draft: right %lld of %lld times (%.1f%%)\n", (long long)g.draft_hits, (long long)g.draft_total,
+                100.0 * (double)g.draft_hits / (double)g.draft_total);
 done:
     free(ids);
     free(ptext);

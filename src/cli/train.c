@@ -22,6 +22,7 @@ typedef struct {
     int muon;   /* 1: Muon for the hidden weight matrices, AdamW for the rest */
     int step_schedule;   /* 1: multi-step decay instead of cosine */
     int engram_disk;     /* 1: the Engram tables and their moments stay in OUT/engram (engram_store.c) */
+    int engram_lazy;     /* 1: lazy Adam for the tables (rows without a gradient keep their moments) */
 } RunCfg;
 
 static const char *HELP =
@@ -52,6 +53,9 @@ static const char *HELP =
     "                     recoverable without copying the tables. Disk: the tables as F32, up to twice\n"
     "                     that for the moments of rows ever updated, and the log of the rows changed\n"
     "                     since the last checkpoint (12 x width + 24 bytes each)\n"
+    "  --engram-adam dense|lazy  the tables' Adam (5x lr, no decay): dense (default in memory, as a\n"
+    "                     dense gradient would: rows without a gradient keep moving with their moments)\n"
+    "                     or lazy (only rows with a gradient change; the only choice on disk)\n"
     "  Writes OUT/checkpoint/ (a model directory plus optimiser and run state), OUT/log.csv (step, the\n"
     "  main head's cross-entropy, lr, grad_norm, tokens/s, val_loss, indexer_kl, mtp_loss) and loss.png.\n";
 
@@ -62,7 +66,8 @@ static uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Engram's memory tables (spec ENGRAM.md): lazy Adam at 5x the learning rate, no weight decay */
+/* Engram's memory tables (spec ENGRAM.md): Adam at 5x the learning rate, no weight decay; dense
+ * or lazy (RunCfg.engram_lazy) */
 static int is_engram_table(const ParamRef *p) { return param_is_engram_table(p); }
 
 /* Muon takes the 2-D hidden weight matrices; embeddings, head, gates, mHC, Engram tables and
@@ -173,6 +178,7 @@ static char *run_json(const RunCfg *r, int64_t step, const char *config_text) {
     cJSON_AddNumberToObject(j, "indexer_weight", r->indexer_weight);
     cJSON_AddNumberToObject(j, "indexer_warmup", (double)r->indexer_warmup);
     cJSON_AddNumberToObject(j, "engram_on_disk", r->engram_disk);
+    cJSON_AddNumberToObject(j, "engram_lazy_adam", r->engram_lazy);
     (void)config_text;
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
@@ -199,6 +205,8 @@ static int read_run_json(const char *path, RunCfg *r, int64_t *step) {
     r->indexer_warmup = cJSON_IsNumber(iu) ? (int64_t)iu->valuedouble : 0;
     cJSON *ed = cJSON_GetObjectItemCaseSensitive(j, "engram_on_disk");
     r->engram_disk = cJSON_IsNumber(ed) && ed->valuedouble != 0;
+    cJSON *el = cJSON_GetObjectItemCaseSensitive(j, "engram_lazy_adam");
+    r->engram_lazy = cJSON_IsNumber(el) && el->valuedouble != 0;
     cJSON_Delete(j);
     *step = (int64_t)v[0];
     r->steps = (int64_t)v[1]; r->seq = (int64_t)v[2]; r->batch = (int64_t)v[3]; r->warmup = (int64_t)v[4];
@@ -306,7 +314,7 @@ static double eval_loss(const dsv4_model *m, const int32_t *val, int64_t nval, c
 
 int cmd_train(int argc, char **argv) {
     const char *cfgp = NULL, *data = NULL, *out = NULL, *init_from = NULL;
-    int resume = 0;
+    int resume = 0, engram_adam = -1;   /* -1: dense in memory, lazy on disk */
     int64_t stop_at = 0, steps_given = 0;
     RunCfg r = {.steps = 200, .seq = 256, .batch = 4, .warmup = 20, .eval_every = 50, .eval_tokens = 8192, .ckpt_every = 50,
                 .lr = 3e-3, .min_lr_ratio = 0.1, .wd = 0.1, .clip = 1.0, .b1 = 0.9, .b2 = 0.95, .eps = 1e-8, .bias_update = 1e-3, .mtp_weight = 0.3, .balance_alpha = 1e-4, .muon = 1, .indexer_weight = 1.0,
@@ -339,6 +347,11 @@ int cmd_train(int argc, char **argv) {
             if (!strcmp(v, "muon")) r.muon = 1; else if (!strcmp(v, "adamw")) r.muon = 0;
             else return cli_error("train", "--optimizer takes muon or adamw, not '%s'", v);
         }
+        else if (!strcmp(a, "--engram-adam")) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "lazy")) engram_adam = 1; else if (!strcmp(v, "dense")) engram_adam = 0;
+            else return cli_error("train", "--engram-adam takes dense or lazy, not '%s'", v);
+        }
         else if (!strcmp(a, "--indexer-warmup")) r.indexer_warmup = cli_int("train", a, argv[++i], 0, 1 << 30);
         else if (!strcmp(a, "--stop-at")) stop_at = cli_int("train", a, argv[++i], 1, 1 << 30);
         else if (!strcmp(a, "--seed")) r.seed = (uint64_t)cli_int("train", a, argv[++i], 0, INT64_MAX);
@@ -353,6 +366,9 @@ int cmd_train(int argc, char **argv) {
         else return cli_error("train", "unknown option '%s' (see --help)", a);
     }
     if (!data || !out || (!cfgp && !init_from && !resume)) return cli_error("train", "needs --config CFG (or --init-from MODEL) --data DIR --out DIR");
+    if (r.engram_disk && engram_adam == 0)
+        return cli_error("train", "--engram-on-disk updates the tables with lazy Adam; --engram-adam dense would rewrite every row every step");
+    r.engram_lazy = engram_adam < 0 ? r.engram_disk : engram_adam;
     if (mkdir(out, 0755) && errno != EEXIST) return cli_error("train", "%s: cannot create: %s", out, strerror(errno));
 
     /* the starting point: a checkpoint, an existing model, or a fresh random one */
@@ -491,8 +507,8 @@ int cmd_train(int argc, char **argv) {
     for (int64_t step = start; !rc && step < r.steps; step++) {
         const double ts = now_sec();
         for (int64_t i = 0; i < P; i++) {
-            if (gsum[i]) memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
-            else grows[i]->n = 0;
+            if (grows[i]) grows[i]->n = 0;   /* (a dense table's buffer is kept zero by its update) */
+            else memset(gsum[i], 0, sizeof(float) * (size_t)m->params[i].numel);
         }
         memset(load, 0, sizeof(int64_t) * (size_t)m->cfg.n_layers * (size_t)E);
         double loss = 0, kl = 0, mtp = 0;
@@ -560,9 +576,16 @@ int cmd_train(int argc, char **argv) {
             ParamRef *p = &m->params[i];
             if (frozen && !is_indexer(p)) continue;
             const double clip = clips[is_indexer(p)];
-            if (grows[i]) {   /* lazy Adam on the rows with a gradient (5x lr, no decay) */
+            if (grows[i]) {   /* the tables: 5x lr, no decay */
                 SparseRows *g = grows[i];
                 for (int64_t k = 0; clip != 1.0 && k < g->n * g->width; k++) g->val[k] *= (float)clip;
+                if (!r.engram_lazy) {   /* dense Adam: every row's moments decay and move it, as a dense gradient would */
+                    if (!gsum[i]) gsum[i] = xcalloc((size_t)p->numel, sizeof(float));
+                    for (int64_t k = 0; k < g->n; k++) memcpy(gsum[i] + g->row[k] * g->width, g->val + k * g->width, sizeof(float) * (size_t)g->width);
+                    adamw_step((float *)p->mat->w, gsum[i], mom[i], var[i], p->numel, 5 * lr, r.b1, r.b2, r.eps, 0.0, step + 1);
+                    for (int64_t k = 0; k < g->n; k++) memset(gsum[i] + g->row[k] * g->width, 0, sizeof(float) * (size_t)g->width);
+                    continue;
+                }
                 /* in two halves (rows are independent), with a crash point between them for the tests */
                 SparseRows lo = *g, hi = *g;
                 lo.n = g->n / 2;

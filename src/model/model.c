@@ -199,6 +199,12 @@ int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logit
     return 0;
 }
 
+void dsv4_prefetch(dsv4_session *s, const int32_t *tokens, int64_t n, int64_t from) {
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= s->m->cfg.vocab_size) return;   /* a hint: bad ids ask for nothing */
+    engram_prefetch(s->m, s->cache, tokens, from, n);
+}
+
 /* MTP (spec "MTP"): e = enorm(Embed(token_{i+1})); X' = e·e_projᵀ (broadcast to the streams)
  * + hnorm(X_i)·h_projᵀ (per stream); one full block; its own hc head and norm; shared head. */
 int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n, float *logits) {
