@@ -13,16 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 D=${D:-./dsv4}
 PY=/usr/bin/python3
-TMP=$(mktemp -d /tmp/dsv4-engram-train.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok    $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL  $*"; }
-sanitizer_clean() { ! grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$1"; }
+TEST_TMP_NAME=engram-train . tests/lib.sh
 
 # a small corpus (this repository's prose), a 400-id tokenizer, the tiny config with Engram in layer 1
 cat README.md docs/*.md > "$TMP/text.txt"

@@ -13,14 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-/usr/bin/python3}
 CC=${CC:-gcc}
-TMP=$(mktemp -d /tmp/dsv4-npy-random.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok    $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL  $*"; }
+TEST_TMP_NAME=npy-random . tests/lib.sh
 finish() { echo "npy_random: $passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
 
 cat > "$TMP/driver.c" <<'EOF'

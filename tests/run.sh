@@ -9,22 +9,7 @@ SHARED=${DSV4_SHARED:-$ROOT/../shared}
 PY=/usr/bin/python3
 D=${DSV4_TEST_BIN:-$ROOT/build-asan/dsv4}
 F=$ROOT/tests/fixtures
-TMP=$(mktemp -d /tmp/dsv4-test.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok    $*"; }
-bad() { failed=$((failed + 1)); echo "FAIL  $*"; }
-sanitizer_clean() { ! grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$1"; }
-expect_error() {   # name, needle, command...
-  local name=$1 needle=$2; shift 2
-  "$@" > "$TMP/out.txt" 2> "$TMP/err.txt"; local rc=$?
-  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -qF -- "$needle" "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then ok "$name -> $(head -c 160 "$TMP/err.txt" | tr '\n' ' ')"
-  else bad "$name: exit $rc, stderr: $(head -c 300 "$TMP/err.txt")"; fi
-}
+TEST_TMP_NAME=test . tests/lib.sh
 
 # the reference tokenizers (npm): the Hugging Face tokenizers Rust core and the JS port
 TOKD=$ROOT/tests/tokenizer
@@ -155,26 +140,22 @@ print(f"the drafts were right {hits} of {len(tok) - N - 1} times, as the MTP hea
 P
 ) && ok "run --draft-prefetch: the same 32 tokens as without; $r" || bad "run --draft-prefetch: $r"
 else bad "run --draft-prefetch: output differs or failed: $(head -c 300 "$TMP/err.txt")"; fi
+# a test script's ok/FAIL lines counted here under LABEL; fewer than MIN checks is a failure too
+sub_suite() {   # LABEL MIN command...
+  local label=$1 min=$2 n=0 line; shift 2
+  while IFS= read -r line; do
+    case "$line" in ok*) ok "$label: ${line#ok    }"; n=$((n + 1)) ;; FAIL*) bad "$label: ${line#FAIL  }" ;; esac
+  done < <("$@" 2>&1)
+  [ "$n" -gt "$min" ] || bad "$label: only $n checks ran"
+}
 # dsv4 convert (tests/convert_test.sh): the official encodings byte for byte as init writes them,
 # lossless re-encoding, the config's format fields, errors
-n_conv=0
-while IFS= read -r line; do
-  case "$line" in ok*) ok "convert: ${line#ok    }"; n_conv=$((n_conv + 1)) ;; FAIL*) bad "convert: ${line#FAIL  }" ;; esac
-done < <(D="$D" tests/convert_test.sh 2>&1)
-[ "$n_conv" -gt 30 ] || bad "convert: only $n_conv checks ran"
+sub_suite convert 30 env D="$D" tests/convert_test.sh
 # NumPy's default_rng(seed).integers(...) reproduced bit for bit (Engram's hash multipliers)
-n_rng=0
-while IFS= read -r line; do
-  case "$line" in ok*) ok "npy_random: ${line#ok }"; n_rng=$((n_rng + 1)) ;; FAIL*) bad "npy_random: ${line#FAIL }" ;; esac
-done < <(tests/npy_random_test.sh 2>&1)
-[ "$n_rng" -gt 10 ] || bad "npy_random: only $n_rng checks ran"
+sub_suite npy_random 10 tests/npy_random_test.sh
 # training with the Engram tables on disk (tests/engram_train_test.sh): identical to in-memory
 # training, crash-safe at every point of the undo-log protocol, within its disk budget
-n_etr=0
-while IFS= read -r line; do
-  case "$line" in ok*) ok "engram on-disk training: ${line#ok    }"; n_etr=$((n_etr + 1)) ;; FAIL*) bad "engram on-disk training: ${line#FAIL  }" ;; esac
-done < <(D="$D" tests/engram_train_test.sh 2>&1)
-[ "$n_etr" -gt 10 ] || bad "engram on-disk training: only $n_etr checks ran"
+sub_suite "engram on-disk training" 10 env D="$D" tests/engram_train_test.sh
 # decode token by token == one prefill (last row), directly
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/a.f32" 2>/dev/null
 "$D" logits -m "$F/tiny-fp8" --tokens "$F/tokens.txt" --prefill 300 --out "$TMP/b.f32" 2>/dev/null
