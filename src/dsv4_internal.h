@@ -461,7 +461,6 @@ int engram_store_create(const dsv4_model *m, const char *dir);   /* from the mod
 EngramStore *engram_store_open(dsv4_model *m, const char *dir, int64_t step, int64_t *restored);
 void engram_store_moments(const EngramStore *S, int64_t param, float **m, float **v);
 int engram_store_is_table(const EngramStore *S, int64_t param);
-int engram_store_n_tables(const EngramStore *S);
 int64_t engram_store_table_param(const EngramStore *S, int k);
 int engram_store_log_rows(EngramStore *S, const SparseRows *const *rows);   /* before a step's in-place changes */
 int engram_store_sync(EngramStore *S);                                    /* before a checkpoint */

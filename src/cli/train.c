@@ -66,15 +66,11 @@ static uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Engram's memory tables (spec ENGRAM.md): Adam at 5x the learning rate, no weight decay; dense
- * or lazy (RunCfg.engram_lazy) */
-static int is_engram_table(const ParamRef *p) { return param_is_engram_table(p); }
-
 /* Muon takes the 2-D hidden weight matrices; embeddings, head, gates, mHC, Engram tables and
  * vectors stay on AdamW */
 static int uses_muon(const ParamRef *p) {
     return p->mat && p->mat->rows > 1 && strcmp(p->name, "embed.weight") && strcmp(p->name, "head.weight") &&
-           !strstr(p->name, "ffn.gate.") && !strstr(p->name, "hc_") && !is_engram_table(p);
+           !strstr(p->name, "ffn.gate.") && !strstr(p->name, "hc_") && !param_is_engram_table(p);
 }
 
 /* the lightning indexer's parameters: trained by their own KL loss */
@@ -83,7 +79,7 @@ static int is_indexer(const ParamRef *p) { return strstr(p->name, ".indexer.") !
 /* weight decay applies to 2-D weight matrices other than the embedding */
 static int decays(const ParamRef *p) {
     const size_t l = strlen(p->name);
-    return p->mat && l > 7 && !strcmp(p->name + l - 7, ".weight") && strcmp(p->name, "embed.weight") && !is_engram_table(p);
+    return p->mat && l > 7 && !strcmp(p->name + l - 7, ".weight") && strcmp(p->name, "embed.weight") && !param_is_engram_table(p);
 }
 
 /* A model directory with the current parameters as F32 (integer tables copied); tables in an
@@ -409,7 +405,7 @@ int cmd_train(int argc, char **argv) {
     if (!m) { free(config_text); return cli_error("train", "%s", dsv4_last_error()); }
     const int64_t P = m->n_params;
     int n_tables = 0;
-    for (int64_t i = 0; i < P; i++) n_tables += is_engram_table(&m->params[i]);
+    for (int64_t i = 0; i < P; i++) n_tables += param_is_engram_table(&m->params[i]);
     if (r.engram_disk && !n_tables) {
         dsv4_model_close(m); free(config_text);
         return cli_error("train", "--engram-on-disk: %s has no Engram tables", mdir);
@@ -429,7 +425,7 @@ int cmd_train(int argc, char **argv) {
         double tb = 0;
         int64_t width = 0;
         for (int64_t i = 0; i < P; i++)
-            if (is_engram_table(&m->params[i])) { tb += 4.0 * (double)m->params[i].numel; width = m->params[i].mat->cols; }
+            if (param_is_engram_table(&m->params[i])) { tb += 4.0 * (double)m->params[i].numel; width = m->params[i].mat->cols; }
         fprintf(stderr, "dsv4 train: Engram tables on disk in %s: %.2f GB of F32 tables, moments up to %.2f GB (rows "
                 "ever updated), undo log %lld bytes per row changed between checkpoints\n", sdir, tb / 1e9, 2 * tb / 1e9,
                 (long long)(12 * width + 24));
@@ -489,7 +485,7 @@ int cmd_train(int argc, char **argv) {
     if (!rc && !logf) rc = cli_error("train", "%s: cannot open: %s", path, strerror(errno));
     if (logf && !start) fprintf(logf, "step,loss,lr,grad_norm,tokens_per_s,val_loss,indexer_kl,mtp_loss\n");
     int64_t max_numel = 1;
-    for (int64_t i = 0; i < P; i++) if (!is_engram_table(&m->params[i]) && m->params[i].numel > max_numel) max_numel = m->params[i].numel;
+    for (int64_t i = 0; i < P; i++) if (!param_is_engram_table(&m->params[i]) && m->params[i].numel > max_numel) max_numel = m->params[i].numel;
     float *scratch = xmalloc(sizeof(float) * (size_t)max_numel);
     const int E = m->cfg.n_routed_experts;
     int64_t *load = xcalloc((size_t)m->cfg.n_layers * (size_t)E, sizeof(int64_t));
@@ -498,7 +494,7 @@ int cmd_train(int argc, char **argv) {
     SparseRows **grows = xcalloc((size_t)P, sizeof(SparseRows *));
     const SparseRows **store_rows = xcalloc((size_t)(n_tables ? n_tables : 1), sizeof(SparseRows *));
     for (int64_t i = 0; i < P; i++) {
-        if (!is_engram_table(&m->params[i])) { gsum[i] = xcalloc((size_t)m->params[i].numel, sizeof(float)); continue; }
+        if (!param_is_engram_table(&m->params[i])) { gsum[i] = xcalloc((size_t)m->params[i].numel, sizeof(float)); continue; }
         grows[i] = xcalloc(1, sizeof(SparseRows));
         grows[i]->width = m->params[i].mat->cols;
     }
@@ -576,7 +572,7 @@ int cmd_train(int argc, char **argv) {
             ParamRef *p = &m->params[i];
             if (frozen && !is_indexer(p)) continue;
             const double clip = clips[is_indexer(p)];
-            if (grows[i]) {   /* the tables: 5x lr, no decay */
+            if (grows[i]) {   /* the Engram tables (spec ENGRAM.md): 5x lr, no decay; dense or lazy Adam */
                 SparseRows *g = grows[i];
                 for (int64_t k = 0; clip != 1.0 && k < g->n * g->width; k++) g->val[k] *= (float)clip;
                 if (!r.engram_lazy) {   /* dense Adam: every row's moments decay and move it, as a dense gradient would */
@@ -603,7 +599,7 @@ int cmd_train(int argc, char **argv) {
             }
             float *w = p->mat ? (float *)p->mat->w : *p->vec;
             if (r.muon && uses_muon(p)) muon_step(w, gsum[i], mom[i], p->mat->rows, p->mat->cols, lr, 0.95, r.wd, scratch);
-            else adamw_step(w, gsum[i], mom[i], var[i], p->numel, is_engram_table(p) ? 5 * lr : lr, r.b1, r.b2, r.eps,
+            else adamw_step(w, gsum[i], mom[i], var[i], p->numel, lr, r.b1, r.b2, r.eps,
                             decays(p) ? r.wd : 0.0, step + 1);
         }
         /* auxiliary-loss-free balancing (spec "MoE"): experts above the mean load get less bias */

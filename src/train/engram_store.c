@@ -82,8 +82,6 @@ static void fill_rows(void *user, uint8_t *buf, uint64_t n) {   /* F32 rows, str
     }
 }
 
-static void fill_free_row(RowFill *f) { free(f->row); f->row = NULL; }
-
 int engram_store_create(const dsv4_model *m, const char *dir) {
     if (mkdir(dir, 0755) && errno != EEXIST) return dsv4_fail("%s: cannot create: %s", dir, strerror(errno));
     char path[4400];
@@ -100,7 +98,8 @@ int engram_store_create(const dsv4_model *m, const char *dir) {
         st_writer_add_fill(&w, p->name, DT_F32, 2, shape, fill_rows, f);
         path_of(path, sizeof path, dir, p->name, ".safetensors");
         int rc = st_writer_save(&w, path, 0);
-        fill_free_row(f);
+        free(f->row);   /* the writer frees f itself */
+        f->row = NULL;
         st_writer_free(&w);
         if (rc) return -1;
         char nm[UNDO_NAME + 8];
@@ -376,7 +375,6 @@ int64_t engram_store_disk_bytes(const EngramStore *S) {
     return total;
 }
 
-int engram_store_n_tables(const EngramStore *S) { return S->n; }
 int64_t engram_store_table_param(const EngramStore *S, int k) { return S->t[k].param; }
 
 void engram_store_close(EngramStore *S) {
