@@ -166,6 +166,13 @@ void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, con
 void linear_backward(float *dx, int64_t ldx, float *dW, const float *dy, int64_t ldy, const float *x, int64_t T,
                      const Mat *W, int64_t r0, int64_t nr);
 double cross_entropy(const float *logits, const int32_t *targets, int64_t T, int64_t V, float *dlogits);
+/* Decode kernels (kernels/matvec_avx2.c), for up to 4 tokens: usable when the CPU has
+ * AVX2/FMA/F16C and the format one of BF16, FP8, FP4 with cols % 32 == 0; x [T, cols] is first
+ * permuted into xp by _prepare, then each thread computes its rows. */
+int matvec_avx2_usable(const Mat *W);
+void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 is present */
+void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
+void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
 float dot_f32(const float *a, const float *b, int64_t n);
 void axpy_f32(float *y, float a, const float *x, int64_t n);
 float silu_f(float x);

@@ -62,11 +62,14 @@ static double ref_weight(const Mat *W, int64_t r, int64_t c) {
     case W_F32: return ((const float *)W->w)[r * W->cols + c];
     case W_BF16: return bf16_to_f32(((const uint16_t *)W->w)[r * W->cols + c]);
     case W_F16: return f16_to_f32(((const uint16_t *)W->w)[r * W->cols + c]);
-    case W_FP8:
-        s = e8m0_to_f32(((const uint8_t *)W->scale)[(r / 128) * W->scale_cols + c / 128]);
+    case W_FP8: {
+        const int64_t i = (r / 128) * W->scale_cols + c / 128;
+        s = W->scale_f32 ? ((const float *)W->scale)[i] : e8m0_to_f32(((const uint8_t *)W->scale)[i]);
         return e4m3_to_f32(b[r * W->cols + c]) * s;
+    }
     case W_FP4: {
-        s = e8m0_to_f32(((const uint8_t *)W->scale)[r * W->scale_cols + c / 32]);
+        const int64_t i = r * W->scale_cols + c / 32;
+        s = W->scale_f32 ? ((const float *)W->scale)[i] : e8m0_to_f32(((const uint8_t *)W->scale)[i]);
         uint8_t byte = b[r * (W->cols / 2) + c / 2];
         return e2m1_to_f32(c % 2 ? byte >> 4 : byte & 15) * s;
     }
@@ -102,16 +105,33 @@ static void make_mat(Mat *W, WKind k, int64_t rows, int64_t cols) {
     }
 }
 
+/* F32 scales (as some checkpoints store them) instead of E8M0 */
+static void scales_to_f32(Mat *W, int64_t n) {
+    float *f = xmalloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) f[i] = e8m0_to_f32(((const uint8_t *)W->scale)[i]) * (1.0f + (float)(i % 3) / 4);
+    free((void *)W->scale);
+    W->scale = f;
+    W->scale_f32 = 1;
+}
+
+/* Every format through the vector kernels (where the CPU has them) and the portable path, at
+ * 1..4 tokens (the fused decode kernels) and 9 (decode a block, then sgemm). FP8 bytes are
+ * uniform over all codes, so e4m3 subnormals are covered; an E8M0 scale of 0 (2^-127) too. */
 static void test_linear(void) {
     g_test = "linear";
-    const WKind kinds[] = {W_F32, W_BF16, W_F16, W_FP8, W_FP4};
-    const char *names[] = {"f32", "bf16", "f16", "fp8", "fp4"};
-    for (int ki = 0; ki < 5; ki++) {
-        const int64_t rows = 200, cols = 320;   /* partial 128-blocks on both axes */
+    const WKind kinds[] = {W_F32, W_BF16, W_F16, W_FP8, W_FP4, W_FP8, W_FP4, W_BF16};
+    const char *names[] = {"f32", "bf16", "f16", "fp8", "fp4", "fp8 f32-scales", "fp4 f32-scales", "bf16 cols%32"};
+    for (int simd = 1; simd >= 0; simd--)
+    for (int ki = 0; ki < 8; ki++) {
+        const int64_t rows = 200, cols = ki == 7 ? 200 : 320;   /* partial 128-blocks on both axes */
         Mat W;
         make_mat(&W, kinds[ki], rows, cols);
-        const int Ts[] = {1, 3, 9};
-        for (int ti = 0; ti < 3; ti++) {
+        if (ki == 5) scales_to_f32(&W, ((rows + 127) / 128) * W.scale_cols);
+        if (ki == 6) scales_to_f32(&W, rows * W.scale_cols);
+        if (ki == 4) ((uint8_t *)W.scale)[40 * W.scale_cols + 1] = 0;   /* row 40: a 2^-127 block */
+        linear_use_simd(simd);
+        const int Ts[] = {1, 2, 3, 4, 9};
+        for (int ti = 0; ti < 5; ti++) {
             const int T = Ts[ti];
             const int64_t r0 = 37, nr = 150;
             float *x = xmalloc(sizeof(float) * T * cols), *y = xmalloc(sizeof(float) * T * nr);
@@ -125,11 +145,13 @@ static void test_linear(void) {
                     maxerr = fmax(maxerr, fabs(ref - y[t * nr + r]));
                     maxref = fmax(maxref, fabs(ref));
                 }
-            CHECK(maxerr <= 1e-5 * (maxref + 1), "%s T=%d: max error %g (max |y| %g)", names[ki], T, maxerr, maxref);
+            CHECK(maxerr <= 1e-5 * (maxref + 1), "%s%s T=%d: max error %g (max |y| %g)", names[ki], simd ? "" : " (portable)", T,
+                  maxerr, maxref);
             free(x); free(y);
         }
         free((void *)W.w); free((void *)W.scale);
     }
+    linear_use_simd(1);
 }
 
 static void test_ops(void) {
@@ -217,6 +239,7 @@ static void test_ops(void) {
     free(big);
 
     g_test = "sinkhorn";
+    rng = 88172645463325252ull;   /* fixed inputs, whatever the tests before drew */
     for (int n = 1; n <= 6; n++) {
         int nm = n * (n + 2);
         float mixes[48], base[48], scale[3] = {0.7f, 1.3f, 2.1f}, pre[8], post[8], comb[64];
@@ -235,10 +258,15 @@ static void test_ops(void) {
             for (int k = 0; k < n; k++) { double c = 0; for (int j = 0; j < n; j++) c += C[j * n + k]; for (int j = 0; j < n; j++) C[j * n + k] /= c + eps; }
         }
         err = 0;
+        for (int j = 0; j < n * n; j++) err = fmax(err, fabs(C[j] - comb[j]));
+        /* 20 iterations leave rows off by up to ~1e-2 for peaked logits like these (the reference
+         * agrees, checked above); run long enough, the projection is doubly stochastic */
+        float comb_long[64];
+        hc_split_sinkhorn(mixes, scale, base, n, 300, 1e-6, pre, post, comb_long);
         double rowdev = 0, coldev = 0;
         for (int j = 0; j < n; j++) {
             double rs = 0, cs = 0;
-            for (int k = 0; k < n; k++) { err = fmax(err, fabs(C[j * n + k] - comb[j * n + k])); rs += comb[j * n + k]; cs += comb[k * n + j]; }
+            for (int k = 0; k < n; k++) { rs += comb_long[j * n + k]; cs += comb_long[k * n + j]; }
             rowdev = fmax(rowdev, fabs(rs - 1)); coldev = fmax(coldev, fabs(cs - 1));
         }
         double perr = 0;
@@ -247,7 +275,7 @@ static void test_ops(void) {
             perr = fmax(perr, fabs(post[i] - 2 / (1 + exp(-(scale[1] * mixes[n + i] + base[n + i])))));
         }
         CHECK(err < 1e-5 && perr < 1e-6, "n=%d comb error %g, pre/post error %g", n, err, perr);
-        CHECK(coldev < 1e-4 && rowdev < 1e-3, "n=%d doubly stochastic: rows off by %g, columns by %g", n, rowdev, coldev);
+        CHECK(coldev < 1e-4 && rowdev < 1e-4, "n=%d doubly stochastic after 300 iterations: rows off by %g, columns by %g", n, rowdev, coldev);
     }
 
     g_test = "hadamard";

@@ -15,11 +15,13 @@
 #endif
 
 /* Sums n floats with enough independent vector accumulators that the loads, not the adds,
- * limit the speed. */
-static float read_sum(const float *p, size_t n) {
+ * limit the speed; `prefetch` asks for the data a fixed distance ahead, as the decode kernels
+ * do (on some machines the hardware prefetcher alone leaves the bus half used). */
+static float read_sum(const float *p, size_t n, int prefetch) {
 #ifdef __AVX2__
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i + 32 <= n; i += 32) {
+        if (prefetch) _mm_prefetch((const char *)(p + i + 4096), _MM_HINT_T1);
         a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
         a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
         a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
@@ -29,6 +31,7 @@ static float read_sum(const float *p, size_t n) {
     _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
 #else
+    (void)prefetch;
     float a[8] = {0};
     for (size_t i = 0; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++) a[k] += p[i + k];
@@ -36,6 +39,8 @@ static float read_sum(const float *p, size_t n) {
 #endif
 }
 
+/* The best of several passes over 1 GiB, with and without software prefetch, at the current
+ * OpenMP thread count. */
 static double measure_read_gbps(void) {
     const size_t n = (size_t)1 << 28;   /* 1 GiB of floats: far beyond any cache */
     float *buf = aligned_alloc(64, n * sizeof(float));
@@ -43,13 +48,13 @@ static double measure_read_gbps(void) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 1023);
     double best = 0;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < 8; rep++) {
         double t0 = now_sec(), s = 0;
 #pragma omp parallel reduction(+ : s)
         {
             const int nt = omp_get_num_threads(), id = omp_get_thread_num();
             const size_t per = (n / (size_t)nt) & ~(size_t)31;
-            s += read_sum(buf + (size_t)id * per, per);
+            s += read_sum(buf + (size_t)id * per, per, rep % 2);
         }
         double dt = now_sec() - t0;
         if (s == -1) fprintf(stderr, "?");
@@ -75,19 +80,91 @@ static double measure_sgemm_gflops(void) {
     return best;
 }
 
+/* `bench --kernels`: each decode kernel alone on a 1 GiB matrix (far beyond the caches) at
+ * 1..N threads, as weight GB/s and as a share of the read bandwidth measured at the same thread
+ * count. The weights are real quantisations of Gaussian values (realistic exponents), one
+ * 2048 x 2048 tile repeated. */
+static int bench_kernels(int json) {
+    const int64_t cols = 2048, tile_rows = 2048;
+    const int max_threads = omp_get_max_threads();
+    float *v = xmalloc(sizeof(float) * (size_t)(tile_rows * cols));
+    uint64_t st = 88172645463325252ull;
+    for (int64_t i = 0; i < tile_rows * cols; i++) {   /* sum of 4 uniforms: near-Gaussian */
+        double z = 0;
+        for (int k = 0; k < 4; k++) { st ^= st << 13; st ^= st >> 7; st ^= st << 17; z += (double)(st >> 11) / 9007199254740992.0 - 0.5; }
+        v[i] = (float)(z * 0.05);
+    }
+    static const struct { const char *name; WKind kind; double bytes_per_weight; } fmts[] = {
+        {"bf16", W_BF16, 2}, {"fp8", W_FP8, 1}, {"fp4", W_FP4, 0.5}};
+    float *x = xmalloc(sizeof(float) * (size_t)cols);
+    for (int64_t c = 0; c < cols; c++) x[c] = (float)((c % 17) - 8) / 8;
+    if (json) printf("{\"kernels\": [");
+    else printf("kernel  threads  weights GB/s  read GB/s  share of read\n");
+    int first = 1;
+    for (int th = 1; th <= max_threads; th++) {
+        omp_set_num_threads(th);
+        const double rd = measure_read_gbps();
+        for (int f = 0; f < 3; f++) {
+            const int64_t rows = (int64_t)((double)(1 << 30) / (cols * fmts[f].bytes_per_weight));
+            Mat W = {.kind = fmts[f].kind, .rows = rows, .cols = cols, .name = fmts[f].name};
+            const size_t wbytes = (size_t)((double)rows * cols * fmts[f].bytes_per_weight), tbytes = wbytes / (size_t)(rows / tile_rows);
+            const int64_t srows = fmts[f].kind == W_FP8 ? rows / 128 : rows, scols = fmts[f].kind == W_FP8 ? cols / 128 : cols / 32;
+            const int64_t tile_srows = fmts[f].kind == W_FP8 ? tile_rows / 128 : tile_rows;
+            uint8_t *w = aligned_alloc(64, wbytes), *sc = xmalloc((size_t)(srows * scols));
+            if (!w) { fprintf(stderr, "bench: out of memory\n"); free(sc); free(v); free(x); return 1; }
+            if (fmts[f].kind == W_BF16)
+                for (int64_t i = 0; i < tile_rows * cols; i++) { uint16_t h = f32_to_bf16(v[i]); memcpy(w + 2 * i, &h, 2); }
+            else if (fmts[f].kind == W_FP8) cli_quant_fp8(v, tile_rows, cols, w, sc);
+            else cli_quant_fp4(v, tile_rows, cols, w, sc);
+            for (int64_t t = 1; t < rows / tile_rows; t++) {
+                memcpy(w + t * tbytes, w, tbytes);
+                memcpy(sc + t * tile_srows * scols, sc, (size_t)(tile_srows * scols));
+            }
+            W.w = w;
+            W.scale = sc;
+            W.scale_cols = scols;
+            float *y = xmalloc(sizeof(float) * (size_t)rows);
+            double best = 1e30;
+            for (int rep = 0; rep < 6; rep++) {
+                const double t0 = now_sec();
+                linear(y, rows, x, cols, 1, &W, 0, rows);
+                const double dt = now_sec() - t0;
+                if (rep && dt < best) best = dt;   /* the first pass warms the page tables */
+            }
+            const double gbps = (double)mat_bytes(&W) / best / 1e9;
+            if (json)
+                printf("%s{\"format\": \"%s\", \"threads\": %d, \"weight_gbps\": %.2f, \"read_gbps\": %.2f, \"share\": %.3f}",
+                       first ? "" : ", ", fmts[f].name, th, gbps, rd, gbps / rd);
+            else
+                printf("%-6s  %7d  %12.2f  %9.2f  %12.0f%%\n", fmts[f].name, th, gbps, rd, 100 * gbps / rd);
+            fflush(stdout);
+            first = 0;
+            free(y); free(w); free(sc);
+        }
+    }
+    if (json) printf("]}\n");
+    omp_set_num_threads(max_threads);
+    free(v); free(x);
+    return 0;
+}
+
 static const char *BENCH_HELP =
     "usage: dsv4 bench [--json] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
+    "       dsv4 bench --kernels [--json]\n"
     "  Measures read bandwidth and sgemm rate, then prefill and decode speed of a random model\n"
-    "  (default configs/bench-1b.json, FP8 + FP4 experts, created once in DIR).\n";
+    "  (default configs/bench-1b.json, FP8 + FP4 experts, created once in DIR).\n"
+    "  --kernels: each decode kernel (BF16, FP8, FP4) alone at 1..N threads against the read\n"
+    "  bandwidth at the same thread count.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *cfgp = "configs/bench-1b.json", *mdir = "bench/model-1b";
-    int json = 0;
+    int json = 0, kernels = 0;
     int64_t n_pre = 512, n_dec = 32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(BENCH_HELP, stdout); return 0; }
         else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--kernels")) kernels = 1;
         else if (!v) return cli_error("bench", "option %s needs a value", a);
         else if (!strcmp(a, "--config")) cfgp = argv[++i];
         else if (!strcmp(a, "--model-dir")) mdir = argv[++i];
@@ -95,6 +172,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--decode")) n_dec = cli_int("bench", a, argv[++i], 1, 1 << 20);
         else return cli_error("bench", "unknown option '%s'", a);
     }
+    if (kernels) return bench_kernels(json);
     Config c;
     if (config_load(&c, cfgp)) return cli_error("bench", "%s", dsv4_last_error());
     char marker[4200];

@@ -1,10 +1,12 @@
 /* Linear layers on weights in their stored precision (F32, BF16, F16, FP8 e4m3 with 128x128
  * E8M0 block scales, FP4 e2m1 with 1x32 scales). This is the hot spot of inference.
- * Small batches (decode) decode one weight row at a time into a thread-local buffer and take
- * dot products; large batches (prefill) decode a block of rows and hand it to OpenBLAS sgemm,
+ * Small batches (decode) stream the rows through the vector kernels of matvec_avx2.c, widening
+ * weights in registers (or, without AVX2, decode a row into a buffer and take dot products);
+ * large batches (prefill) decode a block of rows and hand it to OpenBLAS sgemm,
  * so the decode cost is paid once per block and amortised over all tokens. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __AVX2__
@@ -118,131 +120,6 @@ void axpy_f32(float *y, float a, const float *x, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-#ifdef __AVX2__
-static inline float hsum256(__m256 s) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
-
-/* 8 e4m3fn bytes -> 8 floats without a table: the 7 magnitude bits shifted into the float's
- * exponent/mantissa give 2^-120 times the value (normals and subnormals alike; the multiply by
- * 2^120 is exact), the sign bit moves to bit 31. The NaN code (never present in valid
- * checkpoints) decodes as 480. */
-static inline __m256 e4m3x8(const uint8_t *p) {
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7f)), 20);
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
-    return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_or_si256(mag, sign)), _mm256_set1_ps(0x1p+120f));
-}
-
-/* 4 bytes of e2m1 nibbles (low first) -> 8 floats through an 8-entry magnitude table. */
-static inline __m256 e2m1x8(const uint8_t *p) {
-    int32_t w;
-    memcpy(&w, p, 4);
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_cvtsi32_si128(w));            /* bytes 0..3 in lanes 0..3 */
-    const __m256i perm = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-    const __m256i bb = _mm256_permutevar8x32_epi32(b, perm);                  /* each byte twice */
-    const __m256i shift = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
-    const __m256i nib = _mm256_and_si256(_mm256_srlv_epi32(bb, shift), _mm256_set1_epi32(0xf));
-    const __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f), nib);
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(8)), 28);
-    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(mag), sign));
-}
-
-static inline __m256 bf16x8(const uint8_t *p) {
-    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-}
-
-/* y[t] = row r of W · x[t] for t < T (T <= 4), decoding the row on the fly in registers.
- * Returns 0 when the format has no fused kernel (the caller decodes the row instead). */
-static int fused_row_dots(const Mat *W, int64_t r, const float *x, int64_t ldx, int64_t T, float *out) {
-    const int64_t cols = W->cols;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    /* One token (decode): four independent accumulators hide the FMA latency. */
-    if (T == 1 && W->kind == W_BF16 && cols % 32 == 0) {
-        const uint8_t *p = (const uint8_t *)W->w + 2 * r * cols;
-        for (int64_t c = 0; c < cols; c += 32)
-            for (int k = 0; k < 4; k++)
-                acc[k] = _mm256_fmadd_ps(bf16x8(p + 2 * (c + 8 * k)), _mm256_loadu_ps(x + c + 8 * k), acc[k]);
-        out[0] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        return 1;
-    }
-    if (T == 1 && W->kind == W_FP8 && cols % 32 == 0) {
-        const uint8_t *p = (const uint8_t *)W->w + r * cols;
-        const int64_t srow = (r / 128) * W->scale_cols;
-        float sum = 0;
-        for (int64_t c0 = 0; c0 < cols; c0 += 128) {
-            const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
-            __m256 b[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            for (int64_t c = c0; c < c1; c += 32)
-                for (int k = 0; k < 4; k++) b[k] = _mm256_fmadd_ps(e4m3x8(p + c + 8 * k), _mm256_loadu_ps(x + c + 8 * k), b[k]);
-            sum += hsum256(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3]))) * scale_at(W, srow + c0 / 128);
-        }
-        out[0] = sum;
-        return 1;
-    }
-    if (T == 1 && W->kind == W_FP4) {
-        const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
-        const int64_t srow = r * W->scale_cols;
-        for (int64_t c0 = 0; c0 < cols; c0 += 32) {
-            const __m256 sc = _mm256_set1_ps(scale_at(W, srow + c0 / 32));
-            for (int k = 0; k < 4; k++)
-                acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(e2m1x8(p + (c0 + 8 * k) / 2), sc), _mm256_loadu_ps(x + c0 + 8 * k), acc[k]);
-        }
-        out[0] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        return 1;
-    }
-    if (W->kind == W_BF16 && cols % 8 == 0) {
-        const uint8_t *p = (const uint8_t *)W->w + 2 * r * cols;
-        for (int64_t c = 0; c < cols; c += 8) {
-            const __m256 w = bf16x8(p + 2 * c);
-            for (int64_t t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * ldx + c), acc[t]);
-        }
-        for (int64_t t = 0; t < T; t++) out[t] = hsum256(acc[t]);
-        return 1;
-    }
-    if (W->kind == W_FP8 && cols % 8 == 0) {
-        const uint8_t *p = (const uint8_t *)W->w + r * cols;
-        const int64_t srow = (r / 128) * W->scale_cols;
-        float sum[4] = {0, 0, 0, 0};
-        for (int64_t c0 = 0; c0 < cols; c0 += 128) {
-            const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
-            __m256 blk[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            for (int64_t c = c0; c < c1; c += 8) {
-                const __m256 w = e4m3x8(p + c);
-                for (int64_t t = 0; t < T; t++) blk[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * ldx + c), blk[t]);
-            }
-            const float s = scale_at(W, srow + c0 / 128);
-            for (int64_t t = 0; t < T; t++) sum[t] += hsum256(blk[t]) * s;
-        }
-        for (int64_t t = 0; t < T; t++) out[t] = sum[t];
-        return 1;
-    }
-    if (W->kind == W_FP4) {
-        const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
-        const int64_t srow = r * W->scale_cols;
-        for (int64_t c0 = 0; c0 < cols; c0 += 32) {
-            const __m256 s = _mm256_set1_ps(scale_at(W, srow + c0 / 32));
-            for (int64_t c = c0; c < c0 + 32; c += 8) {
-                const __m256 w = _mm256_mul_ps(e2m1x8(p + c / 2), s);
-                for (int64_t t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * ldx + c), acc[t]);
-            }
-        }
-        for (int64_t t = 0; t < T; t++) out[t] = hsum256(acc[t]);
-        return 1;
-    }
-    return 0;
-}
-#else
-static int fused_row_dots(const Mat *W, int64_t r, const float *x, int64_t ldx, int64_t T, float *out) {
-    (void)W; (void)r; (void)x; (void)ldx; (void)T; (void)out;
-    return 0;
-}
-#endif
-
 /* Batched paths decode about 16 MB of weight rows at a time into f32 for sgemm. */
 static int64_t block_rows(int64_t cols, int64_t nr) {
     int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);
@@ -257,6 +134,18 @@ static void dequant_block(const Mat *W, int64_t r0, int64_t nb, float *buf) {
 /* Up to this many tokens, each weight row is decoded once and dotted with every token. */
 #define LINEAR_SMALL_T 4
 
+/* The vector kernels run where the CPU has them, unless DSV4_SIMD=0 (or linear_use_simd(0))
+ * asks for the portable path; tests compare the two. */
+static int simd_enabled = -1;
+void linear_use_simd(int on) { simd_enabled = on; }
+static int linear_simd_enabled(void) {
+    if (simd_enabled < 0) {
+        const char *e = getenv("DSV4_SIMD");
+        simd_enabled = !(e && !strcmp(e, "0"));
+    }
+    return simd_enabled;
+}
+
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     const int64_t cols = W->cols;
     if (T <= 0 || nr <= 0) return;
@@ -267,17 +156,26 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
                          (blasint)ldx, w, (blasint)cols, 0.0f, y, (blasint)ldy);
         return;
     }
-    if (T <= LINEAR_SMALL_T) {
+    if (T <= LINEAR_SMALL_T && linear_simd_enabled() && matvec_avx2_usable(W)) {
+        /* the activations are permuted once into the order the kernel widens weights in */
+        float *xp = xmalloc(sizeof(float) * (size_t)(T * cols));
+        matvec_avx2_prepare(W, x, ldx, T, xp);
 #pragma omp parallel
         {
-            float *row = NULL, out[LINEAR_SMALL_T];
+            /* contiguous row ranges: each thread streams through its own part of the matrix */
+            const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+            const int64_t a = nr * id / nt, b = nr * (id + 1) / nt;
+            matvec_avx2_rows(W, r0 + a, b - a, xp, T, y + a, ldy);
+        }
+        free(xp);
+        return;
+    }
+    if (T <= LINEAR_SMALL_T) {   /* portable path: decode a row, then dot it with each token */
+#pragma omp parallel
+        {
+            float *row = xmalloc(sizeof(float) * (size_t)cols);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < nr; i++) {
-                if (fused_row_dots(W, r0 + i, x, ldx, T, out)) {
-                    for (int64_t t = 0; t < T; t++) y[t * ldy + i] = out[t];
-                    continue;
-                }
-                if (!row) row = xmalloc(sizeof(float) * (size_t)cols);
                 dequant_row(W, r0 + i, row);
                 for (int64_t t = 0; t < T; t++) y[t * ldy + i] = dot_f32(row, x + t * ldx, cols);
             }
