@@ -147,6 +147,16 @@ static void test_linear(void) {
                 }
             CHECK(maxerr <= 1e-5 * (maxref + 1), "%s%s T=%d: max error %g (max |y| %g)", names[ki], simd ? "" : " (portable)", T,
                   maxerr, maxref);
+            if (T > 1 && T <= 4) {   /* a batch of up to 4 tokens: bit-identical to one at a time */
+                float *y1 = xmalloc(sizeof(float) * nr);
+                int same = 1;
+                for (int t = 0; t < T; t++) {
+                    linear(y1, nr, x + t * cols, cols, 1, &W, r0, nr);
+                    same &= !memcmp(y1, y + t * nr, sizeof(float) * nr);
+                }
+                CHECK(same, "%s%s T=%d: each token's outputs equal to the bit those of T=1", names[ki], simd ? "" : " (portable)", T);
+                free(y1);
+            }
             free(x); free(y);
         }
         free((void *)W.w); free((void *)W.scale);

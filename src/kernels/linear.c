@@ -149,13 +149,14 @@ static int linear_simd_enabled(void) {
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     const int64_t cols = W->cols;
     if (T <= 0 || nr <= 0) return;
-    if (W->kind == W_F32 && (uintptr_t)W->w % sizeof(float) == 0) {   /* aligned: straight to BLAS */
-        const float *w = (const float *)W->w + r0 * cols;
-        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nr, (blasint)cols, 1.0f, w, (blasint)cols, x, 1, 0.0f, y, 1);
-        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)nr, (blasint)cols, 1.0f, x,
-                         (blasint)ldx, w, (blasint)cols, 0.0f, y, (blasint)ldy);
+    /* F32, aligned, more tokens than the small-batch kernels take: straight to BLAS */
+    if (W->kind == W_F32 && T > LINEAR_SMALL_T && (uintptr_t)W->w % sizeof(float) == 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)T, (blasint)nr, (blasint)cols, 1.0f, x, (blasint)ldx,
+                    (const float *)W->w + r0 * cols, (blasint)cols, 0.0f, y, (blasint)ldy);
         return;
     }
+    /* Up to LINEAR_SMALL_T tokens every format takes the kernels below, whose per-token results
+     * do not depend on T (speculative decoding relies on it). */
     if (T <= LINEAR_SMALL_T && linear_simd_enabled() && matvec_avx2_usable(W)) {
         /* the activations are permuted once into the order the kernel widens weights in */
         float *xp = xmalloc(sizeof(float) * (size_t)(T * cols));
@@ -176,8 +177,10 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
             float *row = xmalloc(sizeof(float) * (size_t)cols);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < nr; i++) {
-                dequant_row(W, r0 + i, row);
-                for (int64_t t = 0; t < T; t++) y[t * ldy + i] = dot_f32(row, x + t * ldx, cols);
+                const float *wr = row;
+                if (W->kind == W_F32 && (uintptr_t)W->w % sizeof(float) == 0) wr = (const float *)W->w + (r0 + i) * cols;
+                else dequant_row(W, r0 + i, row);
+                for (int64_t t = 0; t < T; t++) y[t * ldy + i] = dot_f32(wr, x + t * ldx, cols);
             }
             free(row);
         }

@@ -66,6 +66,11 @@ static inline void widen_bf16(const uint8_t *p, __m256 w[4]) {
 static const uint8_t BF16_ORDER[32] = {0,  1,  2,  3,  8,  9,  10, 11, 4,  5,  6,  7,  12, 13, 14, 15,
                                        16, 17, 18, 19, 24, 25, 26, 27, 20, 21, 22, 23, 28, 29, 30, 31};
 
+/* F32: 128 bytes, nothing to widen (any alignment) */
+static inline void widen_f32(const uint8_t *p, __m256 w[4]) {
+    for (int k = 0; k < 4; k++) w[k] = _mm256_loadu_ps((const float *)p + 8 * k);
+}
+
 /* FP8 e4m3: 32 bytes -> value × 2^-8, natural order */
 static inline void widen_e4m3(const uint8_t *p, __m256 w[4]) {
     const __m256i z = _mm256_setzero_si256(), keep = _mm256_set1_epi16((short)0xBFFF);
@@ -104,7 +109,7 @@ int matvec_avx2_usable(const Mat *W) {
         cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
     if (!cpu || W->cols % 32) return 0;
-    return W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4;
+    return W->kind == W_F32 || W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4;
 }
 
 /* xp[t][c] = x[t][c0 + order[c - c0]] for each 32-column chunk */
@@ -116,98 +121,91 @@ void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, f
             for (int j = 0; j < 32; j++) xp[t * cols + c0 + j] = x[t * ldx + c0 + (order ? order[j] : j)];
 }
 
-/* one token: four accumulators keep the FMA latency off the critical path */
-static float row_bf16_1(const uint8_t *p, const float *xp, int64_t cols) {
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}, w[4];
+/* Each row kernel handles T = 1..4 tokens, widening every 32 weights once for all of them.
+ * Per token the arithmetic (accumulators, order of the sums) is exactly that of T = 1, so a
+ * batch of tokens gets bit-identical results to one token at a time: speculative decoding
+ * verifies drafts in one pass and still reproduces plain greedy decoding. T is a constant at
+ * each call site (see matvec_avx2_rows), so the loops over tokens unroll. */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* F32 and BF16: four accumulators per token keep the FMA latency off the critical path */
+ALWAYS_INLINE void row_wide(const Mat *W, int64_t r, const float *xp, int T, float *out) {
+    const int64_t cols = W->cols, esize = W->kind == W_F32 ? 4 : 2;
+    const uint8_t *p = (const uint8_t *)W->w + esize * r * cols;
+    __m256 a[4][4], w[4];
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < 4; k++) a[t][k] = _mm256_setzero_ps();
     for (int64_t c = 0; c < cols; c += 32) {
-        _mm_prefetch((const char *)(p + 2 * c + PREFETCH_BYTES), PF_HINT);
-        widen_bf16(p + 2 * c, w);
-        for (int k = 0; k < 4; k++) a[k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + c + 8 * k), a[k]);
+        _mm_prefetch((const char *)(p + esize * c + PREFETCH_BYTES), PF_HINT);
+        if (esize == 4) widen_f32(p + 4 * c, w);
+        else widen_bf16(p + 2 * c, w);
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < 4; k++) a[t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + t * cols + c + 8 * k), a[t][k]);
     }
-    return hsum8(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    for (int t = 0; t < T; t++) out[t] = hsum8(_mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
 }
 
-static float row_e4m3_1(const Mat *W, int64_t r, const float *xp) {
+/* one scale per 128 x 128 block: four accumulators per block, scaled into the row sum */
+ALWAYS_INLINE void row_e4m3(const Mat *W, int64_t r, const float *xp, int T, float *out) {
     const int64_t cols = W->cols, srow = (r / 128) * W->scale_cols;
     const uint8_t *p = (const uint8_t *)W->w + r * cols;
-    __m256 acc = _mm256_setzero_ps(), w[4];
+    __m256 acc[4], b[4][4], w[4];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t c0 = 0; c0 < cols; c0 += 128) {
         const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
-        __m256 b[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < 4; k++) b[t][k] = _mm256_setzero_ps();
         for (int64_t c = c0; c < c1; c += 32) {
             _mm_prefetch((const char *)(p + c + PREFETCH_BYTES), PF_HINT);
             widen_e4m3(p + c, w);
-            for (int k = 0; k < 4; k++) b[k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + c + 8 * k), b[k]);
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < 4; k++) b[t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + t * cols + c + 8 * k), b[t][k]);
         }
         const __m256 s = _mm256_set1_ps(block_scale(W, srow + c0 / 128) * E4M3_SCALE);
-        acc = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3])), s, acc);
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(b[t][0], b[t][1]), _mm256_add_ps(b[t][2], b[t][3])), s, acc[t]);
     }
-    return hsum8(acc);
+    for (int t = 0; t < T; t++) out[t] = hsum8(acc[t]);
 }
 
-static float row_e2m1_1(const Mat *W, int64_t r, const float *xp) {
+/* one scale per 32 weights: the even and the odd half of each block scaled into two sums */
+ALWAYS_INLINE void row_e2m1(const Mat *W, int64_t r, const float *xp, int T, float *out) {
     const int64_t cols = W->cols, srow = r * W->scale_cols;
     const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
     if (!W->scale_f32) _mm_prefetch((const char *)W->scale + srow + PREFETCH_BYTES / 16, PF_HINT);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, w[4];
+    __m256 a0[4], a1[4], w[4];
+    for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
     for (int64_t c = 0; c < cols; c += 32) {
         _mm_prefetch((const char *)(p + c / 2 + PREFETCH_BYTES), PF_HINT);
         widen_e2m1(p + c / 2, w);
-        const __m256 ev = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xp + c + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xp + c)));
-        const __m256 od = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xp + c + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xp + c + 16)));
         const __m256 s = _mm256_set1_ps(block_scale(W, srow + c / 32) * E2M1_SCALE);
-        a0 = _mm256_fmadd_ps(ev, s, a0);
-        a1 = _mm256_fmadd_ps(od, s, a1);
+        for (int t = 0; t < T; t++) {
+            const float *xt = xp + t * cols + c;
+            const __m256 ev = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xt + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xt)));
+            const __m256 od = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xt + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xt + 16)));
+            a0[t] = _mm256_fmadd_ps(ev, s, a0[t]);
+            a1[t] = _mm256_fmadd_ps(od, s, a1[t]);
+        }
     }
-    return hsum8(_mm256_add_ps(a0, a1));
+    for (int t = 0; t < T; t++) out[t] = hsum8(_mm256_add_ps(a0[t], a1[t]));
 }
 
-/* 2..4 tokens: each chunk of 32 weights is widened once and used for every token */
-static void row_any_T(const Mat *W, int64_t r, const float *xp, int64_t T, float *out) {
-    const int64_t cols = W->cols;
-    __m256 acc[4], blk[4], w[4];
-    for (int t = 0; t < 4; t++) acc[t] = blk[t] = _mm256_setzero_ps();
-    const int64_t per_scale = W->kind == W_FP8 ? 128 : W->kind == W_FP4 ? 32 : cols;
-    const uint8_t *p = W->kind == W_BF16 ? (const uint8_t *)W->w + 2 * r * cols
-                       : W->kind == W_FP8 ? (const uint8_t *)W->w + r * cols
-                                          : (const uint8_t *)W->w + r * (cols / 2);
-    const int64_t srow = W->kind == W_FP8 ? (r / 128) * W->scale_cols : r * W->scale_cols;
-    for (int64_t c = 0; c < cols; c += 32) {
-        if (W->kind == W_BF16) { _mm_prefetch((const char *)(p + 2 * c + PREFETCH_BYTES), PF_HINT); widen_bf16(p + 2 * c, w); }
-        else if (W->kind == W_FP8) { _mm_prefetch((const char *)(p + c + PREFETCH_BYTES), PF_HINT); widen_e4m3(p + c, w); }
-        else { _mm_prefetch((const char *)(p + c / 2 + PREFETCH_BYTES), PF_HINT); widen_e2m1(p + c / 2, w); }
-        for (int64_t t = 0; t < T; t++) {
-            const float *xt = xp + t * cols + c;
-            __m256 s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xt + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xt)));
-            s = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xt + 24), _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xt + 16), s));
-            blk[t] = _mm256_add_ps(blk[t], s);
-        }
-        if ((c + 32) % per_scale == 0 || c + 32 == cols) {   /* end of a scale block */
-            const float sc = W->kind == W_BF16 ? 1.0f
-                             : W->kind == W_FP8 ? block_scale(W, srow + c / 128) * E4M3_SCALE
-                                                : block_scale(W, srow + c / 32) * E2M1_SCALE;
-            const __m256 s = _mm256_set1_ps(sc);
-            for (int64_t t = 0; t < T; t++) { acc[t] = _mm256_fmadd_ps(blk[t], s, acc[t]); blk[t] = _mm256_setzero_ps(); }
-        }
+ALWAYS_INLINE void rows_T(const Mat *W, int64_t r0, int64_t nr, const float *xp, int T, float *y, int64_t ldy) {
+    float out[4];
+    for (int64_t i = 0; i < nr; i++) {
+        if (W->kind == W_F32 || W->kind == W_BF16) row_wide(W, r0 + i, xp, T, out);
+        else if (W->kind == W_FP8) row_e4m3(W, r0 + i, xp, T, out);
+        else row_e2m1(W, r0 + i, xp, T, out);
+        for (int t = 0; t < T; t++) y[t * ldy + i] = out[t];
     }
-    for (int64_t t = 0; t < T; t++) out[t] = hsum8(acc[t]);
 }
 
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy) {
-    const int64_t cols = W->cols;
-    if (T == 1) {
-        if (W->kind == W_BF16)
-            for (int64_t i = 0; i < nr; i++) y[i] = row_bf16_1((const uint8_t *)W->w + 2 * (r0 + i) * cols, xp, cols);
-        else if (W->kind == W_FP8)
-            for (int64_t i = 0; i < nr; i++) y[i] = row_e4m3_1(W, r0 + i, xp);
-        else
-            for (int64_t i = 0; i < nr; i++) y[i] = row_e2m1_1(W, r0 + i, xp);
-        return;
-    }
-    float out[4];
-    for (int64_t i = 0; i < nr; i++) {
-        row_any_T(W, r0 + i, xp, T, out);
-        for (int64_t t = 0; t < T; t++) y[t * ldy + i] = out[t];
+    switch (T) {
+    case 1: rows_T(W, r0, nr, xp, 1, y, ldy); break;
+    case 2: rows_T(W, r0, nr, xp, 2, y, ldy); break;
+    case 3: rows_T(W, r0, nr, xp, 3, y, ldy); break;
+    default: rows_T(W, r0, nr, xp, 4, y, ldy); break;
     }
 }
 #pragma GCC pop_options
