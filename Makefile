@@ -85,7 +85,7 @@ test: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	./dsv4 bench
+	bench/decode.sh
 	bench/tokenizer.sh
 	bench/train.sh
 	bench/engram.sh

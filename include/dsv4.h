@@ -66,6 +66,14 @@ DSV4_API void dsv4_session_set_progress(dsv4_session *s, dsv4_progress_fn fn, vo
  * of every token, the input of the MTP block. Returns 0, or -1 with dsv4_last_error(). */
 DSV4_API int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden);
 
+/* Speculative decoding. dsv4_forward_verify runs 1..chunk tokens in one pass like dsv4_forward,
+ * but logits receives [n, vocab]: every token's prediction. Up to 4 tokens go through the decode
+ * kernels, whose results per token are bit-identical to one token at a time, so verified drafts
+ * reproduce plain decoding exactly. Right after it, dsv4_session_undo_last takes its last token
+ * back out of the cache (a rejected draft): the session is as if it had never seen it. */
+DSV4_API int dsv4_forward_verify(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden);
+DSV4_API int dsv4_session_undo_last(dsv4_session *s);
+
 /* Runs the MTP block (layer 0) for positions mpos..mpos+n-1 of its own cache: hidden holds the
  * main model's final streams at those positions, next_tokens the token following each one.
  * logits receives [n, vocab]: the prediction of the token after next_tokens[i]. */

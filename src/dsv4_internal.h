@@ -302,6 +302,19 @@ int64_t model_param_index(const dsv4_model *m, const char *name);
  * tables where they are (the trainer then points them at its on-disk store). */
 void model_make_trainable(dsv4_model *m, int except_tables);
 
+/* What the last token of a forward changed in a layer's state that a later token at the same
+ * position would not simply overwrite: taken before that token's update, when the session
+ * keeps the last token revocable (dsv4_forward_verify). The window ring, compressed entries
+ * and indexer keys need nothing: they are indexed by position, and a query never reads the
+ * slot of its own position from before the chunk. */
+typedef struct LayerUndo {
+    float *comp;                   /* compressor state a then z [2 * state len] */
+    float *idx;                    /* indexer compressor state a then z */
+    int64_t eng_recent[DSV4_MAX_NGRAM];
+    float *eng_slot;               /* Engram conv ring slot [hc*d] before the token wrote it */
+    int64_t eng_slot_at;           /* its index, -1 when none was written */
+} LayerUndo;
+
 typedef struct LayerCache {
     float *ring;                   /* [W, D] window kv, slot t mod W */
     float *comp;                   /* [ctx/ratio, D] compressed entries */
@@ -311,6 +324,7 @@ typedef struct LayerCache {
     int64_t cap_comp;
     int64_t eng_recent[DSV4_MAX_NGRAM];   /* Engram: compressed ids 1, 2, .. steps before the chunk */
     float *eng_conv;               /* Engram short conv: normed inputs of the last (kernel-1)*N positions */
+    LayerUndo *undo;               /* non-NULL: record the last token's changes (see LayerUndo) */
 } LayerCache;
 
 struct dsv4_session {
@@ -322,6 +336,8 @@ struct dsv4_session {
     void *progress_user;
     LayerCache *cache;             /* n_layers */
     LayerCache *mtp_cache;         /* n_mtp_layers */
+    LayerUndo *undo;               /* n_layers, allocated by the first dsv4_forward_verify */
+    int undo_ready;                /* the last forward's last token can be taken back */
 };
 
 /* One V4 block (both mHC sublayers) over T tokens at positions t0.. (model/model.c). X is
@@ -378,10 +394,11 @@ typedef struct AttnSave {
 void attn_save_free(AttnSave *s);
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
                       int64_t T, int64_t t0, float *out, AttnSave *save);
-/* compressor.c: consumes T tokens, emits entries into `entries` (count grows to (t0+T)/ratio). */
+/* compressor.c: consumes T tokens, emits entries into `entries` (count grows to (t0+T)/ratio).
+ * undo (may be NULL): receives state_a then state_z as they were before the last token. */
 void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq,
                         int rotate_fp4, const float *h, int64_t T, int64_t t0, float *state_a,
-                        float *state_z, float *entries, CompSave *save);
+                        float *state_z, float *entries, CompSave *save, float *undo);
 /* The softmax pooling of one entry from a full compressor state, and its backward */
 void compressor_pool(const CompressorW *cw, const float *sa, const float *sz, float *entry);
 /* Backward of the softmax pooling of one entry over the compressor state (sa, sz as laid out

@@ -140,6 +140,27 @@ print(f"the drafts were right {hits} of {len(tok) - N - 1} times, as the MTP hea
 P
 ) && ok "run --draft-prefetch: the same 32 tokens as without; $r" || bad "run --draft-prefetch: $r"
 else bad "run --draft-prefetch: output differs or failed: $(head -c 300 "$TMP/err.txt")"; fi
+# run --speculative: MTP drafts checked by two-token passes (rejections undone in the cache);
+# the output equals the plain run's, greedy and sampled, across compressor block ends (the
+# prompt + output pass position 128) and with Engram (engram-tiny)
+long_ids=$(for i in $(seq 1 8); do echo "The committee said that the new law would take effect next year."; done |
+  "$D" tokenize -m "$ROOT/models/default" | tr ' ' ',')
+for v in "models/default::$long_ids" "models/default:--temp 0.8 --top-p 0.9 --seed 7:$long_ids" "$F/engram-tiny::$(seq 5 3 330 | tr '\n' ',' | sed 's/,$//')"; do
+  IFS=: read -r mdir sopts sids <<< "$v"
+  case $mdir in /*) ;; *) mdir="$ROOT/$mdir";; esac
+  # shellcheck disable=SC2086
+  spec=$("$D" run -m "$mdir" --ids "$sids" -n 48 --ignore-eos --speculative $sopts 2> "$TMP/err.txt")
+  # shellcheck disable=SC2086
+  plain=$("$D" run -m "$mdir" --ids "$sids" -n 48 --ignore-eos $sopts 2>> "$TMP/err.txt")
+  rep=$(grep -o 'speculative: .*' "$TMP/err.txt")
+  if sanitizer_clean "$TMP/err.txt" && [ -n "$spec" ] && [ "$spec" = "$plain" ] && [ -n "$rep" ]; then
+    ok "run --speculative $(basename "$mdir") ${sopts:-greedy}: 48 tokens identical to plain decoding ($rep)"
+  else bad "run --speculative $(basename "$mdir") ${sopts:-greedy}: differs or failed: $(head -c 300 "$TMP/err.txt")"; fi
+done
+expect_error "run --speculative with --draft-prefetch" "do not combine" "$D" run -m "$ROOT/models/default" --ids 1,2 --speculative --draft-prefetch
+$PY -c "import json,sys; c=json.load(open(sys.argv[1])); c['n_mtp_layers']=0; c['compress_ratios']=c['compress_ratios'][:c['n_layers']]; json.dump(c, open(sys.argv[2], 'w'))" \
+  "$ROOT/configs/tiny.json" "$TMP/nomtp.json" && "$D" init --config "$TMP/nomtp.json" --seed 1 --out "$TMP/nomtp" > /dev/null 2>&1
+expect_error "run --speculative without an MTP block" "needs a model with an MTP block" "$D" run -m "$TMP/nomtp" --ids 1,2 --speculative
 # a test script's ok/FAIL lines counted here under LABEL; fewer than MIN checks is a failure too
 sub_suite() {   # LABEL MIN command...
   local label=$1 min=$2 n=0 line; shift 2

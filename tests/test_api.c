@@ -39,6 +39,47 @@ static double maxdiff(const float *a, const float *b, int n) {
     return d;
 }
 
+/* Speculative decoding's primitives: a two-token verification pass gives, for each token, the
+ * logits of plain one-token decoding bit for bit, and taking its last token back (a rejected
+ * draft) leaves the session exactly as if that token had never been fed. Rejections land on
+ * every phase of the compressors (ratios 4, 16, 128 and the indexer's) and of Engram's conv. */
+static void check_verify_undo(const char *dir, const int32_t *all_ids) {
+    dsv4_open_options o = {.quant_rounding = -1};
+    dsv4_model *m = dsv4_model_open(dir, &o);
+    CHECK(m != NULL, "open %s: %s", dir, dsv4_last_error());
+    if (!m) return;
+    const int V = dsv4_vocab_size(m), P = 100, K = 60;
+    int32_t ids[P + K + 2];
+    for (int i = 0; i < P + K + 2; i++) ids[i] = all_ids[i] % V;
+    dsv4_session *a = dsv4_session_new(m, 300), *b = dsv4_session_new(m, 300);
+    float *ref = malloc(sizeof(float) * (size_t)(K + 1) * V), *two = malloc(sizeof(float) * 2 * (size_t)V);
+    int ok = dsv4_forward(a, ids, P, ref, NULL) == 0 && dsv4_forward(b, ids, P, two, NULL) == 0;
+    for (int k = 0; ok && k <= K; k++) ok = dsv4_forward(a, ids + P + k, 1, ref + (size_t)k * V, NULL) == 0;
+    int same = ok, rejected = 0, t = 0;
+    while (ok && t < K) {
+        ok = dsv4_forward_verify(b, ids + P + t, 2, two, NULL) == 0;
+        same &= ok && !memcmp(two, ref + (size_t)t * V, sizeof(float) * V) && !memcmp(two + V, ref + (size_t)(t + 1) * V, sizeof(float) * V);
+        if ((P + t) % 3 == 0 || (P + t) % 16 == 15) {   /* reject the second token */
+            ok = ok && dsv4_session_undo_last(b) == 0;
+            rejected++;
+            t += 1;
+        } else {
+            t += 2;
+        }
+        same &= dsv4_session_pos(b) == P + t;
+    }
+    CHECK(ok && same && rejected > 10, "%s: 2-token verification equals 1-token decoding bit for bit, across %d undone tokens: %s", dir,
+          rejected, ok ? "" : dsv4_last_error());
+    CHECK(dsv4_session_undo_last(b) != 0 && strstr(dsv4_last_error(), "only the last token"), "a second undo is refused: %s",
+          dsv4_last_error());
+    CHECK(dsv4_forward_verify(b, ids, 0, two, NULL) != 0, "an empty verification is refused");
+    dsv4_session_free(a);
+    dsv4_session_free(b);
+    dsv4_model_close(m);
+    free(ref);
+    free(two);
+}
+
 int main(int argc, char **argv) {
     const char *fx = argc > 1 ? argv[1] : "tests/fixtures";
     char path[1024];
@@ -83,6 +124,10 @@ int main(int argc, char **argv) {
     CHECK(dsv4_forward(s, &bad, 1, logits, NULL) != 0 && strstr(dsv4_last_error(), "out of range"), "bad token refused: %s", dsv4_last_error());
     dsv4_session_free(s);
     dsv4_model_close(m);
+    snprintf(path, sizeof path, "%s/tiny-fp8", fx);
+    check_verify_undo(path, ids);
+    snprintf(path, sizeof path, "%s/engram-tiny", fx);
+    check_verify_undo(path, ids);
     CHECK(dsv4_model_open("/nonexistent-model-dir", NULL) == NULL && strstr(dsv4_last_error(), "/nonexistent-model-dir"),
           "missing model: %s", dsv4_last_error());
     free(ref); free(refm); free(logits); free(hidden); free(ml);

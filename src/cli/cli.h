@@ -60,8 +60,20 @@ typedef struct Gen {
     float *hidden, *mtp_logits;   /* the last position's final streams; the MTP head's logits */
     int32_t last_draft;
     int64_t draft_hits, draft_total;
+    /* MTP speculative decoding (gen_enable_speculative): each fed token goes through the main
+     * model together with the MTP block's draft of the one after it (dsv4_forward_verify);
+     * the draft's logits wait in ahead_logits until the next token is known */
+    int spec;
+    float *verify_logits, *verify_hidden;   /* [2, vocab], [2, hc*d] */
+    int ahead_ok;                           /* the cache holds ahead_draft after the last fed token */
+    int32_t ahead_draft;
+    int mtp_backlog;                        /* an accepted draft the MTP block has not seen yet */
+    float *backlog_hidden;
+    int32_t backlog_token;
+    int64_t spec_passes, spec_accepted;
 } Gen;
 int gen_enable_draft(Gen *g);   /* 0, or -1 (the model has no MTP block) */
+int gen_enable_speculative(Gen *g);   /* 0, or -1 (the model has no MTP block) */
 int32_t gen_sample(Gen *g);           /* the next token from the current logits */
 int gen_feed(Gen *g, int32_t next);   /* feeds it: the draft prefetch when on, the forward */
 int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int quant, int64_t ctx, const dsv4_sampling *sp);

@@ -97,6 +97,9 @@ static const char *RUN_HELP =
     "  --draft-prefetch Engram tables on disk: the MTP block drafts the token after each sampled\n"
     "                   one and that draft's table rows are requested a token ahead (costs one MTP\n"
     "                   block per token; reports how often the draft was right)\n"
+    "  --speculative    MTP speculative decoding: the MTP block drafts the next token and one pass\n"
+    "                   of the model checks it with the current one; the output is identical to\n"
+    "                   plain decoding (any sampling settings); reports the acceptance rate\n"
     "  --quant on|off   quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
 
 static void prefill_progress(void *user, int64_t done, int64_t total) {
@@ -145,6 +148,18 @@ int gen_enable_draft(Gen *g) {
     return 0;
 }
 
+int gen_enable_speculative(Gen *g) {
+    if (dsv4_n_mtp_layers(g->m) < 1) return dsv4_fail("speculative decoding needs a model with an MTP block (n_mtp_layers)");
+    const int64_t nd = (int64_t)dsv4_hidden_size(g->m) * dsv4_hc_mult(g->m), V = dsv4_vocab_size(g->m);
+    g->spec = 1;
+    g->hidden = xcalloc((size_t)nd, sizeof(float));
+    g->mtp_logits = xmalloc(sizeof(float) * (size_t)(2 * V));
+    g->verify_logits = xmalloc(sizeof(float) * (size_t)(2 * V));
+    g->verify_hidden = xmalloc(sizeof(float) * (size_t)(2 * nd));
+    g->backlog_hidden = xmalloc(sizeof(float) * (size_t)nd);
+    return 0;
+}
+
 /* The prompt's final streams feed the MTP block at every prompt position (its cache must hold
  * them before it drafts), a piece at a time; the last one is kept for the first draft. */
 static int prefill_with_mtp(Gen *g, const int32_t *ids, int64_t n) {
@@ -162,10 +177,11 @@ static int prefill_with_mtp(Gen *g, const int32_t *ids, int64_t n) {
 }
 
 /* Brings the session to hold exactly `ids`: keeps the cached prefix when the new prompt extends
- * what the cache holds (not with the MTP draft on), else starts over. Returns 0 or -1. */
+ * what the cache holds (not with the MTP draft or speculation on), else starts over. Returns 0 or -1. */
 int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds) {
     int64_t keep = 0;
-    if (g->draft) keep = -1;   /* the MTP block's cache follows the prompt from its start */
+    g->ahead_ok = g->mtp_backlog = 0;   /* a draft left in the cache goes with the reset below */
+    if (g->draft || g->spec) keep = -1;   /* the MTP block's cache follows the prompt from its start */
     else if (g->n_hist <= n) {
         keep = g->n_hist;
         for (int64_t i = 0; i < g->n_hist; i++) if (g->hist[i] != ids[i]) { keep = -1; break; }
@@ -178,7 +194,7 @@ int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds) {
     if (dsv4_session_pos(g->s) + (n - keep) > g->ctx) return dsv4_fail("the conversation (%lld tokens) no longer fits --ctx %lld", (long long)n, (long long)g->ctx);
     double t0 = now_sec();
     dsv4_session_set_progress(g->s, prefill_progress, &t0);
-    int rc = g->draft ? prefill_with_mtp(g, ids, n) : dsv4_forward(g->s, ids + keep, n - keep, g->logits, NULL);
+    int rc = g->draft || g->spec ? prefill_with_mtp(g, ids, n) : dsv4_forward(g->s, ids + keep, n - keep, g->logits, NULL);
     dsv4_session_set_progress(g->s, NULL, NULL);
     if (seconds) *seconds = now_sec() - t0;
     if (rc) return -1;
@@ -193,7 +209,58 @@ int32_t gen_sample(Gen *g) {
     return next;
 }
 
+static int32_t argmax(const float *v, int64_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++) if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* Speculative decoding (spec "MTP"). When the token just sampled is the draft the cache already
+ * holds, its logits were computed by the last pass: nothing runs. Otherwise the draft (if any)
+ * is taken back, the MTP block drafts the token after `next` from next's embedding and the
+ * last position's streams, and one pass of the main model over [next, draft] gives the logits
+ * after next (used now) and after the draft (kept for the next call). The verification pass
+ * reproduces one-token decoding bit for bit, and the sampler sees the same logits in the same
+ * order, so the output is that of plain decoding, whatever the sampling settings. */
+static int spec_feed(Gen *g, int32_t next) {
+    const int64_t V = dsv4_vocab_size(g->m), nd = (int64_t)dsv4_hidden_size(g->m) * dsv4_hc_mult(g->m);
+    if (g->ahead_ok && next == g->ahead_draft) {   /* accepted: the pass already ran it */
+        g->spec_accepted++;
+        g->ahead_ok = 0;
+        memcpy(g->logits, g->verify_logits + V, sizeof(float) * (size_t)V);
+        /* the MTP block has not seen (streams of the token before, next) yet */
+        memcpy(g->backlog_hidden, g->verify_hidden, sizeof(float) * (size_t)nd);
+        g->backlog_token = next;
+        g->mtp_backlog = 1;
+        memcpy(g->hidden, g->verify_hidden + nd, sizeof(float) * (size_t)nd);
+        gen_push(g, next);
+        return 0;
+    }
+    if (g->ahead_ok && dsv4_session_undo_last(g->s)) return -1;   /* a wrong draft */
+    g->ahead_ok = 0;
+    /* the MTP block, at every position in order: the backlog first, then (last streams, next) */
+    float *hs = g->verify_hidden;   /* free until the pass below: [2, nd] of MTP inputs */
+    int32_t toks[2];
+    int k = 0;
+    if (g->mtp_backlog) { memcpy(hs, g->backlog_hidden, sizeof(float) * (size_t)nd); toks[k++] = g->backlog_token; }
+    memcpy(hs + k * nd, g->hidden, sizeof(float) * (size_t)nd);
+    toks[k++] = next;
+    g->mtp_backlog = 0;
+    if (dsv4_mtp_forward(g->s, hs, toks, k, g->mtp_logits)) return -1;
+    const int32_t draft = argmax(g->mtp_logits + (k - 1) * V, V);
+    const int32_t pair[2] = {next, draft};
+    if (dsv4_forward_verify(g->s, pair, 2, g->verify_logits, g->verify_hidden)) return -1;
+    g->spec_passes++;
+    memcpy(g->logits, g->verify_logits, sizeof(float) * (size_t)V);
+    memcpy(g->hidden, g->verify_hidden, sizeof(float) * (size_t)nd);
+    g->ahead_ok = 1;
+    g->ahead_draft = draft;
+    gen_push(g, next);
+    return 0;
+}
+
 int gen_feed(Gen *g, int32_t next) {
+    if (g->spec) return spec_feed(g, next);
     if (g->draft) {   /* this token's rows first, then the MTP draft of the next one's, a token ahead */
         dsv4_prefetch(g->s, &next, 1, 0);
         if (dsv4_mtp_forward(g->s, g->hidden, &next, 1, g->mtp_logits)) return -1;
@@ -250,6 +317,9 @@ void gen_free(Gen *g) {
     free(g->logits);
     free(g->hidden);
     free(g->mtp_logits);
+    free(g->verify_logits);
+    free(g->verify_hidden);
+    free(g->backlog_hidden);
 }
 
 /* Opens model, tokenizer (when wanted), session and sampler. */
@@ -285,7 +355,7 @@ int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int q
 int cmd_run(int argc, char **argv) {
     const char *dir = NULL, *tokf = NULL, *idl = NULL, *prompt = NULL, *pfile = NULL;
     int64_t n_gen = 128, ctx = 0;
-    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0, draft = 0;
+    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0, draft = 0, spec = 0;
     dsv4_sampling sp = dsv4_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -296,6 +366,7 @@ int cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--no-bos")) bos = 0;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--draft-prefetch")) draft = 1;
+        else if (!strcmp(a, "--speculative")) spec = 1;
         else if ((r = cli_sampling_flag("run", a, v, &sp)) != 0) { if (r < 0) return 2; i++; }
         else if (!v) return cli_error("run", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
@@ -325,7 +396,9 @@ int cmd_run(int argc, char **argv) {
     if (gen_open(&g, "run", dir, text, quant, ctx ? ctx : 4096, &sp)) { free(ids); free(ptext); return 1; }
     if (ignore_eos) g.eos = -1;
     int rc = 0;
+    if (draft && spec) { rc = cli_error("run", "--draft-prefetch and --speculative do not combine"); goto done; }
     if (draft && gen_enable_draft(&g)) { rc = cli_error("run", "--draft-prefetch: %s", dsv4_last_error()); goto done; }
+    if (spec && gen_enable_speculative(&g)) { rc = cli_error("run", "--speculative: %s", dsv4_last_error()); goto done; }
     if (text) {
         char *full = ptext;
         if (chat) {
@@ -371,6 +444,10 @@ int cmd_run(int argc, char **argv) {
     else
         fprintf(stderr, "prompt:   %lld tokens in %.3f s (%.1f tok/s)\ngenerate: %lld tokens in %.3f s (%.1f tok/s)\n",
                 (long long)N, t_pre, N / (t_pre > 0 ? t_pre : 1e-9), (long long)made, t_dec, made / (t_dec > 0 ? t_dec : 1e-9));
+    if (made >= 0 && spec && g.spec_passes)
+        fprintf(stderr, "speculative: %lld passes, drafts accepted %lld (%.1f%%), %.2f tokens per pass\n", (long long)g.spec_passes,
+                (long long)g.spec_accepted, 100.0 * (double)g.spec_accepted / (double)g.spec_passes,
+                (double)(g.spec_passes + g.spec_accepted) / (double)g.spec_passes);
     if (made >= 0 && draft && g.draft_total)
         fprintf(stderr, "MTP draft: right %lld of %lld times (%.1f%%)\n", (long long)g.draft_hits, (long long)g.draft_total,
                 100.0 * (double)g.draft_hits / (double)g.draft_total);

@@ -133,6 +133,8 @@ static void dequant_block(const Mat *W, int64_t r0, int64_t nb, float *buf) {
 
 /* Up to this many tokens, each weight row is decoded once and dotted with every token. */
 #define LINEAR_SMALL_T 4
+/* Below this many weight bytes the small-batch kernels run on one thread. */
+#define LINEAR_PARALLEL_BYTES 65536
 
 /* The vector kernels run where the CPU has them, unless DSV4_SIMD=0 (or linear_use_simd(0))
  * asks for the portable path; tests compare the two. */
@@ -161,7 +163,8 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
         /* the activations are permuted once into the order the kernel widens weights in */
         float *xp = xmalloc(sizeof(float) * (size_t)(T * cols));
         matvec_avx2_prepare(W, x, ldx, T, xp);
-#pragma omp parallel
+        /* a small matrix is done before a second thread would have woken up */
+#pragma omp parallel if (mat_bytes(W) / (uint64_t)W->rows * (uint64_t)nr >= (uint64_t)LINEAR_PARALLEL_BYTES)
         {
             /* contiguous row ranges: each thread streams through its own part of the matrix */
             const int nt = omp_get_num_threads(), id = omp_get_thread_num();

@@ -115,7 +115,8 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     /* compressed entries and indexer keys for the tokens of this chunk */
     float *q_idx = NULL, *w_idx = NULL;
     if (L->has_compressor) {
-        compressor_forward(m, &L->comp, L->rope_freq, 0, h, T, t0, c->comp_a, c->comp_z, c->comp, save ? &save->comp : NULL);
+        compressor_forward(m, &L->comp, L->rope_freq, 0, h, T, t0, c->comp_a, c->comp_z, c->comp, save ? &save->comp : NULL,
+                           c->undo ? c->undo->comp : NULL);
         if (save) save->ent = dup_floats(c->comp, (T / ratio) * D);
     }
     if (L->has_indexer) {

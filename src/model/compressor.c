@@ -78,7 +78,7 @@ void compressor_pool_backward(const CompressorW *cw, const float *sa, const floa
 
 void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double *rope_freq, int rotate_fp4,
                         const float *h, int64_t T, int64_t t0, float *state_a, float *state_z, float *entries,
-                        CompSave *save) {
+                        CompSave *save, float *undo) {
     const Config *c = &m->cfg;
     const int ratio = cw->ratio, D = cw->width, W2 = cw->coff * D, r = c->rope_head_dim;
     float *a = xmalloc(sizeof(float) * (size_t)(T * W2));
@@ -96,6 +96,11 @@ void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double
     for (int64_t t = 0; t < T; t++) {
         const int64_t pos = t0 + t;
         const int j = (int)(pos % ratio);
+        if (undo && t == T - 1) {   /* the last token may be taken back (speculative decoding) */
+            const int64_t n = (int64_t)cw->coff * ratio * W2;
+            memcpy(undo, state_a, sizeof(float) * (size_t)n);
+            memcpy(undo + n, state_z, sizeof(float) * (size_t)n);
+        }
         const int slot = cw->coff == 2 ? ratio + j : j;
         memcpy(state_a + (int64_t)slot * W2, a + t * W2, sizeof(float) * (size_t)W2);
         float *zs = state_z + (int64_t)slot * W2;

@@ -165,6 +165,8 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
     }
     /* the ids before the next chunk: newest first */
     int64_t prev[DSV4_MAX_NGRAM];
+    if (c->undo)   /* as they stand after all but the last token */
+        for (int k = 0; k < N; k++) c->undo->eng_recent[k] = k < T - 1 ? comp[T - 2 - k] : c->eng_recent[k - (T - 1)];
     for (int k = 0; k < N; k++) prev[k] = k < T ? comp[T - 1 - k] : c->eng_recent[k - T];
     memcpy(c->eng_recent, prev, sizeof prev);
     /* keys of every stream and the shared value */
@@ -214,8 +216,13 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
                 if (save) save->y[t * nd + ch] = (float)y;
                 U[t * nd + ch] += (float)silu;
             }
-        for (int64_t t = T > span ? T - span : 0; span > 0 && t < T; t++)
+        for (int64_t t = T > span ? T - span : 0; span > 0 && t < T; t++) {
+            if (c->undo && t == T - 1) {   /* the slot as the token before left it */
+                c->undo->eng_slot_at = (t0 + t) % span;
+                memcpy(c->undo->eng_slot, c->eng_conv + c->undo->eng_slot_at * nd, sizeof(float) * (size_t)nd);
+            }
             memcpy(c->eng_conv + ((t0 + t) % span) * nd, z + t * nd, sizeof(float) * (size_t)nd);
+        }
         free(z);
     }
     const float sc = m->engram_scale;

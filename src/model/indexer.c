@@ -22,7 +22,8 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
             rope_rotate(q + I - r, r, L->rope_freq, t0 + t, 0);
             if (m->quant) { hadamard_f32(q, I); fake_quant_fp4(q, I, 32); }
         }
-    compressor_forward(m, &L->idx.comp, L->rope_freq, 1, h, T, t0, c->idx_a, c->idx_z, c->idx_keys, save ? &save->icomp : NULL);
+    compressor_forward(m, &L->idx.comp, L->rope_freq, 1, h, T, t0, c->idx_a, c->idx_z, c->idx_keys, save ? &save->icomp : NULL,
+                       c->undo ? c->undo->idx : NULL);
     linear(w_idx, HI, h, cf->dim, T, &L->idx.weights_proj, 0, HI);
     const float s = (float)(1.0 / sqrt((double)I) / sqrt((double)HI));
     for (int64_t i = 0; i < T * HI; i++) w_idx[i] *= s;

@@ -123,6 +123,10 @@ dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
 
 void dsv4_session_free(dsv4_session *s) {
     if (!s) return;
+    for (int i = 0; s->undo && i < s->m->cfg.n_layers; i++) {
+        free(s->undo[i].comp); free(s->undo[i].idx); free(s->undo[i].eng_slot);
+    }
+    free(s->undo);
     for (int i = 0; i < s->m->cfg.n_layers; i++) cache_free(&s->cache[i]);
     for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_free(&s->mtp_cache[i]);
     free(s->cache);
@@ -138,6 +142,7 @@ void dsv4_session_set_progress(dsv4_session *s, dsv4_progress_fn fn, void *user)
 }
 void dsv4_session_reset(dsv4_session *s) {
     s->pos = s->mtp_pos = 0;
+    s->undo_ready = 0;
     for (int i = 0; i < s->m->cfg.n_layers; i++) cache_init_state(s->m, &s->m->layers[i], &s->cache[i]);
     for (int i = 0; i < s->m->cfg.n_mtp_layers; i++) cache_init_state(s->m, &s->m->mtp[i], &s->mtp_cache[i]);
 }
@@ -166,7 +171,8 @@ void final_logits(const dsv4_model *m, const Mat *fn, const float *base, const f
     free(y);
 }
 
-int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden) {
+/* logits of the last token (all_logits = 0) or of every token [n, vocab] */
+static int forward_tokens(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, int all_logits, float *hidden) {
     const dsv4_model *m = s->m;
     const Config *cf = &m->cfg;
     if (n <= 0) return dsv4_fail("forward: no tokens");
@@ -190,12 +196,74 @@ int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logit
         for (int l = 0; l < cf->n_layers; l++)
             if (block_forward(m, &m->layers[l], &s->cache[l], X, tokens + c0, T, s->pos)) { free(X); return -1; }
         if (hidden) memcpy(hidden + c0 * nd, X, sizeof(float) * (size_t)(T * nd));
-        if (logits && c0 + T == n)
+        if (logits && all_logits)
+            final_logits(m, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm, X, T, logits + c0 * cf->vocab_size);
+        else if (logits && c0 + T == n)
             final_logits(m, &m->hc_head_fn, m->hc_head_base, m->hc_head_scale, m->norm, X + (T - 1) * nd, 1, logits);
         s->pos += T;
         free(X);
         if (s->progress && n > 1) s->progress(s->progress_user, c0 + T, n);
     }
+    return 0;
+}
+
+int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden) {
+    s->undo_ready = 0;
+    return forward_tokens(s, tokens, n, logits, 0, hidden);
+}
+
+/* Speculative decoding's verification pass: up to one chunk of tokens in one pass (up to 4 take
+ * the decode kernels, whose per-token results equal those of one token at a time), logits for
+ * each, and the last token kept revocable. */
+int dsv4_forward_verify(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden) {
+    const dsv4_model *m = s->m;
+    const Config *cf = &m->cfg;
+    s->undo_ready = 0;
+    if (n < 1 || n > s->chunk) return dsv4_fail("forward_verify: %lld tokens; 1 to %d (the chunk size) allowed", (long long)n, s->chunk);
+    if (!s->undo) {
+        s->undo = xcalloc((size_t)cf->n_layers, sizeof(LayerUndo));
+        for (int l = 0; l < cf->n_layers; l++) {
+            const LayerW *L = &m->layers[l];
+            LayerUndo *u = &s->undo[l];
+            if (L->has_compressor) u->comp = xmalloc(sizeof(float) * (size_t)(2 * state_len(&L->comp)));
+            if (L->has_indexer) u->idx = xmalloc(sizeof(float) * (size_t)(2 * state_len(&L->idx.comp)));
+            if (s->cache[l].eng_conv) u->eng_slot = xmalloc(sizeof(float) * (size_t)(cf->hc_mult * cf->dim));
+        }
+    }
+    for (int l = 0; l < cf->n_layers; l++) {
+        s->undo[l].eng_slot_at = -1;
+        s->cache[l].undo = &s->undo[l];
+    }
+    const int rc = forward_tokens(s, tokens, n, logits, 1, hidden);
+    for (int l = 0; l < cf->n_layers; l++) s->cache[l].undo = NULL;
+    s->undo_ready = rc == 0;
+    return rc;
+}
+
+int dsv4_session_undo_last(dsv4_session *s) {
+    const dsv4_model *m = s->m;
+    if (!s->undo_ready) return dsv4_fail("undo_last: only the last token of a dsv4_forward_verify call can be taken back, once");
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const LayerW *L = &m->layers[l];
+        LayerCache *c = &s->cache[l];
+        const LayerUndo *u = &s->undo[l];
+        if (L->has_compressor) {
+            const int64_t k = state_len(&L->comp);
+            memcpy(c->comp_a, u->comp, sizeof(float) * (size_t)k);
+            memcpy(c->comp_z, u->comp + k, sizeof(float) * (size_t)k);
+        }
+        if (L->has_indexer) {
+            const int64_t k = state_len(&L->idx.comp);
+            memcpy(c->idx_a, u->idx, sizeof(float) * (size_t)k);
+            memcpy(c->idx_z, u->idx + k, sizeof(float) * (size_t)k);
+        }
+        if (L->engram) memcpy(c->eng_recent, u->eng_recent, sizeof c->eng_recent);
+        if (u->eng_slot_at >= 0)
+            memcpy(c->eng_conv + u->eng_slot_at * m->cfg.hc_mult * m->cfg.dim, u->eng_slot,
+                   sizeof(float) * (size_t)(m->cfg.hc_mult * m->cfg.dim));
+    }
+    s->pos--;
+    s->undo_ready = 0;
     return 0;
 }
 

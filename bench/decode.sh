@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# CPU inference against the machine's limits, measured in one run (make bench):
+#  1. each decode kernel alone (BF16, FP8, FP4 weights) against the read bandwidth measured at
+#     the same thread count, 1..N threads;
+#  2. the ~1B-parameter random FP8/FP4 model (configs/bench-1b.json): prefill and decode at 1
+#     thread and at all threads, with the prefill speed-up from threads;
+#  3. MTP speculative decoding on the bundled model: acceptance and speed against plain
+#     decoding (the outputs are compared: they must be identical).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=./dsv4
+THREADS=${OMP_NUM_THREADS:-$(nproc)}
+
+echo "== decode kernels (1 GiB of weights each) =="
+$D bench --kernels
+
+echo "== configs/bench-1b.json =="
+j1=$(OMP_NUM_THREADS=1 $D bench --json 2> /dev/null)
+jn=$(OMP_NUM_THREADS=$THREADS $D bench --json 2> /dev/null)
+/usr/bin/python3 - "$j1" "$jn" <<'P'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for r in (a, b):
+    print(f"{r['threads']} thread(s): read {r['read_gbps']:.1f} GB/s, sgemm {r['sgemm_gflops']:.0f} GFLOP/s | "
+          f"prefill {r['prefill_tok_s']:.1f} tok/s = {r['prefill_gflops']:.1f} GFLOP/s ({100 * r['prefill_gflops'] / r['sgemm_gflops']:.0f}% of sgemm) | "
+          f"decode {r['decode_tok_s']:.2f} tok/s = {r['decode_gbps']:.1f} GB/s ({100 * r['decode_gbps'] / r['read_gbps']:.0f}% of read)")
+if b['threads'] > 1:
+    print(f"prefill speed-up 1 -> {b['threads']} threads: {b['prefill_tok_s'] / a['prefill_tok_s']:.2f}x; "
+          f"decode: {b['decode_tok_s'] / a['decode_tok_s']:.2f}x")
+P
+
+echo "== MTP speculative decoding, models/default =="
+ids=$(for i in $(seq 1 4); do echo "The committee said that the new law would take effect next year."; done |
+  $D tokenize -m models/default | tr ' ' ',')
+for opts in "" "--temp 0.8 --seed 3"; do
+  # shellcheck disable=SC2086
+  plain=$($D run -m models/default --ids "$ids" -n 512 --ignore-eos $opts 2> /tmp/dsv4-bench-plain.txt)
+  # shellcheck disable=SC2086
+  spec=$($D run -m models/default --ids "$ids" -n 512 --ignore-eos --speculative $opts 2> /tmp/dsv4-bench-spec.txt)
+  [ "$plain" = "$spec" ] || { echo "speculative output differs from plain decoding" >&2; exit 1; }
+  p=$(sed -n 's/^generate: .*(\([0-9.]*\) tok\/s)/\1/p' /tmp/dsv4-bench-plain.txt)
+  s=$(sed -n 's/^generate: .*(\([0-9.]*\) tok\/s)/\1/p' /tmp/dsv4-bench-spec.txt)
+  echo "${opts:-greedy}: plain $p tok/s, speculative $s tok/s ($(/usr/bin/python3 -c "print(f'{$s / $p:.2f}x')")), identical output; $(grep -o 'drafts accepted.*' /tmp/dsv4-bench-spec.txt)"
+done
+rm -f /tmp/dsv4-bench-plain.txt /tmp/dsv4-bench-spec.txt
