@@ -32,6 +32,10 @@ typedef struct dsv4_open_options {
      * kv's non-RoPE dims, Hadamard + FP4 on the indexer's q/k): -1 = on exactly when the
      * checkpoint holds FP8/FP4 weights, 0 = off (exact fp32 math), 1 = on. */
     int quant_rounding;
+    /* Fast mode, approximate: 1 = decode FP4 weights (the routed experts) against activations
+     * rounded to int8 (one scale per 32), about twice the speed of the exact kernel; logits
+     * move slightly (`dsv4 bench --fast` reports by how much). 0 = exact (default). */
+    int int8_activations;
 } dsv4_open_options;
 
 /* The message of the last failure in this thread ("" if none). */
@@ -53,7 +57,8 @@ DSV4_API void dsv4_session_free(dsv4_session *s);
 DSV4_API int64_t dsv4_session_pos(const dsv4_session *s);  /* tokens processed so far */
 /* Forgets every token: the next forward starts at position 0. */
 DSV4_API void dsv4_session_reset(dsv4_session *s);
-/* Largest number of tokens one internal prefill step processes (default 256). */
+/* Largest number of tokens one internal prefill step processes (default 512: each weight block
+ * is decoded once per chunk, so longer chunks decode less often). */
 DSV4_API void dsv4_session_set_chunk(dsv4_session *s, int chunk);
 /* Called after every prefill chunk with the tokens done and the total of the current call
  * (for progress bars); NULL to stop. */

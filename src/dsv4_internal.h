@@ -173,6 +173,14 @@ int matvec_avx2_usable(const Mat *W);
 void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 is present */
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
+int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst);   /* 0: format not taken */
+/* Fast mode (FP4 weights, int8 activations): x [T, cols] (cols % 64 == 0) -> xq, xs; then rows. */
+void matvec_avx2_q8_prepare(const float *x, int64_t ldx, int64_t T, int64_t cols, int8_t *xq, float *xs);
+void matvec_avx2_fp4_q8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
+                             int64_t ldy);
+/* y = x Wᵀ as linear(), but for FP4 weights and up to 4 tokens through the int8-activation fast
+ * kernel where the CPU has it (approximate); any other case is linear() itself. */
+void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr);
 float dot_f32(const float *a, const float *b, int64_t n);
 void axpy_f32(float *y, float a, const float *x, int64_t n);
 float silu_f(float x);
@@ -277,6 +285,7 @@ struct dsv4_model {
     StSet st;
     char *dir;
     int quant;                     /* quantisation-aware rounding on */
+    int int8_activations;          /* fast mode: FP4 weights against int8 activations (decode) */
     int has_quantized;             /* any FP8/FP4 weight */
     Mat embed, head;               /* [vocab, d] */
     float *norm;

@@ -161,6 +161,15 @@ expect_error "run --speculative with --draft-prefetch" "do not combine" "$D" run
 $PY -c "import json,sys; c=json.load(open(sys.argv[1])); c['n_mtp_layers']=0; c['compress_ratios']=c['compress_ratios'][:c['n_layers']]; json.dump(c, open(sys.argv[2], 'w'))" \
   "$ROOT/configs/tiny.json" "$TMP/nomtp.json" && "$D" init --config "$TMP/nomtp.json" --seed 1 --out "$TMP/nomtp" > /dev/null 2>&1
 expect_error "run --speculative without an MTP block" "needs a model with an MTP block" "$D" run -m "$TMP/nomtp" --ids 1,2 --speculative
+# run --fast: FP4 experts against int8 activations (the kernel is checked in the unit tests);
+# it generates on an FP4-expert model, and leaves a model without FP4 weights exactly as it was
+if out=$("$D" run -m "$F/tiny-fp8" --ids 1,2,3 -n 16 --fast 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt" &&
+   [ "$(echo "$out" | sed -n 's/^generated: *//p' | wc -w)" = 16 ]; then ok "run --fast on FP4 experts: 16 tokens"
+else bad "run --fast: $(head -c 300 "$TMP/err.txt")"; fi
+a=$("$D" run -m "$ROOT/models/default" --ids "$ids" -n 24 --ignore-eos --fast 2> "$TMP/err.txt")
+b=$("$D" run -m "$ROOT/models/default" --ids "$ids" -n 24 --ignore-eos 2>> "$TMP/err.txt")
+if sanitizer_clean "$TMP/err.txt" && [ -n "$a" ] && [ "$a" = "$b" ]; then ok "run --fast on a BF16 model: output unchanged"
+else bad "run --fast on a BF16 model changed the output"; fi
 # a test script's ok/FAIL lines counted here under LABEL; fewer than MIN checks is a failure too
 sub_suite() {   # LABEL MIN command...
   local label=$1 min=$2 n=0 line; shift 2

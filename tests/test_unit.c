@@ -164,6 +164,50 @@ static void test_linear(void) {
     linear_use_simd(1);
 }
 
+/* The fast mode (FP4 weights, int8 activations) computes exactly W · x' where x' is x rounded to
+ * int8 with one scale max|x|/127 per 32 — checked against that, written out here — and is the
+ * exact product within the rounding; 1..4 tokens bit-identical to one at a time. */
+static void test_linear_fast(void) {
+    g_test = "linear_fast";
+    const int64_t rows = 96, cols = 320;
+    Mat W;
+    make_mat(&W, W_FP4, rows, cols);
+    float *x = xmalloc(sizeof(float) * 4 * cols), *y = xmalloc(sizeof(float) * 4 * rows), *y1 = xmalloc(sizeof(float) * rows);
+    for (int64_t i = 0; i < 4 * cols; i++) x[i] = (float)nrand() * (i % 7 == 0 ? 4.0f : 1.0f);
+    for (int T = 1; T <= 4; T++) {
+        linear_fast(y, rows, x, cols, T, &W, 0, rows);
+        double maxerr = 0, maxref = 0, maxexact = 0;
+        int same = 1;
+        for (int t = 0; t < T; t++) {
+            const float *xt = x + t * cols;
+            for (int64_t r = 0; r < rows; r++) {
+                double ref = 0, exact = 0;
+                for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+                    float amax = 0;
+                    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xt[c0 + j]));
+                    const float s = amax / 127.0f;
+                    for (int j = 0; j < 32; j++) {
+                        const double xq = amax > 0 ? (double)lrintf(xt[c0 + j] * (127.0f / amax)) * s : 0;
+                        ref += ref_weight(&W, r, c0 + j) * xq;
+                        exact += ref_weight(&W, r, c0 + j) * xt[c0 + j];
+                    }
+                }
+                maxerr = fmax(maxerr, fabs(ref - y[t * rows + r]));
+                maxexact = fmax(maxexact, fabs(exact - y[t * rows + r]));
+                maxref = fmax(maxref, fabs(ref));
+            }
+            if (T > 1) {
+                linear_fast(y1, rows, xt, cols, 1, &W, 0, rows);
+                for (int64_t r = 0; r < rows; r++) same &= y1[r] == y[t * rows + r];
+            }
+        }
+        CHECK(maxerr <= 1e-5 * (maxref + 1), "T=%d: vs W times int8-rounded x: max error %g (max |y| %g)", T, maxerr, maxref);
+        CHECK(maxexact <= 0.02 * (maxref + 1), "T=%d: within the rounding of the exact product: %g", T, maxexact);
+        CHECK(same, "T=%d: each token bit-identical to T=1", T);
+    }
+    free(x); free(y); free(y1); free((void *)W.w); free((void *)W.scale);
+}
+
 static void test_ops(void) {
     g_test = "rmsnorm";
     float x[100], w[100], y[100];
@@ -1055,6 +1099,7 @@ int main(void) {
     if (system(cmd)) return 2;
     test_codecs();
     test_linear();
+    test_linear_fast();
     test_ops();
     test_safetensors();
     test_config();

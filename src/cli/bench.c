@@ -2,6 +2,7 @@
  * and decode speed on a ~1B-parameter random FP8 model, measured in the same run so that the
  * ratios mean something on any machine. */
 #include <cblas.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,7 +71,7 @@ static double measure_sgemm_gflops(void) {
     float *a = xmalloc(sizeof(float) * n * n), *b = xmalloc(sizeof(float) * n * n), *c = xmalloc(sizeof(float) * n * n);
     for (int i = 0; i < n * n; i++) { a[i] = (float)((i % 97) - 48) / 97; b[i] = (float)((i % 89) - 44) / 89; }
     double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 6; rep++) {   /* the best of several: the machine's rate, not its noise */
         double t0 = now_sec();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
         double g = 2.0 * n * n * n / (now_sec() - t0) / 1e9;
@@ -95,7 +96,7 @@ static int bench_kernels(int json) {
         v[i] = (float)(z * 0.05);
     }
     static const struct { const char *name; WKind kind; double bytes_per_weight; } fmts[] = {
-        {"bf16", W_BF16, 2}, {"fp8", W_FP8, 1}, {"fp4", W_FP4, 0.5}};
+        {"bf16", W_BF16, 2}, {"fp8", W_FP8, 1}, {"fp4", W_FP4, 0.5}, {"fp4-i8", W_FP4, 0.5}};   /* fp4-i8: the fast mode */
     float *x = xmalloc(sizeof(float) * (size_t)cols);
     for (int64_t c = 0; c < cols; c++) x[c] = (float)((c % 17) - 8) / 8;
     if (json) printf("{\"kernels\": [");
@@ -104,7 +105,7 @@ static int bench_kernels(int json) {
     for (int th = 1; th <= max_threads; th++) {
         omp_set_num_threads(th);
         const double rd = measure_read_gbps();
-        for (int f = 0; f < 3; f++) {
+        for (int f = 0; f < 4; f++) {
             const int64_t rows = (int64_t)((double)(1 << 30) / (cols * fmts[f].bytes_per_weight));
             Mat W = {.kind = fmts[f].kind, .rows = rows, .cols = cols, .name = fmts[f].name};
             const size_t wbytes = (size_t)((double)rows * cols * fmts[f].bytes_per_weight), tbytes = wbytes / (size_t)(rows / tile_rows);
@@ -127,7 +128,8 @@ static int bench_kernels(int json) {
             double best = 1e30;
             for (int rep = 0; rep < 6; rep++) {
                 const double t0 = now_sec();
-                linear(y, rows, x, cols, 1, &W, 0, rows);
+                if (f == 3) linear_fast(y, rows, x, cols, 1, &W, 0, rows);
+                else linear(y, rows, x, cols, 1, &W, 0, rows);
                 const double dt = now_sec() - t0;
                 if (rep && dt < best) best = dt;   /* the first pass warms the page tables */
             }
@@ -148,23 +150,45 @@ static int bench_kernels(int json) {
     return 0;
 }
 
+/* Prefill n_pre tokens, then decode n_dec one at a time, keeping each decode step's logits. */
+static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n_dec, float *logits, double *t_pre, double *t_dec) {
+    const int64_t V = m->cfg.vocab_size;
+    dsv4_session *s = dsv4_session_new(m, n_pre + n_dec + 1);
+    if (!s) return -1;
+    fprintf(stderr, "bench: prefill %lld tokens\n", (long long)n_pre);
+    double t0 = now_sec();
+    int rc = dsv4_forward(s, ids, n_pre, logits, NULL);
+    *t_pre = now_sec() - t0;
+    fprintf(stderr, "bench: decode %lld tokens\n", (long long)n_dec);
+    t0 = now_sec();
+    for (int64_t i = 0; rc == 0 && i < n_dec; i++) {
+        rc = dsv4_forward(s, ids + n_pre + i, 1, logits + i * V, NULL);
+        progress("decode", i + 1, n_dec, t0);
+    }
+    *t_dec = now_sec() - t0;
+    dsv4_session_free(s);
+    return rc;
+}
+
 static const char *BENCH_HELP =
-    "usage: dsv4 bench [--json] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
+    "usage: dsv4 bench [--json] [--fast] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
     "       dsv4 bench --kernels [--json]\n"
     "  Measures read bandwidth and sgemm rate, then prefill and decode speed of a random model\n"
     "  (default configs/bench-1b.json, FP8 + FP4 experts, created once in DIR).\n"
-    "  --kernels: each decode kernel (BF16, FP8, FP4) alone at 1..N threads against the read\n"
-    "  bandwidth at the same thread count.\n";
+    "  --fast: also decode in the int8-activation fast mode and report its speed and logit change.\n"
+    "  --kernels: each decode kernel (BF16, FP8, FP4, FP4 with int8 activations) alone at 1..N\n"
+    "  threads against the read bandwidth at the same thread count.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *cfgp = "configs/bench-1b.json", *mdir = "bench/model-1b";
-    int json = 0, kernels = 0;
+    int json = 0, kernels = 0, fast = 0;
     int64_t n_pre = 512, n_dec = 32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(BENCH_HELP, stdout); return 0; }
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--kernels")) kernels = 1;
+        else if (!strcmp(a, "--fast")) fast = 1;
         else if (!v) return cli_error("bench", "option %s needs a value", a);
         else if (!strcmp(a, "--config")) cfgp = argv[++i];
         else if (!strcmp(a, "--model-dir")) mdir = argv[++i];
@@ -191,44 +215,81 @@ int cmd_bench(int argc, char **argv) {
     if (!m) return cli_error("bench", "%s", dsv4_last_error());
     PlanStats p;
     plan_compute(&m->cfg, &p);
-    dsv4_session *s = dsv4_session_new(m, n_pre + n_dec + 1);
     const int64_t V = m->cfg.vocab_size;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(n_pre + n_dec));
     for (int64_t i = 0; i < n_pre + n_dec; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
-    float *logits = xmalloc(sizeof(float) * (size_t)V);
-    fprintf(stderr, "bench: prefill %lld tokens\n", (long long)n_pre);
-    double t0 = now_sec();
-    int rc = dsv4_forward(s, ids, n_pre, logits, NULL);
-    const double t_pre = now_sec() - t0;
-    fprintf(stderr, "bench: decode %lld tokens\n", (long long)n_dec);
-    t0 = now_sec();
-    for (int64_t i = 0; rc == 0 && i < n_dec; i++) {
-        rc = dsv4_forward(s, ids + n_pre + i, 1, logits, NULL);
-        progress("decode", i + 1, n_dec, t0);
-    }
-    const double t_dec = now_sec() - t0;
-    if (rc) { dsv4_session_free(s); dsv4_model_close(m); return cli_error("bench", "%s", dsv4_last_error()); }
+    float *logits = xmalloc(sizeof(float) * (size_t)(n_dec * V));
+    double t_pre = 0, t_dec = 0;
+    int rc = bench_run(m, ids, n_pre, n_dec, logits, &t_pre, &t_dec);
+    dsv4_model_close(m);
+    if (rc) { free(ids); free(logits); return cli_error("bench", "%s", dsv4_last_error()); }
     const double pre_tps = n_pre / t_pre, dec_tps = n_dec / t_dec;
     const double pre_gflops = 2.0 * p.active_params * pre_tps / 1e9;
     const double dec_gbps = p.decode_weight_bytes_per_token * dec_tps / 1e9;
-    if (json)
+    /* fast mode: the same decode with int8 activations for the FP4 experts, and how far its
+     * logits move from the exact ones (largest difference against the largest logit; how often
+     * the top token is the same) */
+    double f_dec_tps = 0, f_maxdiff = 0, f_maxabs = 0, f_kl = 0;
+    int64_t f_agree = 0;
+    if (fast) {
+        o.int8_activations = 1;
+        m = dsv4_model_open(mdir, &o);
+        if (!m) { free(ids); free(logits); return cli_error("bench", "%s", dsv4_last_error()); }
+        float *fl = xmalloc(sizeof(float) * (size_t)(n_dec * V));
+        double t_fpre = 0, t_fdec = 0;
+        rc = bench_run(m, ids, n_pre, n_dec, fl, &t_fpre, &t_fdec);
+        dsv4_model_close(m);
+        if (rc) { free(ids); free(logits); free(fl); return cli_error("bench", "%s", dsv4_last_error()); }
+        f_dec_tps = n_dec / t_fdec;
+        for (int64_t t = 0; t < n_dec; t++) {
+            const float *e = logits + t * V, *f = fl + t * V;
+            int64_t a = 0, b = 0;
+            double me = -INFINITY, mf = -INFINITY, ze = 0, zf = 0, kl = 0;
+            for (int64_t v = 0; v < V; v++) {
+                f_maxdiff = fmax(f_maxdiff, fabs((double)e[v] - f[v]));
+                f_maxabs = fmax(f_maxabs, fabs((double)e[v]));
+                if (e[v] > e[a]) a = v;
+                if (f[v] > f[b]) b = v;
+                me = fmax(me, e[v]);
+                mf = fmax(mf, f[v]);
+            }
+            for (int64_t v = 0; v < V; v++) { ze += exp(e[v] - me); zf += exp(f[v] - mf); }
+            for (int64_t v = 0; v < V; v++) {   /* KL(exact || fast) */
+                const double lp = e[v] - me - log(ze), lq = f[v] - mf - log(zf);
+                kl += exp(lp) * (lp - lq);
+            }
+            f_kl += kl / (double)n_dec;
+            f_agree += a == b;
+        }
+        free(fl);
+    }
+    if (json) {
         printf("{\"config\": \"%s\", \"threads\": %d, \"read_gbps\": %.2f, \"sgemm_gflops\": %.1f, \"total_params\": %.0f, "
                "\"active_params\": %.0f, \"prefill_tokens\": %lld, \"prefill_tok_s\": %.2f, \"prefill_gflops\": %.2f, "
                "\"decode_tokens\": %lld, \"decode_tok_s\": %.3f, \"decode_weight_bytes_per_token\": %.0f, "
-               "\"decode_gbps\": %.2f}\n",
+               "\"decode_gbps\": %.2f",
                cfgp, threads, gbps, gflops, p.total_params, p.active_params, (long long)n_pre, pre_tps, pre_gflops,
                (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token, dec_gbps);
-    else {
+        if (fast)
+            printf(", \"fast_decode_tok_s\": %.3f, \"fast_decode_gbps\": %.2f, \"fast_logit_max_diff\": %.5f, "
+                   "\"fast_logit_max_abs\": %.5f, \"fast_kl_nats\": %.6f, \"fast_top1_agree\": %.4f",
+                   f_dec_tps, p.decode_weight_bytes_per_token * f_dec_tps / 1e9, f_maxdiff, f_maxabs, f_kl, (double)f_agree / (double)n_dec);
+        printf("}\n");
+    } else {
         printf("machine     %d threads, memory read %.1f GB/s, sgemm %.1f GFLOP/s\n", threads, gbps, gflops);
-        printf("model       %s: %.2fB parameters, %.0fM active, FP8 + FP4 experts\n", cfgp, p.total_params / 1e9,
-               p.active_params / 1e6);
+        printf("model       %s: %.2fB parameters, %.0fM active, %s weights, %s experts\n", cfgp, p.total_params / 1e9,
+               p.active_params / 1e6, c.weights_fp8 ? "FP8" : "BF16/F32", c.experts_fp4 ? "FP4" : c.weights_fp8 ? "FP8" : "BF16/F32");
         printf("prefill     %lld tokens: %.1f tok/s = %.1f GFLOP/s (%.0f%% of sgemm)\n", (long long)n_pre, pre_tps, pre_gflops,
                100 * pre_gflops / gflops);
         printf("decode      %lld tokens: %.2f tok/s, %.1f MB of weights per token = %.1f GB/s (%.0f%% of read bandwidth)\n",
                (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token / 1e6, dec_gbps, 100 * dec_gbps / gbps);
+        if (fast)
+            printf("fast        int8 activations for FP4: %.2f tok/s = %.1f GB/s (%.0f%% of read bandwidth); logits off by at most "
+                   "%.4f (largest |logit| %.3f), mean KL %.2e nats, same top token %lld of %lld times\n",
+                   f_dec_tps, p.decode_weight_bytes_per_token * f_dec_tps / 1e9,
+                   100 * p.decode_weight_bytes_per_token * f_dec_tps / 1e9 / gbps, f_maxdiff, f_maxabs, f_kl, (long long)f_agree,
+                   (long long)n_dec);
     }
     free(ids); free(logits);
-    dsv4_session_free(s);
-    dsv4_model_close(m);
     return 0;
 }

@@ -70,7 +70,8 @@ int cmd_chat(int argc, char **argv) {
     }
     if (!dir) return cli_error("chat", "needs -m DIR (see --help)");
     Gen g;
-    if (gen_open(&g, "chat", dir, 1, quant, ctx, &sp)) return 1;
+    const dsv4_open_options o = {.quant_rounding = quant};
+    if (gen_open(&g, "chat", dir, 1, &o, ctx, &sp)) return 1;
     const int tty = isatty(0);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -76,7 +76,8 @@ int gen_enable_draft(Gen *g);   /* 0, or -1 (the model has no MTP block) */
 int gen_enable_speculative(Gen *g);   /* 0, or -1 (the model has no MTP block) */
 int32_t gen_sample(Gen *g);           /* the next token from the current logits */
 int gen_feed(Gen *g, int32_t next);   /* feeds it: the draft prefetch when on, the forward */
-int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int quant, int64_t ctx, const dsv4_sampling *sp);
+int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, const dsv4_open_options *opts, int64_t ctx,
+             const dsv4_sampling *sp);
 int gen_prefill(Gen *g, const int32_t *ids, int64_t n, double *seconds);
 int64_t gen_decode(Gen *g, int64_t n_gen, volatile sig_atomic_t *stop, double *seconds, char **text, size_t *text_len);
 void gen_push(Gen *g, int32_t id);

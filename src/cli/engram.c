@@ -127,8 +127,9 @@ static int engram_bench_cmd(int argc, char **argv) {
     if (idl && !ids) return cli_error("engram bench", "%s", dsv4_last_error());
     Gen g[2];
     int opened = 0, rc = 0;
+    const dsv4_open_options o = {.quant_rounding = -1};
     for (; opened < 2; opened++)
-        if (gen_open(&g[opened], "engram bench", dirs[opened], 0, -1, N + n_gen + 1, &sp)) { rc = 1; break; }
+        if (gen_open(&g[opened], "engram bench", dirs[opened], 0, &o, N + n_gen + 1, &sp)) { rc = 1; break; }
     if (!rc && draft && gen_enable_draft(&g[1])) rc = cli_error("engram bench", "%s: %s", dirs[1], dsv4_last_error());
     if (!rc && !ids) {   /* 16 ids spread over the smaller vocabulary */
         const int V = dsv4_vocab_size(g[0].m) < dsv4_vocab_size(g[1].m) ? dsv4_vocab_size(g[0].m) : dsv4_vocab_size(g[1].m);

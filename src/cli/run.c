@@ -100,6 +100,8 @@ static const char *RUN_HELP =
     "  --speculative    MTP speculative decoding: the MTP block drafts the next token and one pass\n"
     "                   of the model checks it with the current one; the output is identical to\n"
     "                   plain decoding (any sampling settings); reports the acceptance rate\n"
+    "  --fast           approximate fast mode: FP4 expert weights decode against int8-rounded\n"
+    "                   activations (`dsv4 bench --fast` reports the speed and the logit change)\n"
     "  --quant on|off   quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
 
 static void prefill_progress(void *user, int64_t done, int64_t total) {
@@ -323,11 +325,11 @@ void gen_free(Gen *g) {
 }
 
 /* Opens model, tokenizer (when wanted), session and sampler. */
-int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int quant, int64_t ctx, const dsv4_sampling *sp) {
+int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, const dsv4_open_options *opts, int64_t ctx,
+             const dsv4_sampling *sp) {
     memset(g, 0, sizeof *g);
     double t0 = now_sec();
-    dsv4_open_options o = {.quant_rounding = quant};
-    g->m = dsv4_model_open(dir, &o);
+    g->m = dsv4_model_open(dir, opts);
     if (!g->m) return cli_error(cmd, "%s", dsv4_last_error());
     g->eos = -1;
     if (want_tokenizer) {
@@ -355,7 +357,7 @@ int gen_open(Gen *g, const char *cmd, const char *dir, int want_tokenizer, int q
 int cmd_run(int argc, char **argv) {
     const char *dir = NULL, *tokf = NULL, *idl = NULL, *prompt = NULL, *pfile = NULL;
     int64_t n_gen = 128, ctx = 0;
-    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0, draft = 0, spec = 0;
+    int quant = -1, chat = 0, think = 0, bos = 1, ignore_eos = 0, draft = 0, spec = 0, fast = 0;
     dsv4_sampling sp = dsv4_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -367,6 +369,7 @@ int cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
         else if (!strcmp(a, "--draft-prefetch")) draft = 1;
         else if (!strcmp(a, "--speculative")) spec = 1;
+        else if (!strcmp(a, "--fast")) fast = 1;
         else if ((r = cli_sampling_flag("run", a, v, &sp)) != 0) { if (r < 0) return 2; i++; }
         else if (!v) return cli_error("run", "option %s needs a value (see --help)", a);
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) dir = argv[++i];
@@ -393,7 +396,8 @@ int cmd_run(int argc, char **argv) {
         if (!ids) return cli_error("run", "%s", dsv4_last_error());
     }
     Gen g;
-    if (gen_open(&g, "run", dir, text, quant, ctx ? ctx : 4096, &sp)) { free(ids); free(ptext); return 1; }
+    const dsv4_open_options o = {.quant_rounding = quant, .int8_activations = fast};
+    if (gen_open(&g, "run", dir, text, &o, ctx ? ctx : 4096, &sp)) { free(ids); free(ptext); return 1; }
     if (ignore_eos) g.eos = -1;
     int rc = 0;
     if (draft && spec) { rc = cli_error("run", "--draft-prefetch and --speculative do not combine"); goto done; }

@@ -33,8 +33,11 @@ uint64_t mat_bytes(const Mat *m) {
     return 0;
 }
 
+static int linear_simd_enabled(void);
+
 static void dequant_row(const Mat *W, int64_t r, float *dst) {
     const int64_t cols = W->cols;
+    if (linear_simd_enabled() && matvec_avx2_dequant_row(W, r, dst)) return;
     switch (W->kind) {
     case W_F32:
         memcpy(dst, (const uint8_t *)W->w + 4 * r * cols, sizeof(float) * (size_t)cols);
@@ -120,9 +123,9 @@ void axpy_f32(float *y, float a, const float *x, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-/* Batched paths decode about 16 MB of weight rows at a time into f32 for sgemm. */
+/* Batched paths decode about 4 MB of weight rows at a time into f32 for sgemm (within L2/L3 reach). */
 static int64_t block_rows(int64_t cols, int64_t nr) {
-    int64_t rb = (int64_t)(4 << 20) / (cols > 0 ? cols : 1);
+    int64_t rb = (int64_t)(1 << 20) / (cols > 0 ? cols : 1);
     if (rb < 16) rb = 16;
     return rb > nr ? nr : rb;
 }
@@ -198,6 +201,25 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
                     (blasint)ldx, buf, (blasint)cols, 0.0f, y + b0, (blasint)ldy);
     }
     free(buf);
+}
+
+void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
+    const int64_t cols = W->cols;
+    if (W->kind != W_FP4 || T < 1 || T > LINEAR_SMALL_T || cols % 64 || !linear_simd_enabled() || !matvec_avx2_usable(W)) {
+        linear(y, ldy, x, ldx, T, W, r0, nr);
+        return;
+    }
+    int8_t *xq = xmalloc((size_t)(T * cols));
+    float *xs = xmalloc(sizeof(float) * (size_t)(T * cols / 8));
+    matvec_avx2_q8_prepare(x, ldx, T, cols, xq, xs);
+#pragma omp parallel if (mat_bytes(W) / (uint64_t)W->rows * (uint64_t)nr >= (uint64_t)LINEAR_PARALLEL_BYTES)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t a = nr * id / nt, b = nr * (id + 1) / nt;
+        matvec_avx2_fp4_q8_rows(W, r0 + a, b - a, xq, xs, T, y + a, ldy);
+    }
+    free(xq);
+    free(xs);
 }
 
 /* Backward of linear (y = x Wᵀ over rows r0..r0+nr of W): dx [T, cols] (row stride ldx) += dy W;

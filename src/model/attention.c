@@ -6,6 +6,7 @@
  * A call processes T tokens at positions t0..t0+T-1 (prefill chunk or one decode token).
  * Window keys before t0 come from the ring (slot = position mod W); keys inside the chunk come
  * from the chunk itself, so every query of the chunk can run in parallel. */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -75,6 +76,114 @@ void attn_save_free(AttnSave *s) {
                  s->icomp.z, s->icomp.pooled, s->ent, s->ikeys, s->iq, s->iw, s->sel, s->n_sel, s->kl_target, s->o, s->u};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
     memset(s, 0, sizeof *s);
+}
+
+/* Prefill: a block of consecutive queries shares most of its window keys and its compressed
+ * entries (HCA: every visible one; CSA: the indexer's picks, which overlap heavily between
+ * neighbouring queries), so the block's scores and outputs are matrix products (sgemm)
+ * instead of one dot product per (query, head, key):
+ *   S = Q_h K^T over the block's window keys (gathered once) and its entries, masked per
+ *   query to its own window and its own entries, softmax with the sink, O_h = P K.
+ * Same formula as attend_heads; only the order of the sums differs. A CSA block whose picks
+ * spread over more than 2 top-k entries in all goes query by query instead. o [T, qd]. */
+#define ATTN_BLOCK 32
+typedef struct {
+    const float *q, *kv, *ring, *comp, *sinks;
+    int H, D, W, ratio;
+    int64_t T, t0;
+    const int64_t *sel, *n_sel;   /* CSA: the indexer's picks per query (sel_max apart); NULL for HCA */
+    int64_t sel_max, n_comp_max;
+} AttnBlocks;
+
+static void attend_block_queries(const AttnBlocks *a, int64_t ta, int64_t tb, const float **keys, float *scores, float *o) {
+    const int64_t qd = (int64_t)a->H * a->D;
+    for (int64_t t = ta; t < tb; t++) {
+        const int64_t pos = a->t0 + t;
+        int64_t nk = 0;
+        for (int64_t s = pos - a->W + 1 < 0 ? 0 : pos - a->W + 1; s <= pos; s++)
+            keys[nk++] = s >= a->t0 ? a->kv + (s - a->t0) * a->D : a->ring + (s % a->W) * a->D;
+        for (int64_t i = 0; i < a->n_sel[t]; i++) keys[nk++] = a->comp + a->sel[t * a->sel_max + i] * a->D;
+        attend_heads(a->q + t * qd, a->H, keys, nk, a->D, a->sinks, scores, o + t * qd);
+    }
+}
+
+static void attend_blocks(const AttnBlocks *a, float *o) {
+    const int H = a->H, D = a->D, W = a->W;
+    const int64_t qd = (int64_t)H * D, T = a->T, t0 = a->t0, nblocks = (T + ATTN_BLOCK - 1) / ATTN_BLOCK;
+    const float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+    {
+        const int64_t ncap = a->sel ? 2 * a->sel_max : 0;   /* CSA: most entries a block takes as one */
+        float *kbuf = xmalloc(sizeof(float) * (size_t)((W + ATTN_BLOCK + ncap) * D));
+        int64_t *pos_in_union = a->sel ? xmalloc(sizeof(int64_t) * (size_t)(a->n_comp_max ? a->n_comp_max : 1)) : NULL;
+        int64_t *uni = a->sel ? xmalloc(sizeof(int64_t) * (size_t)(ncap ? ncap : 1)) : NULL;
+        uint8_t *allowed = a->sel ? xmalloc((size_t)(ATTN_BLOCK * (ncap ? ncap : 1))) : NULL;
+        const float **keys = a->sel ? xmalloc(sizeof(float *) * (size_t)(W + a->sel_max)) : NULL;
+        float *qscores = a->sel ? xmalloc(sizeof(float) * (size_t)(H * (W + a->sel_max))) : NULL;
+        for (int64_t i = 0; pos_in_union && i < a->n_comp_max; i++) pos_in_union[i] = -1;
+        float *S = NULL;
+        int64_t S_cap = 0;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nblocks; b++) {
+            const int64_t ta = b * ATTN_BLOCK, tb = ta + ATTN_BLOCK < T ? ta + ATTN_BLOCK : T, nq = tb - ta;
+            const int64_t lo = t0 + ta - W + 1 > 0 ? t0 + ta - W + 1 : 0, hi = t0 + tb - 1, nw = hi - lo + 1;
+            int64_t nc = a->ratio ? (hi + 1) / a->ratio : 0;
+            const float *ent = a->comp;
+            if (a->sel) {   /* the union of the block's picks, gathered after the window keys */
+                int64_t nu = 0, too_many = 0;
+                for (int64_t t = ta; t < tb && !too_many; t++)
+                    for (int64_t i = 0; i < a->n_sel[t]; i++) {
+                        const int64_t e = a->sel[t * a->sel_max + i];
+                        if (pos_in_union[e] >= 0) continue;
+                        if (nu == ncap) { too_many = 1; break; }
+                        pos_in_union[e] = nu;
+                        uni[nu++] = e;
+                    }
+                if (!too_many) {
+                    memset(allowed, 0, (size_t)(nq * nu));
+                    for (int64_t t = ta; t < tb; t++)
+                        for (int64_t i = 0; i < a->n_sel[t]; i++) allowed[(t - ta) * nu + pos_in_union[a->sel[t * a->sel_max + i]]] = 1;
+                    for (int64_t j = 0; j < nu; j++) memcpy(kbuf + (nw + j) * D, a->comp + uni[j] * D, sizeof(float) * (size_t)D);
+                }
+                for (int64_t j = 0; j < nu; j++) pos_in_union[uni[j]] = -1;
+                if (too_many) { attend_block_queries(a, ta, tb, keys, qscores, o); continue; }
+                nc = nu;
+                ent = kbuf + nw * D;
+            }
+            const int64_t nk = nw + nc;
+            for (int64_t s = lo; s <= hi; s++)
+                memcpy(kbuf + (s - lo) * D, s >= t0 ? a->kv + (s - t0) * D : a->ring + (s % W) * D, sizeof(float) * (size_t)D);
+            if (nq * nk > S_cap) { free(S); S_cap = nq * nk; S = xmalloc(sizeof(float) * (size_t)S_cap); }
+            for (int h = 0; h < H; h++) {
+                const float *Qh = a->q + ta * qd + (int64_t)h * D;
+                float *Oh = o + ta * qd + (int64_t)h * D;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nq, (blasint)nw, D, scale, Qh, (blasint)qd, kbuf, D,
+                            0.0f, S, (blasint)nk);
+                if (nc)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nq, (blasint)nc, D, scale, Qh, (blasint)qd, ent, D,
+                                0.0f, S + nw, (blasint)nk);
+                for (int64_t t = 0; t < nq; t++) {
+                    const int64_t pos = t0 + ta + t, wlo = pos - W + 1 - lo, whi = pos - lo, vis = a->ratio ? (pos + 1) / a->ratio : 0;
+                    float *row = S + t * nk, mx = -INFINITY;
+                    for (int64_t k = 0; k < nk; k++) {   /* outside this query's window or not among its entries: no weight */
+                        const int ok = k < nw ? k >= wlo && k <= whi : a->sel ? allowed[t * nc + (k - nw)] : k - nw < vis;
+                        if (!ok) row[k] = -INFINITY;
+                        else mx = fmaxf(mx, row[k]);
+                    }
+                    double sum = exp((double)a->sinks[h] - mx);
+                    for (int64_t k = 0; k < nk; k++) { row[k] = row[k] == -INFINITY ? 0.0f : expf(row[k] - mx); sum += row[k]; }
+                    const float den = (float)(1.0 / sum);
+                    for (int64_t k = 0; k < nk; k++) row[k] *= den;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nq, D, (blasint)nw, 1.0f, S, (blasint)nk, kbuf, D, 0.0f,
+                            Oh, (blasint)qd);
+                if (nc)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nq, D, (blasint)nc, 1.0f, S + nw, (blasint)nk, ent, D,
+                                1.0f, Oh, (blasint)qd);
+            }
+        }
+        free(kbuf); free(S); free(pos_in_union); free(uni); free(allowed); free(keys); free(qscores);
+    }
 }
 
 /* save (training, t0 = 0): also keep the intermediates the backward needs (AttnSave). */
@@ -154,11 +263,23 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
      * (not when training: the indexer's target sums every head of a query) */
     float *o = xmalloc(sizeof(float) * (size_t)(T * qd));
     const int64_t max_keys = W + sel_max;
+    /* a prefill chunk: blocks of queries as matrix products; decode (and speculative
+     * verification, up to 4 tokens) and training keep the per-query path */
+    const int blocked = T > 4 && !save;
+    if (blocked) {
+        const AttnBlocks ab = {.q = q, .kv = kv, .ring = c->ring, .comp = c->comp, .sinks = L->attn_sink, .H = H, .D = D, .W = W,
+                               .ratio = ratio, .T = T, .t0 = t0, .sel = L->has_indexer ? sel : NULL, .n_sel = n_sel,
+                               .sel_max = sel_max, .n_comp_max = n_comp_max};
+        attend_blocks(&ab, o);
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            for (int hh = 0; hh < H; hh++) rope_rotate(o + t * qd + (int64_t)hh * D + D - r, r, L->rope_freq, t0 + t, 1);
+    }
     const int nthr = omp_get_max_threads();
     const int NG = T >= nthr || save ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
     float *kl_target = save && save->want_kl && L->has_indexer ? xcalloc((size_t)(T * (sel_max ? sel_max : 1)), sizeof(float)) : NULL;
-#pragma omp parallel
-    {
+#pragma omp parallel if (!blocked)
+    if (!blocked) {
         const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
         float *scores = xmalloc(sizeof(float) * (size_t)(max_keys * ((H + NG - 1) / NG)));
 #pragma omp for collapse(2) schedule(dynamic, 1)

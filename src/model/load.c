@@ -364,6 +364,7 @@ dsv4_model *dsv4_model_open(const char *dir, const dsv4_open_options *opts) {
     }
     const int q = opts ? opts->quant_rounding : -1;
     m->quant = q < 0 ? m->has_quantized : q;
+    m->int8_activations = opts ? opts->int8_activations : 0;
     const int I = m->cfg.index_head_dim;
     int has_indexer = 0;
     for (int l = 0; l < m->cfg.n_layers + m->cfg.n_mtp_layers; l++) has_indexer |= m->cfg.compress_ratios[l] == 4;
@@ -391,6 +392,7 @@ void model_make_trainable(dsv4_model *m, int except_tables) {
     for (int l = 0; l < m->cfg.n_layers; l++)   /* the tables are memory copies now */
         if (m->layers[l].engram) m->layers[l].engram->table_mapped = 0;
     m->quant = 0;
+    m->int8_activations = 0;
 }
 
 void dsv4_model_close(dsv4_model *m) {

@@ -9,7 +9,8 @@
 void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W,
                   int64_t r0, int64_t nr) {
     if (!m->quant || (W->kind != W_FP8 && W->kind != W_FP4)) {
-        linear(y, ldy, x, ldx, T, W, r0, nr);
+        if (m->int8_activations) linear_fast(y, ldy, x, ldx, T, W, r0, nr);
+        else linear(y, ldy, x, ldx, T, W, r0, nr);
         return;
     }
     /* official act_quant: FP8 e4m3 activations, one power-of-two scale per 128 inputs */
@@ -19,7 +20,8 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
         memcpy(xq + t * cols, x + t * ldx, sizeof(float) * (size_t)cols);
         fake_quant_fp8(xq + t * cols, cols, 128);
     }
-    linear(y, ldy, xq, cols, T, W, r0, nr);
+    if (m->int8_activations) linear_fast(y, ldy, xq, cols, T, W, r0, nr);
+    else linear(y, ldy, xq, cols, T, W, r0, nr);
     free(xq);
 }
 
@@ -104,7 +106,7 @@ dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
     dsv4_session *s = xcalloc(1, sizeof *s);
     s->m = m;
     s->max_ctx = max_ctx;
-    s->chunk = 256;
+    s->chunk = 512;
     s->cache = xcalloc((size_t)m->cfg.n_layers, sizeof(LayerCache));
     s->mtp_cache = xcalloc((size_t)(m->cfg.n_mtp_layers ? m->cfg.n_mtp_layers : 1), sizeof(LayerCache));
     int rc = 0;
