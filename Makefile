@@ -1,6 +1,8 @@
 # dsv4 — build, run, test, bench. `make run` and `make test` install missing Debian packages first.
 CC      ?= gcc
-ARCH    ?= -march=x86-64-v3
+# Portable x86-64 code; the decode kernels are compiled for AVX2/FMA/F16C on their own and
+# chosen at run time (src/kernels/matvec_avx2.c). Other CPUs: no -march.
+ARCH    ?= $(if $(filter x86_64,$(shell uname -m)),-march=x86-64-v2,)
 BLAS_INC = -I/usr/include/x86_64-linux-gnu/openblas-openmp
 BLAS_LIB = -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-rpath,/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas
 CFLAGS  ?= -O3

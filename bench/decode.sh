@@ -2,8 +2,9 @@
 # CPU inference against the machine's limits, measured in one run (make bench):
 #  1. each decode kernel alone (BF16, FP8, FP4 weights) against the read bandwidth measured at
 #     the same thread count, 1..N threads;
-#  2. the ~1B-parameter random FP8/FP4 model (configs/bench-1b.json): prefill and decode at 1
-#     thread and at all threads, with the prefill speed-up from threads;
+#  2. the ~1B-parameter random model (configs/bench-1b.json) stored as FP8 with FP4 experts and
+#     as BF16: prefill and decode at 1 thread and at all threads, the prefill speed-up from
+#     threads, and the int8-activation fast mode with how far it moves the logits;
 #  3. MTP speculative decoding on the bundled model: acceptance and speed against plain
 #     decoding (the outputs are compared: they must be identical).
 set -euo pipefail
@@ -14,12 +15,14 @@ THREADS=${OMP_NUM_THREADS:-$(nproc)}
 echo "== decode kernels (1 GiB of weights each) =="
 $D bench --kernels
 
-echo "== configs/bench-1b.json =="
-j1=$(OMP_NUM_THREADS=1 $D bench --json 2> /dev/null)
-jn=$(OMP_NUM_THREADS=$THREADS $D bench --json 2> /dev/null)
-/usr/bin/python3 - "$j1" "$jn" <<'P'
+for dt in fp8 bf16; do
+  echo "== configs/bench-1b.json stored as $dt =="
+  j1=$(OMP_NUM_THREADS=1 $D bench --json --dtype "$dt" 2> /dev/null)
+  jn=$(OMP_NUM_THREADS=$THREADS $D bench --json --dtype "$dt" $([ "$dt" = fp8 ] && echo --fast) 2> /dev/null)
+  /usr/bin/python3 - "$j1" "$jn" <<'P'
 import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"weights {a['weights']}, {a['decode_weight_bytes_per_token'] / 1e6:.1f} MB read per decoded token")
 for r in (a, b):
     print(f"{r['threads']} thread(s): read {r['read_gbps']:.1f} GB/s, sgemm {r['sgemm_gflops']:.0f} GFLOP/s | "
           f"prefill {r['prefill_tok_s']:.1f} tok/s = {r['prefill_gflops']:.1f} GFLOP/s ({100 * r['prefill_gflops'] / r['sgemm_gflops']:.0f}% of sgemm) | "
@@ -27,7 +30,12 @@ for r in (a, b):
 if b['threads'] > 1:
     print(f"prefill speed-up 1 -> {b['threads']} threads: {b['prefill_tok_s'] / a['prefill_tok_s']:.2f}x; "
           f"decode: {b['decode_tok_s'] / a['decode_tok_s']:.2f}x")
+if 'fast_decode_tok_s' in b:
+    print(f"fast mode (int8 activations for the FP4 experts): decode {b['fast_decode_tok_s']:.2f} tok/s "
+          f"({100 * b['fast_decode_gbps'] / b['read_gbps']:.0f}% of read); logits: max difference {b['fast_logit_max_diff']:.4f} "
+          f"(largest |logit| {b['fast_logit_max_abs']:.2f}), mean KL {b['fast_kl_nats']:.2e} nats, same top token {100 * b['fast_top1_agree']:.0f}%")
 P
+done
 
 echo "== MTP speculative decoding, models/default =="
 ids=$(for i in $(seq 1 4); do echo "The committee said that the new law would take effect next year."; done |

@@ -153,6 +153,7 @@ typedef struct Mat {
 } Mat;
 
 uint64_t mat_bytes(const Mat *m);          /* weight + scale bytes */
+double model_decode_bytes(const dsv4_model *m);   /* weight bytes one decode step reads, as stored (load.c) */
 
 /* ---- kernels (kernels/) -------------------------------------------------------------------- */
 /* y[t, 0..nr) (row stride ldy) = x[t, 0..cols) (row stride ldx) · W[r0 .. r0+nr)ᵀ, t < T. */
@@ -169,6 +170,9 @@ double cross_entropy(const float *logits, const int32_t *targets, int64_t T, int
 /* Decode kernels (kernels/matvec_avx2.c), for up to 4 tokens: usable when the CPU has
  * AVX2/FMA/F16C and the format one of BF16, FP8, FP4 with cols % 32 == 0; x [T, cols] is first
  * permuted into xp by _prepare, then each thread computes its rows. */
+int cpu_has_avx2(void);   /* AVX2 + FMA + F16C present (the vector kernels run) */
+float dot_f32_avx2(const float *a, const float *b, int64_t n);
+void axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 int matvec_avx2_usable(const Mat *W);
 void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 is present */
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);

@@ -11,15 +11,16 @@
 #include <unistd.h>
 
 #include "cli.h"
-#ifdef __AVX2__
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 /* Sums n floats with enough independent vector accumulators that the loads, not the adds,
  * limit the speed; `prefetch` asks for the data a fixed distance ahead, as the decode kernels
- * do (on some machines the hardware prefetcher alone leaves the bus half used). */
-static float read_sum(const float *p, size_t n, int prefetch) {
-#ifdef __AVX2__
+ * do (on some machines the hardware prefetcher alone leaves the bus half used). AVX2 where the
+ * CPU has it, like the kernels it is the yardstick for. */
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static float read_sum_avx2(const float *p, size_t n, int prefetch) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i + 32 <= n; i += 32) {
         if (prefetch) _mm_prefetch((const char *)(p + i + 4096), _MM_HINT_T1);
@@ -31,13 +32,18 @@ static float read_sum(const float *p, size_t n, int prefetch) {
     float t[8];
     _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-#else
+}
+#endif
+
+static float read_sum(const float *p, size_t n, int prefetch) {
+#if defined(__x86_64__)
+    if (cpu_has_avx2()) return read_sum_avx2(p, n, prefetch);
+#endif
     (void)prefetch;
     float a[8] = {0};
     for (size_t i = 0; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++) a[k] += p[i + k];
     return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
-#endif
 }
 
 /* The best of several passes over 1 GiB, with and without software prefetch, at the current
@@ -171,16 +177,17 @@ static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n
 }
 
 static const char *BENCH_HELP =
-    "usage: dsv4 bench [--json] [--fast] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
+    "usage: dsv4 bench [--json] [--fast] [--dtype fp8|bf16] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
     "       dsv4 bench --kernels [--json]\n"
     "  Measures read bandwidth and sgemm rate, then prefill and decode speed of a random model\n"
-    "  (default configs/bench-1b.json, FP8 + FP4 experts, created once in DIR).\n"
+    "  (default configs/bench-1b.json, created once in DIR: --dtype fp8 (default) stores FP8 with\n"
+    "  FP4 experts in bench/model-1b, bf16 stores BF16 in bench/model-1b-bf16).\n"
     "  --fast: also decode in the int8-activation fast mode and report its speed and logit change.\n"
     "  --kernels: each decode kernel (BF16, FP8, FP4, FP4 with int8 activations) alone at 1..N\n"
     "  threads against the read bandwidth at the same thread count.\n";
 
 int cmd_bench(int argc, char **argv) {
-    const char *cfgp = "configs/bench-1b.json", *mdir = "bench/model-1b";
+    const char *cfgp = "configs/bench-1b.json", *mdir = NULL, *dtype = "fp8";
     int json = 0, kernels = 0, fast = 0;
     int64_t n_pre = 512, n_dec = 32;
     for (int i = 1; i < argc; i++) {
@@ -192,6 +199,10 @@ int cmd_bench(int argc, char **argv) {
         else if (!v) return cli_error("bench", "option %s needs a value", a);
         else if (!strcmp(a, "--config")) cfgp = argv[++i];
         else if (!strcmp(a, "--model-dir")) mdir = argv[++i];
+        else if (!strcmp(a, "--dtype")) {
+            dtype = argv[++i];
+            if (strcmp(dtype, "fp8") && strcmp(dtype, "bf16")) return cli_error("bench", "--dtype takes fp8 or bf16, not '%s'", dtype);
+        }
         else if (!strcmp(a, "--prefill")) n_pre = cli_int("bench", a, argv[++i], 1, 1 << 20);
         else if (!strcmp(a, "--decode")) n_dec = cli_int("bench", a, argv[++i], 1, 1 << 20);
         else return cli_error("bench", "unknown option '%s'", a);
@@ -200,10 +211,15 @@ int cmd_bench(int argc, char **argv) {
     Config c;
     if (config_load(&c, cfgp)) return cli_error("bench", "%s", dsv4_last_error());
     char marker[4200];
+    char mdir_default[64];
+    if (!mdir) {   /* bench/model-1b (FP8 with FP4 experts, as the config says) or bench/model-1b-bf16 */
+        snprintf(mdir_default, sizeof mdir_default, "bench/model-1b%s", strcmp(dtype, "fp8") ? "-bf16" : "");
+        mdir = mdir_default;
+    }
     snprintf(marker, sizeof marker, "%s/config.json", mdir);
     if (access(marker, F_OK) != 0) {
-        fprintf(stderr, "bench: creating the random FP8 model in %s (once)\n", mdir);
-        char *args[] = {"init", "--config", (char *)cfgp, "--seed", "1", "--out", (char *)mdir, "--dtype", "fp8", NULL};
+        fprintf(stderr, "bench: creating the random %s model in %s (once)\n", dtype, mdir);
+        char *args[] = {"init", "--config", (char *)cfgp, "--seed", "1", "--out", (char *)mdir, "--dtype", (char *)dtype, NULL};
         if (cmd_init(9, args)) return 1;
     }
     const int threads = omp_get_max_threads();
@@ -215,6 +231,12 @@ int cmd_bench(int argc, char **argv) {
     if (!m) return cli_error("bench", "%s", dsv4_last_error());
     PlanStats p;
     plan_compute(&m->cfg, &p);
+    p.decode_weight_bytes_per_token = model_decode_bytes(m);   /* as stored: the same config in FP8 or BF16 */
+    int stored_fp8 = 0, stored_fp4 = 0;
+    for (int64_t i = 0; i < m->st.n_tensors; i++) {
+        stored_fp8 |= m->st.tensors[i].dtype == DT_F8_E4M3;
+        stored_fp4 |= m->st.tensors[i].dtype == DT_I8;
+    }
     const int64_t V = m->cfg.vocab_size;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(n_pre + n_dec));
     for (int64_t i = 0; i < n_pre + n_dec; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
@@ -264,11 +286,11 @@ int cmd_bench(int argc, char **argv) {
         free(fl);
     }
     if (json) {
-        printf("{\"config\": \"%s\", \"threads\": %d, \"read_gbps\": %.2f, \"sgemm_gflops\": %.1f, \"total_params\": %.0f, "
+        printf("{\"config\": \"%s\", \"model_dir\": \"%s\", \"weights\": \"%s\", \"threads\": %d, \"read_gbps\": %.2f, \"sgemm_gflops\": %.1f, \"total_params\": %.0f, "
                "\"active_params\": %.0f, \"prefill_tokens\": %lld, \"prefill_tok_s\": %.2f, \"prefill_gflops\": %.2f, "
                "\"decode_tokens\": %lld, \"decode_tok_s\": %.3f, \"decode_weight_bytes_per_token\": %.0f, "
                "\"decode_gbps\": %.2f",
-               cfgp, threads, gbps, gflops, p.total_params, p.active_params, (long long)n_pre, pre_tps, pre_gflops,
+               cfgp, mdir, stored_fp8 ? (stored_fp4 ? "fp8+fp4" : "fp8") : "bf16", threads, gbps, gflops, p.total_params, p.active_params, (long long)n_pre, pre_tps, pre_gflops,
                (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token, dec_gbps);
         if (fast)
             printf(", \"fast_decode_tok_s\": %.3f, \"fast_decode_gbps\": %.2f, \"fast_logit_max_diff\": %.5f, "
@@ -277,8 +299,8 @@ int cmd_bench(int argc, char **argv) {
         printf("}\n");
     } else {
         printf("machine     %d threads, memory read %.1f GB/s, sgemm %.1f GFLOP/s\n", threads, gbps, gflops);
-        printf("model       %s: %.2fB parameters, %.0fM active, %s weights, %s experts\n", cfgp, p.total_params / 1e9,
-               p.active_params / 1e6, c.weights_fp8 ? "FP8" : "BF16/F32", c.experts_fp4 ? "FP4" : c.weights_fp8 ? "FP8" : "BF16/F32");
+        printf("model       %s (%s): %.2fB parameters, %.0fM active, %s weights, %s experts\n", cfgp, mdir, p.total_params / 1e9,
+               p.active_params / 1e6, stored_fp8 ? "FP8" : "BF16", stored_fp4 ? "FP4" : stored_fp8 ? "FP8" : "BF16");
         printf("prefill     %lld tokens: %.1f tok/s = %.1f GFLOP/s (%.0f%% of sgemm)\n", (long long)n_pre, pre_tps, pre_gflops,
                100 * pre_gflops / gflops);
         printf("decode      %lld tokens: %.2f tok/s, %.1f MB of weights per token = %.1f GB/s (%.0f%% of read bandwidth)\n",

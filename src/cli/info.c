@@ -144,7 +144,7 @@ int cmd_info(int argc, char **argv) {
     p.kv_bytes_per_token = cfgp.kv_bytes_per_token;
     p.kv_bytes_fixed = cfgp.kv_bytes_fixed;
     p.kv_bytes_1m = cfgp.kv_bytes_1m;
-    p.decode_weight_bytes_per_token = cfgp.decode_weight_bytes_per_token;
+    p.decode_weight_bytes_per_token = model_decode_bytes(m);   /* as stored, whatever the config announces */
     char extra[256];
     snprintf(extra, sizeof extra, ", \"n_tensors\": %lld, \"n_files\": %d, \"open_seconds\": %.3f", (long long)m->st.n_tensors,
              m->st.n_files, now_sec() - t0);

@@ -9,9 +9,6 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
 
 #include "../dsv4_internal.h"
 
@@ -34,7 +31,6 @@ uint64_t mat_bytes(const Mat *m) {
 }
 
 static int linear_simd_enabled(void);
-
 static void dequant_row(const Mat *W, int64_t r, float *dst) {
     const int64_t cols = W->cols;
     if (linear_simd_enabled() && matvec_avx2_dequant_row(W, r, dst)) return;
@@ -83,44 +79,24 @@ void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst) {
     for (int64_t i = 0; i < nr; i++) dequant_row(W, r0 + i, dst + i * W->cols);
 }
 
+/* The dot product and axpy of the per-query attention and of training: AVX2 versions in
+ * matvec_avx2.c where the CPU has them, these loops otherwise. */
 float dot_f32(const float *a, const float *b, int64_t n) {
+    if (cpu_has_avx2()) return dot_f32_avx2(a, b, n);
     int64_t i = 0;
-#ifdef __AVX2__
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float acc = _mm_cvtss_f32(h);
-#else
     float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
     for (; i + 4 <= n; i += 4) {
         acc0 += a[i] * b[i]; acc1 += a[i + 1] * b[i + 1];
         acc2 += a[i + 2] * b[i + 2]; acc3 += a[i + 3] * b[i + 3];
     }
     float acc = (acc0 + acc1) + (acc2 + acc3);
-#endif
     for (; i < n; i++) acc += a[i] * b[i];
     return acc;
 }
 
 void axpy_f32(float *y, float a, const float *x, int64_t n) {
-    int64_t i = 0;
-#ifdef __AVX2__
-    const __m256 va = _mm256_set1_ps(a);
-    for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-        _mm256_storeu_ps(y + i + 8, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
-    }
-#endif
-    for (; i < n; i++) y[i] += a * x[i];
+    if (cpu_has_avx2()) { axpy_f32_avx2(y, a, x, n); return; }
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 /* Batched paths decode about 4 MB of weight rows at a time into f32 for sgemm (within L2/L3 reach). */
@@ -139,17 +115,11 @@ static void dequant_block(const Mat *W, int64_t r0, int64_t nb, float *buf) {
 /* Below this many weight bytes the small-batch kernels run on one thread. */
 #define LINEAR_PARALLEL_BYTES 65536
 
-/* The vector kernels run where the CPU has them, unless DSV4_SIMD=0 (or linear_use_simd(0))
- * asks for the portable path; tests compare the two. */
-static int simd_enabled = -1;
+/* The vector kernels run where the CPU has them (matvec_avx2.c asks it; DSV4_SIMD=0 in the
+ * environment says no), unless linear_use_simd(0) asks for the portable path: tests compare. */
+static int simd_enabled = 1;
 void linear_use_simd(int on) { simd_enabled = on; }
-static int linear_simd_enabled(void) {
-    if (simd_enabled < 0) {
-        const char *e = getenv("DSV4_SIMD");
-        simd_enabled = !(e && !strcmp(e, "0"));
-    }
-    return simd_enabled;
-}
+static int linear_simd_enabled(void) { return simd_enabled; }
 
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     const int64_t cols = W->cols;

@@ -18,6 +18,7 @@
  * the read bandwidth and FP8/FP4 to their instruction throughput (`dsv4 bench --kernels`). */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../dsv4_internal.h"
@@ -105,13 +106,44 @@ static const uint8_t E2M1_ORDER[32] = {0, 2, 4,  6,  8,  10, 12, 14, 16, 18, 20,
                                        1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
 #define E2M1_SCALE 0.5f
 
-int matvec_avx2_usable(const Mat *W) {
-    static int cpu = -1;
-    if (cpu < 0) {
-        __builtin_cpu_init();
-        cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+/* AVX2, FMA and F16C, asked of the CPU once; DSV4_SIMD=0 in the environment says no (the
+ * portable path everywhere, for comparison) */
+static int cpu_avx2 = -1;
+__attribute__((constructor)) static void cpu_probe(void) {
+    __builtin_cpu_init();
+    const char *e = getenv("DSV4_SIMD");
+    cpu_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+               !(e && !strcmp(e, "0"));
+}
+int cpu_has_avx2(void) { return cpu_avx2 > 0; }
+
+float dot_f32_avx2(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
     }
-    if (!cpu || W->cols % 32) return 0;
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float acc = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) {
+    int64_t i = 0;
+    const __m256 va = _mm256_set1_ps(a);
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i + 8, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+int matvec_avx2_usable(const Mat *W) {
+    if (!cpu_has_avx2() || W->cols % 32) return 0;
     return W->kind == W_F32 || W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4;
 }
 
@@ -341,6 +373,9 @@ void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int
 #pragma GCC pop_options
 
 #else   /* not x86: the portable path in linear.c */
+int cpu_has_avx2(void) { return 0; }
+float dot_f32_avx2(const float *a, const float *b, int64_t n) { (void)a; (void)b; (void)n; return 0; }
+void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) { (void)y; (void)a; (void)x; (void)n; }
 int matvec_avx2_usable(const Mat *W) { (void)W; return 0; }
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
     (void)W; (void)x; (void)ldx; (void)T; (void)xp;

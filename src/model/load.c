@@ -408,3 +408,22 @@ void dsv4_model_close(dsv4_model *m) {
     free(m->dir);
     free(m);
 }
+
+/* Weight bytes one decode step reads, from the tensors as stored (scales included): every
+ * matrix of the main model once, the routed experts n_activated of n_routed, the embedding
+ * one row (not counted, as in `plan`), each Engram table (N-1)·K rows. */
+double model_decode_bytes(const dsv4_model *m) {
+    const Config *c = &m->cfg;
+    double bytes = 0;
+    for (int64_t i = 0; i < m->st.n_tensors; i++) {
+        const StTensor *t = &m->st.tensors[i];
+        if (!strncmp(t->name, "mtp.", 4) || !strcmp(t->name, "embed.weight") || strstr(t->name, "tid2eid")) continue;
+        if (strstr(t->name, ".engram.embed.weight")) {
+            bytes += (double)(c->engram_max_ngram - 1) * c->engram_n_heads * (double)t->shape[1] * (double)dtype_size(t->dtype);
+            continue;
+        }
+        const double share = strstr(t->name, ".ffn.experts.") ? (double)c->n_activated_experts / c->n_routed_experts : 1.0;
+        bytes += (double)t->nbytes * share;
+    }
+    return bytes;
+}
