@@ -174,6 +174,9 @@ int cpu_has_avx2(void);   /* AVX2 + FMA + F16C present (the vector kernels run) 
 float dot_f32_avx2(const float *a, const float *b, int64_t n);
 void axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 int matvec_avx2_usable(const Mat *W);
+void softmax_sink_avx2(float *row, int64_t n, float sink);
+/* row <- softmax of row[0..n) beside a sink logit (probability without a value); -inf gives 0 */
+void softmax_sink(float *row, int64_t n, float sink);
 void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 is present */
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
@@ -193,6 +196,7 @@ float softplus_f(float x);
 /* Indices of the k largest scores (NaN counts as -inf), ties to the lower index, returned in
  * increasing index order. */
 void topk_indices(const float *s, int64_t n, int64_t k, int64_t *idx);
+void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp);   /* tmp: n floats */
 /* RoPE frequencies (official precompute_freqs_cis: YaRN ramp when original_seq_len > 0). */
 void rope_freqs(double *freq, int rope_dim, double base, int64_t original_seq_len, double factor,
                 double beta_fast, double beta_slow);
@@ -424,6 +428,8 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
 int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
                      const float *q_idx_t, const float *w_idx_t, int64_t n_visible,
                      int64_t *selected, float *scratch);
+void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
+                            int64_t t0, int ratio, int64_t *sel, int64_t sel_max, int64_t *n_sel);
 /* moe.c */
 void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens,
                  int64_t T, float *out);

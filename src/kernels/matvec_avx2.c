@@ -142,6 +142,51 @@ void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* e^x for 8 floats (Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n into the
+ * exponent): within 2 ulp on [-87, 88]; below -87 (and -inf) it returns 0. */
+static inline __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.0f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* row <- softmax over row[0..n) and a sink logit that takes probability but has no value
+ * (spec: attention sinks); -inf entries get 0. */
+void softmax_sink_avx2(float *row, int64_t n, float sink) {
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(row + i));
+    float mx = -INFINITY, t[8];
+    _mm256_storeu_ps(t, mv);
+    for (int j = 0; j < 8; j++) mx = fmaxf(mx, t[j]);
+    for (; i < n; i++) mx = fmaxf(mx, row[i]);
+    if (mx == -INFINITY) mx = sink;   /* nothing visible: all weight on the sink */
+    const __m256 m8 = _mm256_set1_ps(mx);
+    __m256 acc = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + i), m8));
+        _mm256_storeu_ps(row + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    double sum = exp((double)sink - mx) + hsum8(acc);
+    for (; i < n; i++) { row[i] = row[i] == -INFINITY ? 0.0f : expf(row[i] - mx); sum += row[i]; }
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(row + i, _mm256_mul_ps(_mm256_loadu_ps(row + i), inv));
+    for (; i < n; i++) row[i] *= (float)(1.0 / sum);
+}
+
 int matvec_avx2_usable(const Mat *W) {
     if (!cpu_has_avx2() || W->cols % 32) return 0;
     return W->kind == W_F32 || W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4;
@@ -377,6 +422,7 @@ int cpu_has_avx2(void) { return 0; }
 float dot_f32_avx2(const float *a, const float *b, int64_t n) { (void)a; (void)b; (void)n; return 0; }
 void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) { (void)y; (void)a; (void)x; (void)n; }
 int matvec_avx2_usable(const Mat *W) { (void)W; return 0; }
+void softmax_sink_avx2(float *row, int64_t n, float sink) { (void)row; (void)n; (void)sink; }
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
     (void)W; (void)x; (void)ldx; (void)T; (void)xp;
 }

@@ -117,14 +117,63 @@ static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
 }
-void topk_indices(const float *s, int64_t n, int64_t k, int64_t *idx) {
-    if (k >= n) { for (int64_t i = 0; i < n; i++) idx[i] = i; return; }
-    if (k <= 0) return;
+/* The k best by a heap: O(n log k) worst case (the fallback of topk_select). */
+static void topk_heap(const float *s, int64_t n, int64_t k, int64_t *idx) {
     for (int64_t i = 0; i < k; i++) idx[i] = i;
     for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(idx, k, i, s);
     for (int64_t i = k; i < n; i++)
         if (better(s, i, idx[0])) { idx[0] = i; sift_down(idx, k, 0, s); }
     qsort(idx, (size_t)k, sizeof(int64_t), cmp_i64);
+}
+
+/* The k-th largest of v[0..n) (NaN already mapped to -inf), v reordered: quickselect with a
+ * median-of-three pivot, O(n) on average; -1 when it takes too many rounds (adversarial input). */
+static int kth_largest(float *v, int64_t n, int64_t k, float *out) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;   /* position want in descending order */
+    for (int rounds = 0; rounds < 64; rounds++) {
+        if (lo == hi) { *out = v[lo]; return 0; }
+        const int64_t mid = lo + (hi - lo) / 2;
+        float a = v[lo], b = v[mid], c = v[hi];
+        const float pivot = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+        int64_t i = lo, j = hi;
+        while (i <= j) {   /* descending: larger to the left */
+            while (v[i] > pivot) i++;
+            while (v[j] < pivot) j--;
+            if (i <= j) { const float t = v[i]; v[i] = v[j]; v[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else { *out = pivot; return 0; }
+    }
+    return -1;
+}
+
+/* Indices of the k largest of s[0..n) in ascending index order; ties go to the lower index, NaN
+ * counts as -inf. By a threshold: the k-th largest value τ (quickselect on a copy in tmp, n
+ * floats), then one scan keeps every entry above τ and the first entries equal to τ. O(n) on
+ * average, which matters for the indexer choosing 256 of 262,144 entries per query at 1M. */
+void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
+    if (k >= n) { for (int64_t i = 0; i < n; i++) idx[i] = i; return; }
+    if (k <= 0) return;
+    if (n <= 64) { topk_heap(s, n, k, idx); return; }
+    for (int64_t i = 0; i < n; i++) tmp[i] = isnan(s[i]) ? -INFINITY : s[i];
+    float tau;
+    if (kth_largest(tmp, n, k, &tau)) { topk_heap(s, n, k, idx); return; }
+    int64_t above = 0;
+    for (int64_t i = 0; i < n; i++) above += (isnan(s[i]) ? -INFINITY : s[i]) > tau;
+    int64_t ties = k - above, m = 0;
+    for (int64_t i = 0; i < n && m < k; i++) {
+        const float x = isnan(s[i]) ? -INFINITY : s[i];
+        if (x > tau) idx[m++] = i;
+        else if (x == tau && ties > 0) { idx[m++] = i; ties--; }
+    }
+}
+
+void topk_indices(const float *s, int64_t n, int64_t k, int64_t *idx) {
+    if (k >= n || k <= 0 || n <= 64) { topk_select(s, n, k, idx, NULL); return; }
+    float *tmp = xmalloc(sizeof(float) * (size_t)n);
+    topk_select(s, n, k, idx, tmp);
+    free(tmp);
 }
 
 /* Spec "Residual stream: mHC" / official hc_split_sinkhorn. comb[j*n+k]: softmax over k, + eps,
@@ -280,4 +329,15 @@ void fake_quant_fp4(float *x, int64_t n, int64_t block) {
             x[i] = e2m1_to_f32(f32_to_e2m1(v)) * s;
         }
     }
+}
+
+void softmax_sink(float *row, int64_t n, float sink) {
+    if (cpu_has_avx2()) { softmax_sink_avx2(row, n, sink); return; }
+    float mx = -INFINITY;
+    for (int64_t k = 0; k < n; k++) mx = fmaxf(mx, row[k]);
+    if (mx == -INFINITY) mx = sink;
+    double sum = exp((double)sink - mx);
+    for (int64_t k = 0; k < n; k++) { row[k] = row[k] == -INFINITY ? 0.0f : expf(row[k] - mx); sum += row[k]; }
+    const float den = (float)(1.0 / sum);
+    for (int64_t k = 0; k < n; k++) row[k] *= den;
 }

@@ -164,16 +164,16 @@ static void attend_blocks(const AttnBlocks *a, float *o) {
                                 0.0f, S + nw, (blasint)nk);
                 for (int64_t t = 0; t < nq; t++) {
                     const int64_t pos = t0 + ta + t, wlo = pos - W + 1 - lo, whi = pos - lo, vis = a->ratio ? (pos + 1) / a->ratio : 0;
-                    float *row = S + t * nk, mx = -INFINITY;
-                    for (int64_t k = 0; k < nk; k++) {   /* outside this query's window or not among its entries: no weight */
-                        const int ok = k < nw ? k >= wlo && k <= whi : a->sel ? allowed[t * nc + (k - nw)] : k - nw < vis;
-                        if (!ok) row[k] = -INFINITY;
-                        else mx = fmaxf(mx, row[k]);
+                    float *row = S + t * nk;
+                    /* outside this query's window or not among its entries: no weight */
+                    for (int64_t k = 0; k < wlo; k++) row[k] = -INFINITY;
+                    for (int64_t k = whi + 1; k < nw; k++) row[k] = -INFINITY;
+                    if (a->sel) {
+                        for (int64_t k = 0; k < nc; k++) if (!allowed[t * nc + k]) row[nw + k] = -INFINITY;
+                    } else {
+                        for (int64_t k = vis; k < nc; k++) row[nw + k] = -INFINITY;
                     }
-                    double sum = exp((double)a->sinks[h] - mx);
-                    for (int64_t k = 0; k < nk; k++) { row[k] = row[k] == -INFINITY ? 0.0f : expf(row[k] - mx); sum += row[k]; }
-                    const float den = (float)(1.0 / sum);
-                    for (int64_t k = 0; k < nk; k++) row[k] *= den;
+                    softmax_sink(row, nk, a->sinks[h]);
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nq, D, (blasint)nw, 1.0f, S, (blasint)nk, kbuf, D, 0.0f,
                             Oh, (blasint)qd);
@@ -239,14 +239,16 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     const int64_t sel_max = L->has_indexer ? (cf->index_topk < n_comp_max ? cf->index_topk : n_comp_max) : n_comp_max;
     int64_t *sel = L->has_indexer ? xmalloc(sizeof(int64_t) * (size_t)(T * (sel_max ? sel_max : 1))) : NULL;
     int64_t *n_sel = xcalloc((size_t)T, sizeof(int64_t));
-    if (L->has_indexer && T == 1) {   /* decode: the scoring itself runs in parallel */
-        float *scratch = xmalloc(sizeof(float) * (size_t)(n_comp_max ? n_comp_max : 1));
+    if (L->has_indexer && T > 4 && !save) {   /* prefill: blocks of queries by sgemm */
+        indexer_select_prefill(m, c, q_idx, w_idx, T, t0, ratio, sel, sel_max, n_sel);
+    } else if (L->has_indexer && T == 1) {   /* decode: the scoring itself runs in parallel */
+        float *scratch = xmalloc(sizeof(float) * (size_t)(2 * (n_comp_max ? n_comp_max : 1)));
         n_sel[0] = indexer_topk(m, L, c, q_idx, w_idx, (t0 + 1) / ratio, sel, scratch);
         free(scratch);
     } else if (L->has_indexer) {
 #pragma omp parallel
         {
-            float *scratch = xmalloc(sizeof(float) * (size_t)(n_comp_max ? n_comp_max : 1));
+            float *scratch = xmalloc(sizeof(float) * (size_t)(2 * (n_comp_max ? n_comp_max : 1)));
 #pragma omp for schedule(dynamic, 4)
             for (int64_t t = 0; t < T; t++) {
                 const int64_t nvis = (t0 + t + 1) / ratio;

@@ -4,6 +4,8 @@
  * It has its own compressor (width index_head_dim) and reuses the attention's c_q. The
  * Hadamard rotation of q and K is the identity on scores in exact arithmetic; it is applied
  * only with the quantisation-aware rounding, where it spreads outliers before FP4. */
+#include <cblas.h>
+#undef I   /* complex.h, through cblas.h: I is the indexer head dimension here */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -35,7 +37,7 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
 }
 
 /* Top-k of the n_visible entries for one query; returns how many were selected (ascending
- * entry order). scratch holds n_visible floats. */
+ * entry order). scratch holds 2 * n_visible floats. */
 int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, const float *q, const float *wt,
                      int64_t n_visible, int64_t *selected, float *scratch) {
     (void)L;
@@ -55,6 +57,135 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, 
         }
         scratch[w] = s;
     }
-    topk_indices(scratch, n_visible, k, selected);
+    topk_select(scratch, n_visible, k, selected, scratch + n_visible);
     return k;
+}
+
+/* Prefill: the picks of every query of a chunk. A block of queries is scored against a tile of
+ * entries at once, q [block·heads, I] times keysᵀ [I, tile] by sgemm; the heads combine as in
+ * indexer_topk (Σ_h w_h ReLU(q_h·k)) and each query streams its scores through a running
+ * selection (TopkStream), so nothing of size entries × queries is ever held — at 1M tokens a CSA
+ * layer has 262,144 entries per query, and this is most of the prefill's arithmetic.
+ * sel [T, sel_max], n_sel [T]. */
+#define IDX_QBLOCK 64
+#define IDX_TILE 2048
+
+/* The k best of a stream of (score, index) in increasing index order, exactly as topk_select
+ * ranks them (score descending, NaN as -inf, ties to the lower index): candidates are kept
+ * while fewer than `cap`; then they are cut to the k best and only scores above the k-th (the
+ * threshold) are let in — an equal one comes later, so it loses the tie. Cutting in batches
+ * stays cheap even when later entries keep scoring higher (a heap would sift on every one). */
+typedef struct {
+    float *v, *tmp;        /* scores [cap]; scratch [cap] */
+    int64_t *ix, *pick;    /* their entries [cap]; scratch [cap] */
+    int64_t n, cap, k;
+    float theta;
+    int cut;               /* cut at least once: the threshold applies */
+} TopkStream;
+
+static void stream_cut(TopkStream *s) {
+    if (s->n <= s->k) return;
+    topk_select(s->v, s->n, s->k, s->pick, s->tmp);   /* ascending positions: compact in place */
+    for (int64_t j = 0; j < s->k; j++) { s->v[j] = s->v[s->pick[j]]; s->ix[j] = s->ix[s->pick[j]]; }
+    s->n = s->k;
+    float th = INFINITY;
+    for (int64_t j = 0; j < s->k; j++) th = fminf(th, isnan(s->v[j]) ? -INFINITY : s->v[j]);
+    s->theta = th;
+    s->cut = 1;
+}
+
+static inline void stream_push(TopkStream *s, float v, int64_t ix) {
+    if (s->n == s->cap) stream_cut(s);
+    s->v[s->n] = v;
+    s->ix[s->n++] = ix;
+}
+
+/* scores of one query for entries e0.. of a tile: the heads' rows of C (row stride ne) */
+static void combine_push_scalar(TopkStream *s, const float *C, int64_t ne, int HI, const float *wt, int64_t e0, int64_t n) {
+    for (int64_t w = 0; w < n; w++) {
+        float sc = 0;
+        for (int hh = 0; hh < HI; hh++) {
+            const float d = C[hh * ne + w];
+            if (d > 0) sc += wt[hh] * d;
+        }
+        if (!s->cut || sc > s->theta) stream_push(s, sc, e0 + w);
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* the same, 8 entries at a time: ReLU, weight and sum the heads, compare with the threshold */
+__attribute__((target("avx2,fma"))) static void combine_push_avx2(TopkStream *s, const float *C, int64_t ne, int HI, const float *wt,
+                                                                   int64_t e0, int64_t n) {
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t w = 0;
+    for (; w + 8 <= n; w += 8) {
+        __m256 sc = zero;
+        for (int hh = 0; hh < HI; hh++)
+            sc = _mm256_add_ps(sc, _mm256_mul_ps(_mm256_set1_ps(wt[hh]), _mm256_max_ps(_mm256_loadu_ps(C + hh * ne + w), zero)));
+        int mask = 0xff;
+        if (s->cut) mask = _mm256_movemask_ps(_mm256_cmp_ps(sc, _mm256_set1_ps(s->theta), _CMP_GT_OQ));
+        if (!mask) continue;
+        float v[8];
+        _mm256_storeu_ps(v, sc);
+        for (int j = 0; j < 8; j++)
+            if (mask >> j & 1 && (!s->cut || v[j] > s->theta)) stream_push(s, v[j], e0 + w + j);
+    }
+    if (w < n) combine_push_scalar(s, C + w, ne, HI, wt, e0 + w, n - w);
+}
+#endif
+
+void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
+                            int64_t t0, int ratio, int64_t *sel, int64_t sel_max, int64_t *n_sel) {
+    const Config *cf = &m->cfg;
+    const int HI = cf->index_n_heads, I = cf->index_head_dim;
+    const int64_t nmax = (t0 + T) / ratio;   /* entries the chunk's last query sees */
+    const int64_t K = cf->index_topk < nmax ? cf->index_topk : nmax;   /* index_topk may exceed them (a dense stage) */
+    const int64_t nblocks = (T + IDX_QBLOCK - 1) / IDX_QBLOCK, cap = 4 * (K > 16 ? K : 16);
+    const int avx2 = cpu_has_avx2();
+#pragma omp parallel
+    {
+        float *C = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * HI * IDX_TILE));
+        TopkStream st[IDX_QBLOCK];
+        float *vbuf = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * cap * 2));
+        int64_t *ibuf = xmalloc(sizeof(int64_t) * (size_t)(IDX_QBLOCK * cap * 2));
+        for (int j = 0; j < IDX_QBLOCK; j++) {
+            st[j].v = vbuf + 2 * j * cap; st[j].tmp = st[j].v + cap;
+            st[j].ix = ibuf + 2 * j * cap; st[j].pick = st[j].ix + cap;
+            st[j].cap = cap;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < nblocks; b++) {
+            const int64_t ta = b * IDX_QBLOCK, tb = ta + IDX_QBLOCK < T ? ta + IDX_QBLOCK : T, nq = tb - ta;
+            const int64_t nvis_block = (t0 + tb) / ratio;   /* what the block's last query sees */
+            for (int64_t t = 0; t < nq; t++) {
+                const int64_t nvis = (t0 + ta + t + 1) / ratio;
+                st[t].n = 0; st[t].cut = 0; st[t].theta = -INFINITY;
+                st[t].k = K < nvis ? K : nvis;
+                if (st[t].k <= 0) { st[t].k = 0; st[t].cut = 1; st[t].theta = INFINITY; }   /* nothing to keep */
+            }
+            for (int64_t e0 = 0; e0 < nvis_block; e0 += IDX_TILE) {
+                const int64_t ne = e0 + IDX_TILE < nvis_block ? IDX_TILE : nvis_block - e0;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)(nq * HI), (blasint)ne, I, 1.0f, q_idx + ta * HI * I, I,
+                            c->idx_keys + e0 * I, I, 0.0f, C, (blasint)ne);
+                for (int64_t t = 0; t < nq; t++) {
+                    const int64_t nvis = (t0 + ta + t + 1) / ratio, n = nvis - e0 < ne ? nvis - e0 : ne;
+                    if (n <= 0) continue;
+                    const float *Ct = C + t * HI * ne, *wt = w_idx + (ta + t) * HI;
+#if defined(__x86_64__)
+                    if (avx2) { combine_push_avx2(&st[t], Ct, ne, HI, wt, e0, n); continue; }
+#endif
+                    combine_push_scalar(&st[t], Ct, ne, HI, wt, e0, n);
+                }
+            }
+            for (int64_t t = 0; t < nq; t++) {   /* the picks, in increasing entry order */
+                TopkStream *s = &st[t];
+                stream_cut(s);
+                memcpy(sel + (ta + t) * sel_max, s->ix, sizeof(int64_t) * (size_t)s->n);
+                n_sel[ta + t] = s->n;
+            }
+        }
+        free(C); free(vbuf); free(ibuf);
+    }
+    (void)avx2;
 }
