@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -156,6 +157,10 @@ static int bench_kernels(int json) {
     return 0;
 }
 
+static void prefill_progress_cb(void *user, int64_t done, int64_t total) {
+    if (total > 4096) progress("prefill", done, total, *(const double *)user);
+}
+
 /* Prefill n_pre tokens, then decode n_dec one at a time, keeping each decode step's logits. */
 static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n_dec, float *logits, double *t_pre, double *t_dec) {
     const int64_t V = m->cfg.vocab_size;
@@ -176,19 +181,104 @@ static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n
     return rc;
 }
 
+/* `bench --long L`: prefill L tokens of a long-context model (configs/long-1m.json, random,
+ * BF16, created once), then decode, in this process (its peak RSS is the run's), with the
+ * arithmetic and bytes the lengths imply:
+ *   prefill FLOPs: 2 × active × L for the matrices; attention Σ_t (window + entries seen) ×
+ *   heads × head_dim × 4 (scores and values); the indexer Σ_t (t/4) × index heads × dim × 2;
+ *   decode bytes per token: the weights, every visible HCA entry, the CSA layers' indexer keys
+ *   and their top-k entries, the windows — what one step must read — against the read
+ *   bandwidth measured here. */
+static int bench_long(const char *cfgp, const char *mdir, int64_t L, int64_t n_dec, int json) {
+    char marker[4200];
+    snprintf(marker, sizeof marker, "%s/config.json", mdir);
+    if (access(marker, F_OK) != 0) {
+        fprintf(stderr, "bench: creating the random long-context model in %s (once)\n", mdir);
+        char *args[] = {"init", "--config", (char *)cfgp, "--seed", "1", "--out", (char *)mdir, "--dtype", "bf16", NULL};
+        if (cmd_init(9, args)) return 1;
+    }
+    dsv4_open_options o = {.quant_rounding = 0};
+    dsv4_model *m = dsv4_model_open(mdir, &o);
+    if (!m) return cli_error("bench", "%s", dsv4_last_error());
+    const Config *c = &m->cfg;
+    PlanStats p;
+    plan_compute(c, &p);
+    dsv4_session *s = dsv4_session_new(m, L + n_dec + 1);
+    if (!s) { dsv4_model_close(m); return cli_error("bench", "%s", dsv4_last_error()); }
+    const int64_t V = c->vocab_size;
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(L + n_dec));
+    uint64_t st = 0x9E3779B97F4A7C15ull;
+    for (int64_t i = 0; i < L + n_dec; i++) { st ^= st << 13; st ^= st >> 7; st ^= st << 17; ids[i] = (int32_t)(st % (uint64_t)V); }
+    float *logits = xmalloc(sizeof(float) * (size_t)V);
+    double t0 = now_sec();
+    dsv4_session_set_progress(s, prefill_progress_cb, &t0);
+    int rc = dsv4_forward(s, ids, L, logits, NULL);
+    dsv4_session_set_progress(s, NULL, NULL);
+    const double t_pre = now_sec() - t0;
+    t0 = now_sec();
+    for (int64_t i = 0; rc == 0 && i < n_dec; i++) rc = dsv4_forward(s, ids + L + i, 1, logits, NULL);
+    const double t_dec = now_sec() - t0;
+    if (rc) { dsv4_session_free(s); dsv4_model_close(m); free(ids); free(logits); return cli_error("bench", "%s", dsv4_last_error()); }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);   /* before the bandwidth test's 1 GiB buffer */
+    const double gbps = measure_read_gbps();
+    /* the budget */
+    const double H = c->n_heads, D = c->head_dim, W = c->window_size, Lf = (double)L;
+    double att = 0, idx = 0, dec_bytes = model_decode_bytes(m);
+    const double Lmid = Lf + n_dec / 2.0;   /* decode positions: around L */
+    for (int l = 0; l < c->n_layers; l++) {
+        const int r = c->compress_ratios[l];
+        double seen = Lf <= W ? Lf * (Lf + 1) / 2 : W * Lf - W * (W - 1) / 2;   /* Σ_t min(t+1, W) */
+        dec_bytes += (Lmid < W ? Lmid : W) * D * 4;
+        if (r == 4) {
+            const double k = c->index_topk;
+            seen += Lf / 4 < k ? Lf * Lf / 8 : k * Lf - k * k * 2;   /* Σ_t min(t/4, k) */
+            idx += Lf * Lf / 8 * c->index_n_heads * c->index_head_dim * 2;
+            dec_bytes += Lmid / 4 * c->index_head_dim * 4 + (Lmid / 4 < k ? Lmid / 4 : k) * D * 4;
+        } else if (r) {
+            seen += Lf * Lf / (2.0 * r);
+            dec_bytes += Lmid / r * D * 4;
+        }
+        att += seen * H * D * 4;
+    }
+    const double dense = 2.0 * p.active_params * Lf, total = dense + att + idx;
+    const double dec_tps = n_dec / t_dec, predicted = dec_bytes / (gbps * 1e9);
+    if (json)
+        printf("{\"config\": \"%s\", \"tokens\": %lld, \"threads\": %d, \"read_gbps\": %.2f, \"prefill_s\": %.2f, "
+               "\"prefill_tok_s\": %.1f, \"peak_rss_bytes\": %.0f, \"prefill_gflop\": %.1f, \"dense_gflop\": %.1f, "
+               "\"attention_gflop\": %.1f, \"indexer_gflop\": %.1f, \"prefill_gflops\": %.2f, \"decode_tokens\": %lld, "
+               "\"decode_tok_s\": %.2f, \"decode_bytes_per_token\": %.0f, \"decode_time_over_bytes\": %.3f}\n",
+               cfgp, (long long)L, omp_get_max_threads(), gbps, t_pre, Lf / t_pre, (double)ru.ru_maxrss * 1024, total / 1e9, dense / 1e9,
+               att / 1e9, idx / 1e9, total / t_pre / 1e9, (long long)n_dec, dec_tps, dec_bytes, (1.0 / dec_tps) / predicted);
+    else
+        printf("%lld tokens: prefill %.1f s (%.0f tok/s, %.1f GFLOP = %.1f GFLOP/s), peak RSS %.2f GB; decode %.1f tok/s, "
+               "%.1f MB per token = %.2fx the time of those bytes at %.1f GB/s\n",
+               (long long)L, t_pre, Lf / t_pre, total / 1e9, total / t_pre / 1e9, (double)ru.ru_maxrss * 1024 / 1e9, dec_tps,
+               dec_bytes / 1e6, (1.0 / dec_tps) / predicted, gbps);
+    dsv4_session_free(s);
+    dsv4_model_close(m);
+    free(ids);
+    free(logits);
+    return 0;
+}
+
 static const char *BENCH_HELP =
     "usage: dsv4 bench [--json] [--fast] [--dtype fp8|bf16] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
     "       dsv4 bench --kernels [--json]\n"
+    "       dsv4 bench --long L [--config CFG] [--model-dir DIR] [--decode N] [--json]\n"
     "  Measures read bandwidth and sgemm rate, then prefill and decode speed of a random model\n"
     "  (default configs/bench-1b.json, created once in DIR: --dtype fp8 (default) stores FP8 with\n"
     "  FP4 experts in bench/model-1b, bf16 stores BF16 in bench/model-1b-bf16).\n"
     "  --fast: also decode in the int8-activation fast mode and report its speed and logit change.\n"
     "  --kernels: each decode kernel (BF16, FP8, FP4, FP4 with int8 activations) alone at 1..N\n"
-    "  threads against the read bandwidth at the same thread count.\n";
+    "  threads against the read bandwidth at the same thread count.\n"
+    "  --long L: prefill L tokens of configs/long-1m.json (random, created once in\n"
+    "  bench/model-long-1m), then decode: time, peak RSS, FLOPs, decode time against its bytes.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *cfgp = "configs/bench-1b.json", *mdir = NULL, *dtype = "fp8";
     int json = 0, kernels = 0, fast = 0;
+    int64_t long_tokens = 0;
     int64_t n_pre = 512, n_dec = 32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -205,9 +295,13 @@ int cmd_bench(int argc, char **argv) {
         }
         else if (!strcmp(a, "--prefill")) n_pre = cli_int("bench", a, argv[++i], 1, 1 << 20);
         else if (!strcmp(a, "--decode")) n_dec = cli_int("bench", a, argv[++i], 1, 1 << 20);
+        else if (!strcmp(a, "--long")) long_tokens = cli_int("bench", a, argv[++i], 1, (int64_t)1 << 24);
         else return cli_error("bench", "unknown option '%s'", a);
     }
     if (kernels) return bench_kernels(json);
+    if (long_tokens)
+        return bench_long(strcmp(cfgp, "configs/bench-1b.json") ? cfgp : "configs/long-1m.json", mdir ? mdir : "bench/model-long-1m",
+                          long_tokens, n_dec, json);
     Config c;
     if (config_load(&c, cfgp)) return cli_error("bench", "%s", dsv4_last_error());
     char marker[4200];
