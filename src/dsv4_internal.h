@@ -33,7 +33,12 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);             /* round to nearest even */
 float e4m3_to_f32(uint8_t b);             /* e4m3fn: bias 7, no inf, 0x7f/0xff NaN */
 uint8_t f32_to_e4m3(float f);             /* round to nearest even, saturating at ±448 */
-float e8m0_to_f32(uint8_t b);             /* 2^(b-127); 0xff NaN */
+/* 2^(b-127); 0 the float subnormal 2^-127, 0xff NaN. Inline: decode kernels take one per 32
+ * FP4 weights. */
+static inline float e8m0_to_f32(uint8_t b) {
+    const union { uint32_t u; float f; } v = {b == 0xff ? 0x7fc00000u : b == 0 ? 0x00400000u : (uint32_t)b << 23};
+    return v.f;
+}
 uint8_t f32_to_e8m0(float f);             /* exact for powers of two; others round the exponent up */
 float e2m1_to_f32(uint8_t nibble);        /* {0,.5,1,1.5,2,3,4,6}, bit 3 = sign */
 uint8_t f32_to_e2m1(float f);             /* round to nearest, ties to even code, saturating at ±6 */
@@ -151,6 +156,14 @@ typedef struct Mat {
     int64_t scale_cols;    /* row length of the scale grid */
     const char *name;
 } Mat;
+
+/* Block scale i of W (E8M0 or F32, row-major over the scale grid). */
+static inline float mat_scale(const Mat *W, int64_t i) {
+    if (!W->scale_f32) return e8m0_to_f32(((const uint8_t *)W->scale)[i]);
+    const union { uint8_t b[4]; float f; } v = {{((const uint8_t *)W->scale)[4 * i], ((const uint8_t *)W->scale)[4 * i + 1],
+                                                 ((const uint8_t *)W->scale)[4 * i + 2], ((const uint8_t *)W->scale)[4 * i + 3]}};
+    return v.f;
+}
 
 uint64_t mat_bytes(const Mat *m);          /* weight + scale bytes */
 double model_decode_bytes(const dsv4_model *m);   /* weight bytes one decode step reads, as stored (load.c) */

@@ -168,7 +168,9 @@ static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n
     if (!s) return -1;
     fprintf(stderr, "bench: prefill %lld tokens\n", (long long)n_pre);
     double t0 = now_sec();
+    dsv4_session_set_progress(s, prefill_progress_cb, &t0);
     int rc = dsv4_forward(s, ids, n_pre, logits, NULL);
+    dsv4_session_set_progress(s, NULL, NULL);
     *t_pre = now_sec() - t0;
     fprintf(stderr, "bench: decode %lld tokens\n", (long long)n_dec);
     t0 = now_sec();
@@ -203,22 +205,16 @@ static int bench_long(const char *cfgp, const char *mdir, int64_t L, int64_t n_d
     const Config *c = &m->cfg;
     PlanStats p;
     plan_compute(c, &p);
-    dsv4_session *s = dsv4_session_new(m, L + n_dec + 1);
-    if (!s) { dsv4_model_close(m); return cli_error("bench", "%s", dsv4_last_error()); }
     const int64_t V = c->vocab_size;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(L + n_dec));
     uint64_t st = 0x9E3779B97F4A7C15ull;
     for (int64_t i = 0; i < L + n_dec; i++) { st ^= st << 13; st ^= st >> 7; st ^= st << 17; ids[i] = (int32_t)(st % (uint64_t)V); }
-    float *logits = xmalloc(sizeof(float) * (size_t)V);
-    double t0 = now_sec();
-    dsv4_session_set_progress(s, prefill_progress_cb, &t0);
-    int rc = dsv4_forward(s, ids, L, logits, NULL);
-    dsv4_session_set_progress(s, NULL, NULL);
-    const double t_pre = now_sec() - t0;
-    t0 = now_sec();
-    for (int64_t i = 0; rc == 0 && i < n_dec; i++) rc = dsv4_forward(s, ids + L + i, 1, logits, NULL);
-    const double t_dec = now_sec() - t0;
-    if (rc) { dsv4_session_free(s); dsv4_model_close(m); free(ids); free(logits); return cli_error("bench", "%s", dsv4_last_error()); }
+    float *logits = xmalloc(sizeof(float) * (size_t)(n_dec * V));
+    double t_pre = 0, t_dec = 0;
+    const int rc = bench_run(m, ids, L, n_dec, logits, &t_pre, &t_dec);
+    free(ids);
+    free(logits);
+    if (rc) { dsv4_model_close(m); return cli_error("bench", "%s", dsv4_last_error()); }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);   /* before the bandwidth test's 1 GiB buffer */
     const double gbps = measure_read_gbps();
@@ -255,10 +251,7 @@ static int bench_long(const char *cfgp, const char *mdir, int64_t L, int64_t n_d
                "%.1f MB per token = %.2fx the time of those bytes at %.1f GB/s\n",
                (long long)L, t_pre, Lf / t_pre, total / 1e9, total / t_pre / 1e9, (double)ru.ru_maxrss * 1024 / 1e9, dec_tps,
                dec_bytes / 1e6, (1.0 / dec_tps) / predicted, gbps);
-    dsv4_session_free(s);
     dsv4_model_close(m);
-    free(ids);
-    free(logits);
     return 0;
 }
 

@@ -266,8 +266,7 @@ int gen_feed(Gen *g, int32_t next) {
     if (g->draft) {   /* this token's rows first, then the MTP draft of the next one's, a token ahead */
         dsv4_prefetch(g->s, &next, 1, 0);
         if (dsv4_mtp_forward(g->s, g->hidden, &next, 1, g->mtp_logits)) return -1;
-        int32_t pair[2] = {next, 0};
-        for (int32_t v = 1; v < dsv4_vocab_size(g->m); v++) if (g->mtp_logits[v] > g->mtp_logits[pair[1]]) pair[1] = v;
+        int32_t pair[2] = {next, argmax(g->mtp_logits, dsv4_vocab_size(g->m))};
         g->last_draft = pair[1];
         dsv4_prefetch(g->s, pair, 2, 1);
     }

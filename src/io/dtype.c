@@ -94,12 +94,6 @@ uint8_t f32_to_e4m3(float f) {
     return sign | (uint8_t)(exp << 3) | ((uint8_t)q & 7);
 }
 
-float e8m0_to_f32(uint8_t b) {
-    if (b == 0xff) return NAN;
-    if (b == 0) return bits_f32(0x00400000u);              /* 2^-127, a float subnormal */
-    return bits_f32((uint32_t)b << 23);
-}
-
 uint8_t f32_to_e8m0(float f) {
     if (!(f > 0) || isinf(f)) return 0xff;
     int e;

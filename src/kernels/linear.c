@@ -12,13 +12,6 @@
 
 #include "../dsv4_internal.h"
 
-static inline float scale_at(const Mat *W, int64_t i) {
-    if (!W->scale_f32) return e8m0_to_f32(((const uint8_t *)W->scale)[i]);
-    float s;
-    memcpy(&s, (const uint8_t *)W->scale + 4 * i, 4);
-    return s;
-}
-
 uint64_t mat_bytes(const Mat *m) {
     uint64_t n = (uint64_t)m->rows * (uint64_t)m->cols, s = 0;
     switch (m->kind) {
@@ -53,7 +46,7 @@ static void dequant_row(const Mat *W, int64_t r, float *dst) {
         const uint8_t *p = (const uint8_t *)W->w + r * cols;
         const int64_t srow = (r / 128) * W->scale_cols;
         for (int64_t c0 = 0; c0 < cols; c0 += 128) {
-            const float s = scale_at(W, srow + c0 / 128);
+            const float s = mat_scale(W, srow + c0 / 128);
             const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
             for (int64_t c = c0; c < c1; c++) dst[c] = dsv4_e4m3_table[p[c]] * s;
         }
@@ -63,7 +56,7 @@ static void dequant_row(const Mat *W, int64_t r, float *dst) {
         const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
         const int64_t srow = r * W->scale_cols;
         for (int64_t c0 = 0; c0 < cols; c0 += 32) {
-            const float s = scale_at(W, srow + c0 / 32);
+            const float s = mat_scale(W, srow + c0 / 32);
             for (int64_t c = c0; c < c0 + 32; c += 2) {
                 const uint8_t b = p[c / 2];
                 dst[c] = dsv4_e2m1_table[b & 0xf] * s;       /* low nibble first */

@@ -42,20 +42,6 @@ static inline float hsum8(__m256 s) {
     return _mm_cvtss_f32(h);
 }
 
-/* E8M0 scale 2^(b-127) (b = 0: the denormal 2^-127; 255: NaN) or an F32 scale, inline: the
- * FP4 loop takes one per 32 weights. */
-static inline float block_scale(const Mat *W, int64_t i) {
-    float s;
-    if (!W->scale_f32) {
-        const uint32_t b = ((const uint8_t *)W->scale)[i];
-        const uint32_t u = b == 0 ? 0x00400000u : b == 255 ? 0x7fc00000u : b << 23;
-        memcpy(&s, &u, 4);
-    } else {
-        memcpy(&s, (const uint8_t *)W->scale + 4 * i, 4);
-    }
-    return s;
-}
-
 /* ---- widening: 32 weights -> 4 vectors of 8 floats, in the order given by *_ORDER ------- */
 
 /* BF16: 64 bytes; unpacklo/hi_epi16 work inside each 128-bit lane */
@@ -90,9 +76,12 @@ static inline void widen_e4m3(const uint8_t *p, __m256 w[4]) {
 }
 #define E4M3_SCALE 256.0f
 
+/* e2m1 codes 0..15 as 2 × value, exact in int8 (a pshufb table) */
+#define E2M1_TIMES2 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12
+
 /* FP4 e2m1: 16 bytes (low nibble first) -> 2 × value; even elements, then odd ones */
 static inline void widen_e2m1(const uint8_t *p, __m256 w[4]) {
-    const __m128i table = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m128i table = _mm_setr_epi8(E2M1_TIMES2);
     const __m128i nib = _mm_set1_epi8(0x0f);
     const __m128i v = _mm_loadu_si128((const __m128i *)p);
     const __m128i ev = _mm_shuffle_epi8(table, _mm_and_si128(v, nib));
@@ -242,7 +231,7 @@ ALWAYS_INLINE void row_e4m3(const Mat *W, int64_t r, const float *xp, int T, flo
             for (int t = 0; t < T; t++)
                 for (int k = 0; k < 4; k++) b[t][k] = _mm256_fmadd_ps(w[k], _mm256_loadu_ps(xp + t * cols + c + 8 * k), b[t][k]);
         }
-        const __m256 s = _mm256_set1_ps(block_scale(W, srow + c0 / 128) * E4M3_SCALE);
+        const __m256 s = _mm256_set1_ps(mat_scale(W, srow + c0 / 128) * E4M3_SCALE);
         for (int t = 0; t < T; t++)
             acc[t] = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(b[t][0], b[t][1]), _mm256_add_ps(b[t][2], b[t][3])), s, acc[t]);
     }
@@ -260,7 +249,7 @@ ALWAYS_INLINE void row_e2m1(const Mat *W, int64_t r, const float *xp, int T, flo
         _mm_prefetch((const char *)(p + c / 2 + PREFETCH_BYTES), PF_HINT);
         _mm_prefetch((const char *)(p + c / 2 + L1_AHEAD), _MM_HINT_T0);
         widen_e2m1(p + c / 2, w);
-        const __m256 s = _mm256_set1_ps(block_scale(W, srow + c / 32) * E2M1_SCALE);
+        const __m256 s = _mm256_set1_ps(mat_scale(W, srow + c / 32) * E2M1_SCALE);
         for (int t = 0; t < T; t++) {
             const float *xt = xp + t * cols + c;
             const __m256 ev = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xt + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xt)));
@@ -315,8 +304,7 @@ void matvec_avx2_q8_prepare(const float *x, int64_t ldx, int64_t T, int64_t cols
 ALWAYS_INLINE void row_e2m1_q8(const Mat *W, int64_t r, const int8_t *xq, const float *xs, int T, float *out) {
     const int64_t cols = W->cols, srow = r * W->scale_cols;
     const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
-    const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                           0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m256i table = _mm256_setr_epi8(E2M1_TIMES2, E2M1_TIMES2);
     const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     if (!W->scale_f32) _mm_prefetch((const char *)W->scale + srow + PREFETCH_BYTES / 16, PF_HINT);
     __m256 acc[4];
@@ -330,7 +318,7 @@ ALWAYS_INLINE void row_e2m1_q8(const Mat *W, int64_t r, const int8_t *xq, const 
         const __m256i aev = _mm256_abs_epi8(ev), aod = _mm256_abs_epi8(od);
         __m256 ws;
         if (W->scale_f32) {
-            ws = _mm256_setr_m128(_mm_set1_ps(block_scale(W, srow + c / 32)), _mm_set1_ps(block_scale(W, srow + c / 32 + 1)));
+            ws = _mm256_setr_m128(_mm_set1_ps(mat_scale(W, srow + c / 32)), _mm_set1_ps(mat_scale(W, srow + c / 32 + 1)));
         } else {   /* the two E8M0 bytes, each spread over its 4 lanes, as 2^(b-127) (b = 0 reads as 0) */
             uint16_t two;
             memcpy(&two, (const uint8_t *)W->scale + srow + c / 32, 2);
@@ -373,10 +361,8 @@ void matvec_avx2_fp4_q8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t 
  * Same values as the scalar decoder; returns 0 for a format it does not take. */
 int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst) {
     const int64_t cols = W->cols;
-    if (!matvec_avx2_usable(W)) return 0;
-    if (W->kind == W_F32) {
-        memcpy(dst, (const uint8_t *)W->w + 4 * r * cols, sizeof(float) * (size_t)cols);
-    } else if (W->kind == W_BF16) {
+    if (!matvec_avx2_usable(W) || W->kind == W_F32) return 0;   /* F32: the caller's copy */
+    if (W->kind == W_BF16) {
         const uint8_t *p = (const uint8_t *)W->w + 2 * r * cols;
         for (int64_t c = 0; c < cols; c += 8)
             _mm256_storeu_ps(dst + c, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * c))), 16)));
@@ -385,16 +371,16 @@ int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst) {
         const int64_t srow = (r / 128) * W->scale_cols;
         __m256 w[4];
         for (int64_t c = 0; c < cols; c += 32) {
-            const __m256 s = _mm256_set1_ps(block_scale(W, srow + c / 128) * E4M3_SCALE);
+            const __m256 s = _mm256_set1_ps(mat_scale(W, srow + c / 128) * E4M3_SCALE);
             widen_e4m3(p + c, w);
             for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + c + 8 * k, _mm256_mul_ps(w[k], s));
         }
     } else {
         const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
         const int64_t srow = r * W->scale_cols;
-        const __m128i table = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12), nib = _mm_set1_epi8(0x0f);
+        const __m128i table = _mm_setr_epi8(E2M1_TIMES2), nib = _mm_set1_epi8(0x0f);
         for (int64_t c = 0; c < cols; c += 32) {
-            const __m256 s = _mm256_set1_ps(block_scale(W, srow + c / 32) * E2M1_SCALE);
+            const __m256 s = _mm256_set1_ps(mat_scale(W, srow + c / 32) * E2M1_SCALE);
             const __m128i v = _mm_loadu_si128((const __m128i *)(p + c / 2));
             const __m128i ev = _mm_shuffle_epi8(table, _mm_and_si128(v, nib));
             const __m128i od = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), nib));

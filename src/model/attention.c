@@ -95,14 +95,21 @@ typedef struct {
     int64_t sel_max, n_comp_max;
 } AttnBlocks;
 
+/* The keys the query at `pos` attends, into keys: its window (from the chunk's kv at and after
+ * t0, from the ring before), then n compressed entries — those listed in pick, or the first n
+ * when pick is NULL. Returns their number. */
+static int64_t query_keys(const float *kv, const float *ring, const float *comp, int W, int D, int64_t t0, int64_t pos,
+                          const int64_t *pick, int64_t n, const float **keys) {
+    int64_t nk = 0;
+    for (int64_t s = pos - W + 1 < 0 ? 0 : pos - W + 1; s <= pos; s++) keys[nk++] = s >= t0 ? kv + (s - t0) * D : ring + (s % W) * D;
+    for (int64_t i = 0; i < n; i++) keys[nk++] = comp + (pick ? pick[i] : i) * D;
+    return nk;
+}
+
 static void attend_block_queries(const AttnBlocks *a, int64_t ta, int64_t tb, const float **keys, float *scores, float *o) {
     const int64_t qd = (int64_t)a->H * a->D;
     for (int64_t t = ta; t < tb; t++) {
-        const int64_t pos = a->t0 + t;
-        int64_t nk = 0;
-        for (int64_t s = pos - a->W + 1 < 0 ? 0 : pos - a->W + 1; s <= pos; s++)
-            keys[nk++] = s >= a->t0 ? a->kv + (s - a->t0) * a->D : a->ring + (s % a->W) * a->D;
-        for (int64_t i = 0; i < a->n_sel[t]; i++) keys[nk++] = a->comp + a->sel[t * a->sel_max + i] * a->D;
+        const int64_t nk = query_keys(a->kv, a->ring, a->comp, a->W, a->D, a->t0, a->t0 + t, a->sel + t * a->sel_max, a->n_sel[t], keys);
         attend_heads(a->q + t * qd, a->H, keys, nk, a->D, a->sinks, scores, o + t * qd);
     }
 }
@@ -265,6 +272,9 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
      * (not when training: the indexer's target sums every head of a query) */
     float *o = xmalloc(sizeof(float) * (size_t)(T * qd));
     const int64_t max_keys = W + sel_max;
+    const int nthr = omp_get_max_threads();
+    const int NG = T >= nthr || save ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
+    float *kl_target = save && save->want_kl && L->has_indexer ? xcalloc((size_t)(T * (sel_max ? sel_max : 1)), sizeof(float)) : NULL;
     /* a prefill chunk: blocks of queries as matrix products; decode (and speculative
      * verification, up to 4 tokens) and training keep the per-query path */
     const int blocked = T > 4 && !save;
@@ -273,48 +283,41 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
                                .ratio = ratio, .T = T, .t0 = t0, .sel = L->has_indexer ? sel : NULL, .n_sel = n_sel,
                                .sel_max = sel_max, .n_comp_max = n_comp_max};
         attend_blocks(&ab, o);
-#pragma omp parallel for schedule(static)
-        for (int64_t t = 0; t < T; t++)
-            for (int hh = 0; hh < H; hh++) rope_rotate(o + t * qd + (int64_t)hh * D + D - r, r, L->rope_freq, t0 + t, 1);
-    }
-    const int nthr = omp_get_max_threads();
-    const int NG = T >= nthr || save ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
-    float *kl_target = save && save->want_kl && L->has_indexer ? xcalloc((size_t)(T * (sel_max ? sel_max : 1)), sizeof(float)) : NULL;
-#pragma omp parallel if (!blocked)
-    if (!blocked) {
-        const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
-        float *scores = xmalloc(sizeof(float) * (size_t)(max_keys * ((H + NG - 1) / NG)));
+    } else {
+#pragma omp parallel
+        {
+            const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
+            float *scores = xmalloc(sizeof(float) * (size_t)(max_keys * ((H + NG - 1) / NG)));
 #pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int64_t t = 0; t < T; t++)
-            for (int g = 0; g < NG; g++) {
-                const int64_t pos = t0 + t;
-                int64_t nk = 0;
-                for (int64_t s = pos - W + 1 < 0 ? 0 : pos - W + 1; s <= pos; s++)
-                    keys[nk++] = s >= t0 ? kv + (s - t0) * D : c->ring + (s % W) * D;
-                for (int64_t i = 0; i < n_sel[t]; i++)
-                    keys[nk++] = c->comp + (L->has_indexer ? sel[t * sel_max + i] : i) * D;
-                const int h0 = g * H / NG, h1 = (g + 1) * H / NG;
-                float *ot = o + t * qd + (int64_t)h0 * D;
-                attend_heads(q + t * qd + (int64_t)h0 * D, h1 - h0, keys, nk, D, L->attn_sink + h0, scores, ot);
-                for (int hh = 0; hh < h1 - h0; hh++) rope_rotate(ot + (int64_t)hh * D + D - r, r, L->rope_freq, pos, 1);
-                if (kl_target && n_sel[t] > 0) {
-                    /* the indexer's training target (V3.2): the attention on each selected entry,
-                     * summed over heads and normalised over the selection */
-                    const int64_t ns = n_sel[t], nw = nk - ns;
-                    float *P = kl_target + t * sel_max;
-                    double sum = 0;
-                    for (int64_t i = 0; i < ns; i++) {
-                        double p = 0;
-                        for (int hh = 0; hh < H; hh++) p += scores[(int64_t)hh * nk + nw + i];
-                        P[i] = (float)p;
-                        sum += p;
+            for (int64_t t = 0; t < T; t++)
+                for (int g = 0; g < NG; g++) {
+                    const int64_t nk = query_keys(kv, c->ring, c->comp, W, D, t0, t0 + t, L->has_indexer ? sel + t * sel_max : NULL,
+                                                  n_sel[t], keys);
+                    const int h0 = g * H / NG, h1 = (g + 1) * H / NG;
+                    attend_heads(q + t * qd + (int64_t)h0 * D, h1 - h0, keys, nk, D, L->attn_sink + h0, scores, o + t * qd + (int64_t)h0 * D);
+                    if (kl_target && n_sel[t] > 0) {
+                        /* the indexer's training target (V3.2): the attention on each selected entry,
+                         * summed over heads and normalised over the selection */
+                        const int64_t ns = n_sel[t], nw = nk - ns;
+                        float *P = kl_target + t * sel_max;
+                        double sum = 0;
+                        for (int64_t i = 0; i < ns; i++) {
+                            double p = 0;
+                            for (int hh = 0; hh < H; hh++) p += scores[(int64_t)hh * nk + nw + i];
+                            P[i] = (float)p;
+                            sum += p;
+                        }
+                        for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
                     }
-                    for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
                 }
-            }
-        free(keys);
-        free(scores);
+            free(keys);
+            free(scores);
+        }
     }
+    /* inverse RoPE on each head's output (spec: the rotation the values carried is undone) */
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; t++)
+        for (int hh = 0; hh < H; hh++) rope_rotate(o + t * qd + (int64_t)hh * D + D - r, r, L->rope_freq, t0 + t, 1);
     /* the chunk's keys enter the ring once every query of the chunk has read the old ones */
     for (int64_t t = T > W ? T - W : 0; t < T; t++)
         memcpy(c->ring + ((t0 + t) % W) * D, kv + t * D, sizeof(float) * (size_t)D);
