@@ -88,6 +88,7 @@ test: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	bench/decode.sh
+	bench/quantize.sh
 	bench/long.sh
 	bench/tokenizer.sh
 	bench/train.sh

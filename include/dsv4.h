@@ -32,9 +32,10 @@ typedef struct dsv4_open_options {
      * kv's non-RoPE dims, Hadamard + FP4 on the indexer's q/k): -1 = on exactly when the
      * checkpoint holds FP8/FP4 weights, 0 = off (exact fp32 math), 1 = on. */
     int quant_rounding;
-    /* Fast mode, approximate: 1 = decode FP4 weights (the routed experts) against activations
-     * rounded to int8 (one scale per 32), about twice the speed of the exact kernel; logits
-     * move slightly (`dsv4 bench --fast` reports by how much). 0 = exact (default). */
+    /* Fast mode, approximate: 1 = decode FP4 weights (the routed experts) and the Q4/Q8 weights
+     * of `dsv4 quantize` against activations rounded to int8 (one scale per 32), in integer
+     * dot products (FP4: about twice the speed of the exact kernel); logits move slightly
+     * (`dsv4 bench --fast` reports by how much). Prefill is unchanged. 0 = exact (default). */
     int int8_activations;
 } dsv4_open_options;
 

@@ -142,11 +142,13 @@ int st_writer_save(StWriter *w, const char *path, int sparse);
 void st_writer_free(StWriter *w);
 
 /* ---- weights as the kernels see them ------------------------------------------------------ */
-typedef enum { W_F32, W_BF16, W_F16, W_FP8, W_FP4 } WKind;
+typedef enum { W_F32, W_BF16, W_F16, W_FP8, W_FP4, W_Q8, W_Q4 } WKind;
 
 /* A [rows, cols] linear weight in its stored precision. FP8: e4m3 bytes with one scale per
  * 128x128 block; FP4: e2m1 nibbles (low first) with one scale per 1x32 block. Scales are E8M0
- * bytes (scale_f32 == 0) or float32 (scale_f32 == 1). */
+ * bytes (scale_f32 == 0) or float32 (scale_f32 == 1). The CPU block formats of `dsv4 quantize`
+ * (docs/quantize.md): Q8 int8 bytes q, value q·d; Q4 nibbles c (low first), value (c - 8)·d;
+ * both with one F16 scale d per 1x32 block. */
 typedef struct Mat {
     WKind kind;
     int64_t rows, cols;
@@ -159,6 +161,10 @@ typedef struct Mat {
 
 /* Block scale i of W (E8M0 or F32, row-major over the scale grid). */
 static inline float mat_scale(const Mat *W, int64_t i) {
+    if (W->kind == W_Q8 || W->kind == W_Q4) {
+        const uint8_t *b = (const uint8_t *)W->scale + 2 * i;
+        return f16_to_f32((uint16_t)(b[0] | b[1] << 8));
+    }
     if (!W->scale_f32) return e8m0_to_f32(((const uint8_t *)W->scale)[i]);
     const union { uint8_t b[4]; float f; } v = {{((const uint8_t *)W->scale)[4 * i], ((const uint8_t *)W->scale)[4 * i + 1],
                                                  ((const uint8_t *)W->scale)[4 * i + 2], ((const uint8_t *)W->scale)[4 * i + 3]}};
@@ -194,12 +200,14 @@ void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 i
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
 int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst);   /* 0: format not taken */
-/* Fast mode (FP4 weights, int8 activations): x [T, cols] (cols % 64 == 0) -> xq, xs; then rows. */
-void matvec_avx2_q8_prepare(const float *x, int64_t ldx, int64_t T, int64_t cols, int8_t *xq, float *xs);
-void matvec_avx2_fp4_q8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
-                             int64_t ldy);
-/* y = x Wᵀ as linear(), but for FP4 weights and up to 4 tokens through the int8-activation fast
- * kernel where the CPU has it (approximate); any other case is linear() itself. */
+/* Fast mode (int8 activations against FP4, Q4 or Q8 weights, cols % 64 == 0): x [T, cols] ->
+ * xq, xs (T·cols/8 floats) in the layout W's kernel reads; then each thread its rows. */
+int matvec_avx2_i8_usable(const Mat *W);
+void matvec_avx2_i8_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, int8_t *xq, float *xs);
+void matvec_avx2_i8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
+                         int64_t ldy);
+/* y = x Wᵀ as linear(), but for FP4, Q4 and Q8 weights and up to 4 tokens through the
+ * int8-activation fast kernels where the CPU has them (approximate); otherwise linear() itself. */
 void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr);
 float dot_f32(const float *a, const float *b, int64_t n);
 void axpy_f32(float *y, float a, const float *x, int64_t n);
@@ -227,6 +235,13 @@ void hadamard_f32(float *x, int64_t n);
 /* Official fake quantisation (kernel.py act_quant / fp4_act_quant with power-of-two scales). */
 void fake_quant_fp8(float *x, int64_t n, int64_t block);
 void fake_quant_fp4(float *x, int64_t n, int64_t block);
+/* The CPU block formats (kernels/quant.c): v [rows, cols], cols % 32 == 0, into Q8 bytes
+ * [rows, cols] or Q4 nibbles [rows, cols/2] and F16 scales [rows, cols/32]. Q8: d = max|v|/127,
+ * q = round(v/d). Q4: the scale (of either sign) with the least squared error among candidates
+ * that put the largest magnitude on level -8 or 7, refined once by least squares. Return 0, or
+ * -1 when a value is not finite or a scale does not fit F16 (the caller names the tensor). */
+int quant_q8(const float *v, int64_t rows, int64_t cols, int8_t *q, uint16_t *d);
+int quant_q4(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint16_t *d);
 
 /* ---- the model (model/) -------------------------------------------------------------------- */
 typedef struct CompressorW {
@@ -532,7 +547,7 @@ int model_bind(dsv4_model *m);
 typedef struct PlanStats {
     double total_params, active_params, mtp_params, mtp_active_params;
     double weight_bytes, mtp_weight_bytes;
-    double bytes_by_dtype[5];     /* F32, BF16, FP8(+scales), FP4(+scales), other */
+    double bytes_by_dtype[7];     /* F32, BF16, FP8(+scales), FP4(+scales), other, Q8(+scales), Q4(+scales) */
     double kv_bytes_per_token, kv_bytes_fixed, kv_bytes_1m;
     double decode_weight_bytes_per_token;
     double engram_table_params;   /* Engram tables (looked up, not multiplied: not active) */

@@ -183,6 +183,9 @@ sub_suite() {   # LABEL MIN command...
 # dsv4 convert (tests/convert_test.sh): the official encodings byte for byte as init writes them,
 # lossless re-encoding, the config's format fields, errors
 sub_suite convert 30 env D="$D" tests/convert_test.sh
+# dsv4 quantize (tests/quantize_test.sh): the Q8/Q4 formats decoded independently, the kernels
+# against the dequantised model, the perplexity report, malformed tensors and arguments
+sub_suite quantize 25 env D="$D" tests/quantize_test.sh
 # NumPy's default_rng(seed).integers(...) reproduced bit for bit (Engram's hash multipliers)
 sub_suite npy_random 10 tests/npy_random_test.sh
 # training with the Engram tables on disk (tests/engram_train_test.sh): identical to in-memory

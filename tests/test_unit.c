@@ -73,6 +73,12 @@ static double ref_weight(const Mat *W, int64_t r, int64_t c) {
         uint8_t byte = b[r * (W->cols / 2) + c / 2];
         return e2m1_to_f32(c % 2 ? byte >> 4 : byte & 15) * s;
     }
+    case W_Q8: case W_Q4: {   /* F16 scale per 1x32 block; Q8 int8 q·d, Q4 nibble (low first) (c - 8)·d */
+        s = f16_to_f32(((const uint16_t *)W->scale)[r * W->scale_cols + c / 32]);
+        if (W->kind == W_Q8) return (double)((const int8_t *)W->w)[r * W->cols + c] * s;
+        uint8_t byte = b[r * (W->cols / 2) + c / 2];
+        return (double)((c % 2 ? byte >> 4 : byte & 15) - 8) * s;
+    }
     }
     return 0;
 }
@@ -103,6 +109,15 @@ static void make_mat(Mat *W, WKind k, int64_t rows, int64_t cols) {
         for (int64_t i = 0; i < rows * W->scale_cols; i++) s[i] = (uint8_t)(124 + urand() * 6);
         W->w = p; W->scale = s;
     }
+    if (k == W_Q8 || k == W_Q4) {   /* every code, including Q8's -128; scales of both signs */
+        const int64_t nb = k == W_Q8 ? n : n / 2;
+        uint8_t *p = xmalloc(nb);
+        for (int64_t i = 0; i < nb; i++) p[i] = (uint8_t)(urand() * 256);
+        W->scale_cols = cols / 32;
+        uint16_t *s = xmalloc(2 * rows * W->scale_cols);
+        for (int64_t i = 0; i < rows * W->scale_cols; i++) s[i] = f32_to_f16((float)nrand() * (k == W_Q8 ? 0.01f : 0.1f));
+        W->w = p; W->scale = s;
+    }
 }
 
 /* F32 scales (as some checkpoints store them) instead of E8M0 */
@@ -119,10 +134,10 @@ static void scales_to_f32(Mat *W, int64_t n) {
  * uniform over all codes, so e4m3 subnormals are covered; an E8M0 scale of 0 (2^-127) too. */
 static void test_linear(void) {
     g_test = "linear";
-    const WKind kinds[] = {W_F32, W_BF16, W_F16, W_FP8, W_FP4, W_FP8, W_FP4, W_BF16};
-    const char *names[] = {"f32", "bf16", "f16", "fp8", "fp4", "fp8 f32-scales", "fp4 f32-scales", "bf16 cols%32"};
+    const WKind kinds[] = {W_F32, W_BF16, W_F16, W_FP8, W_FP4, W_FP8, W_FP4, W_BF16, W_Q8, W_Q4};
+    const char *names[] = {"f32", "bf16", "f16", "fp8", "fp4", "fp8 f32-scales", "fp4 f32-scales", "bf16 cols%32", "q8", "q4"};
     for (int simd = 1; simd >= 0; simd--)
-    for (int ki = 0; ki < 8; ki++) {
+    for (int ki = 0; ki < 10; ki++) {
         const int64_t rows = 200, cols = ki == 7 ? 200 : 320;   /* partial 128-blocks on both axes */
         Mat W;
         make_mat(&W, kinds[ki], rows, cols);
@@ -164,14 +179,17 @@ static void test_linear(void) {
     linear_use_simd(1);
 }
 
-/* The fast mode (FP4 weights, int8 activations) computes exactly W · x' where x' is x rounded to
+/* The fast mode (FP4, Q4, Q8 weights, int8 activations) computes exactly W · x' where x' is x rounded to
  * int8 with one scale max|x|/127 per 32 — checked against that, written out here — and is the
  * exact product within the rounding; 1..4 tokens bit-identical to one at a time. */
 static void test_linear_fast(void) {
     g_test = "linear_fast";
     const int64_t rows = 96, cols = 320;
+    const WKind kinds[] = {W_FP4, W_Q4, W_Q8};
+    const char *names[] = {"fp4", "q4", "q8"};
+    for (int ki = 0; ki < 3; ki++) {
     Mat W;
-    make_mat(&W, W_FP4, rows, cols);
+    make_mat(&W, kinds[ki], rows, cols);
     float *x = xmalloc(sizeof(float) * 4 * cols), *y = xmalloc(sizeof(float) * 4 * rows), *y1 = xmalloc(sizeof(float) * rows);
     for (int64_t i = 0; i < 4 * cols; i++) x[i] = (float)nrand() * (i % 7 == 0 ? 4.0f : 1.0f);
     for (int T = 1; T <= 4; T++) {
@@ -202,14 +220,69 @@ static void test_linear_fast(void) {
             }
         }
         if (cpu_has_avx2()) {
-            CHECK(maxerr <= 1e-5 * (maxref + 1), "T=%d: vs W times int8-rounded x: max error %g (max |y| %g)", T, maxerr, maxref);
-            CHECK(maxexact <= 0.02 * (maxref + 1), "T=%d: within the rounding of the exact product: %g", T, maxexact);
+            CHECK(maxerr <= 1e-5 * (maxref + 1), "%s T=%d: vs W times int8-rounded x: max error %g (max |y| %g)", names[ki], T, maxerr, maxref);
+            CHECK(maxexact <= 0.02 * (maxref + 1), "%s T=%d: within the rounding of the exact product: %g", names[ki], T, maxexact);
         } else {   /* without the kernels the fast mode is the exact product */
-            CHECK(maxexact <= 1e-5 * (maxref + 1), "T=%d: no AVX2: the exact product (%g)", T, maxexact);
+            CHECK(maxexact <= 1e-5 * (maxref + 1), "%s T=%d: no AVX2: the exact product (%g)", names[ki], T, maxexact);
         }
-        CHECK(same, "T=%d: each token bit-identical to T=1", T);
+        CHECK(same, "%s T=%d: each token bit-identical to T=1", names[ki], T);
     }
     free(x); free(y); free(y1); free((void *)W.w); free((void *)W.scale);
+    }
+}
+
+/* The Q8/Q4 quantisers (dsv4 quantize): decoded as the format says (ref_weight), Q8 within half
+ * a step of every value; Q4 never worse, block by block, than the classic choice written out
+ * here (scale = the largest-magnitude value / -8); a non-finite value refused. */
+static void test_quant_blocks(void) {
+    g_test = "quant";
+    const int64_t rows = 64, cols = 256, nb = cols / 32;
+    float *v = xmalloc(sizeof(float) * rows * cols);
+    for (int64_t i = 0; i < rows * cols; i++) v[i] = (float)nrand() * (i % 97 == 0 ? 6.0f : 1.0f) * (i / cols == 3 ? 0 : 0.02f);
+    Mat W;
+    memset(&W, 0, sizeof W);
+    W.rows = rows; W.cols = cols; W.scale_cols = nb;
+    int8_t *q8 = xmalloc(rows * cols);
+    uint8_t *q4 = xmalloc(rows * cols / 2);
+    uint16_t *d = xmalloc(2 * rows * nb);
+    CHECK(quant_q8(v, rows, cols, q8, d) == 0, "q8: quantised");
+    W.kind = W_Q8; W.w = q8; W.scale = d;
+    int ok = 1;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(v[r * cols + c / 32 * 32 + j]));
+            ok &= fabs(ref_weight(&W, r, c) - v[r * cols + c]) <= amax / 127 * 0.5005 + 1e-9;
+        }
+    CHECK(ok, "q8: every weight within half a step");
+    CHECK(quant_q4(v, rows, cols, q4, d) == 0, "q4: quantised");
+    W.kind = W_Q4; W.w = q4;
+    int not_worse = 1, zero_row = 1;
+    double sse = 0, sse_classic = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *x = v + r * cols + 32 * b;
+            float m = 0;
+            for (int j = 0; j < 32; j++) if (fabsf(x[j]) > fabsf(m)) m = x[j];
+            const double dc = f16_to_f32(f32_to_f16(m / -8.0f));
+            double e = 0, ec = 0;
+            for (int j = 0; j < 32; j++) {
+                const double got = ref_weight(&W, r, 32 * b + j);
+                long l = dc != 0 ? lrint(x[j] / dc) : 0;
+                l = l > 7 ? 7 : l < -8 ? -8 : l;
+                e += (got - x[j]) * (got - x[j]);
+                ec += (l * dc - x[j]) * (l * dc - x[j]);
+                if (r == 3) zero_row &= got == 0;
+            }
+            not_worse &= e <= ec * (1 + 1e-9) + 1e-30;
+            sse += e; sse_classic += ec;
+        }
+    CHECK(not_worse, "q4: no block worse than the classic scale");
+    CHECK(zero_row, "q4: an all-zero row stays zero");
+    CHECK(sse < 0.95 * sse_classic, "q4: squared error %.3g below the classic %.3g", sse, sse_classic);
+    v[5] = NAN;
+    CHECK(quant_q8(v, rows, cols, q8, d) < 0 && quant_q4(v, rows, cols, q4, d) < 0, "a NaN weight is refused");
+    free(v); free(q8); free(q4); free(d);
 }
 
 static void test_ops(void) {
@@ -1143,6 +1216,7 @@ int main(void) {
     test_codecs();
     test_linear();
     test_linear_fast();
+    test_quant_blocks();
     test_ops();
     test_safetensors();
     test_config();

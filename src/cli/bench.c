@@ -102,8 +102,10 @@ static int bench_kernels(int json) {
         for (int k = 0; k < 4; k++) { st ^= st << 13; st ^= st >> 7; st ^= st << 17; z += (double)(st >> 11) / 9007199254740992.0 - 0.5; }
         v[i] = (float)(z * 0.05);
     }
-    static const struct { const char *name; WKind kind; double bytes_per_weight; } fmts[] = {
-        {"bf16", W_BF16, 2}, {"fp8", W_FP8, 1}, {"fp4", W_FP4, 0.5}, {"fp4-i8", W_FP4, 0.5}};   /* fp4-i8: the fast mode */
+    static const struct { const char *name; WKind kind; double bytes_per_weight; int int8_act; } fmts[] = {
+        {"bf16", W_BF16, 2, 0}, {"fp8", W_FP8, 1, 0}, {"fp4", W_FP4, 0.5, 0}, {"fp4-i8", W_FP4, 0.5, 1},
+        {"q8", W_Q8, 1, 0}, {"q8-i8", W_Q8, 1, 1}, {"q4", W_Q4, 0.5, 0}, {"q4-i8", W_Q4, 0.5, 1}};   /* -i8: int8 activations */
+    const int n_fmts = (int)(sizeof fmts / sizeof fmts[0]);
     float *x = xmalloc(sizeof(float) * (size_t)cols);
     for (int64_t c = 0; c < cols; c++) x[c] = (float)((c % 17) - 8) / 8;
     if (json) printf("{\"kernels\": [");
@@ -112,21 +114,25 @@ static int bench_kernels(int json) {
     for (int th = 1; th <= max_threads; th++) {
         omp_set_num_threads(th);
         const double rd = measure_read_gbps();
-        for (int f = 0; f < 4; f++) {
+        for (int f = 0; f < n_fmts; f++) {
+            const WKind k = fmts[f].kind;
             const int64_t rows = (int64_t)((double)(1 << 30) / (cols * fmts[f].bytes_per_weight));
-            Mat W = {.kind = fmts[f].kind, .rows = rows, .cols = cols, .name = fmts[f].name};
+            Mat W = {.kind = k, .rows = rows, .cols = cols, .name = fmts[f].name};
             const size_t wbytes = (size_t)((double)rows * cols * fmts[f].bytes_per_weight), tbytes = wbytes / (size_t)(rows / tile_rows);
-            const int64_t srows = fmts[f].kind == W_FP8 ? rows / 128 : rows, scols = fmts[f].kind == W_FP8 ? cols / 128 : cols / 32;
-            const int64_t tile_srows = fmts[f].kind == W_FP8 ? tile_rows / 128 : tile_rows;
-            uint8_t *w = aligned_alloc(64, wbytes), *sc = xmalloc((size_t)(srows * scols));
+            /* scale grids: FP8 one byte per 128x128, FP4 one byte per 1x32, Q8/Q4 two bytes per 1x32 */
+            const int64_t srows = k == W_FP8 ? rows / 128 : rows, scols = k == W_FP8 ? cols / 128 : cols / 32;
+            const int64_t tile_srows = k == W_FP8 ? tile_rows / 128 : tile_rows, sbytes = k == W_Q8 || k == W_Q4 ? 2 : 1;
+            uint8_t *w = aligned_alloc(64, wbytes), *sc = xmalloc((size_t)(srows * scols * sbytes));
             if (!w) { fprintf(stderr, "bench: out of memory\n"); free(sc); free(v); free(x); return 1; }
-            if (fmts[f].kind == W_BF16)
+            if (k == W_BF16)
                 for (int64_t i = 0; i < tile_rows * cols; i++) { uint16_t h = f32_to_bf16(v[i]); memcpy(w + 2 * i, &h, 2); }
-            else if (fmts[f].kind == W_FP8) cli_quant_fp8(v, tile_rows, cols, w, sc);
-            else cli_quant_fp4(v, tile_rows, cols, w, sc);
+            else if (k == W_FP8) cli_quant_fp8(v, tile_rows, cols, w, sc);
+            else if (k == W_FP4) cli_quant_fp4(v, tile_rows, cols, w, sc);
+            else if (k == W_Q8) quant_q8(v, tile_rows, cols, (int8_t *)w, (uint16_t *)sc);
+            else quant_q4(v, tile_rows, cols, w, (uint16_t *)sc);
             for (int64_t t = 1; t < rows / tile_rows; t++) {
                 memcpy(w + t * tbytes, w, tbytes);
-                memcpy(sc + t * tile_srows * scols, sc, (size_t)(tile_srows * scols));
+                memcpy(sc + t * tile_srows * scols * sbytes, sc, (size_t)(tile_srows * scols * sbytes));
             }
             W.w = w;
             W.scale = sc;
@@ -135,7 +141,7 @@ static int bench_kernels(int json) {
             double best = 1e30;
             for (int rep = 0; rep < 6; rep++) {
                 const double t0 = now_sec();
-                if (f == 3) linear_fast(y, rows, x, cols, 1, &W, 0, rows);
+                if (fmts[f].int8_act) linear_fast(y, rows, x, cols, 1, &W, 0, rows);
                 else linear(y, rows, x, cols, 1, &W, 0, rows);
                 const double dt = now_sec() - t0;
                 if (rep && dt < best) best = dt;   /* the first pass warms the page tables */
@@ -263,7 +269,7 @@ static const char *BENCH_HELP =
     "  (default configs/bench-1b.json, created once in DIR: --dtype fp8 (default) stores FP8 with\n"
     "  FP4 experts in bench/model-1b, bf16 stores BF16 in bench/model-1b-bf16).\n"
     "  --fast: also decode in the int8-activation fast mode and report its speed and logit change.\n"
-    "  --kernels: each decode kernel (BF16, FP8, FP4, FP4 with int8 activations) alone at 1..N\n"
+    "  --kernels: each decode kernel (BF16, FP8, FP4, Q8, Q4; -i8: with int8 activations) alone at 1..N\n"
     "  threads against the read bandwidth at the same thread count.\n"
     "  --long L: prefill L tokens of configs/long-1m.json (random, created once in\n"
     "  bench/model-long-1m), then decode: time, peak RSS, FLOPs, decode time against its bytes.\n";
@@ -319,11 +325,16 @@ int cmd_bench(int argc, char **argv) {
     PlanStats p;
     plan_compute(&m->cfg, &p);
     p.decode_weight_bytes_per_token = model_decode_bytes(m);   /* as stored: the same config in FP8 or BF16 */
-    int stored_fp8 = 0, stored_fp4 = 0;
-    for (int64_t i = 0; i < m->st.n_tensors; i++) {
-        stored_fp8 |= m->st.tensors[i].dtype == DT_F8_E4M3;
-        stored_fp4 |= m->st.tensors[i].dtype == DT_I8;
-    }
+    /* the formats of the matrices a token streams through (the head and the experts, as stored) */
+    const WKind big = m->layers[0].wq_a.kind;
+    WKind ek = big;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (m->layers[l].experts) { ek = m->layers[l].experts[0].w1.kind; break; }
+    static const char *const kname[] = {[W_F32] = "f32", [W_BF16] = "bf16", [W_F16] = "f16", [W_FP8] = "fp8", [W_FP4] = "fp4",
+                                        [W_Q8] = "q8", [W_Q4] = "q4"};
+    char weights[32];
+    if (ek == big) snprintf(weights, sizeof weights, "%s", kname[big]);
+    else snprintf(weights, sizeof weights, "%s+%s", kname[big], kname[ek]);
     const int64_t V = m->cfg.vocab_size;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)(n_pre + n_dec));
     for (int64_t i = 0; i < n_pre + n_dec; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
@@ -335,7 +346,7 @@ int cmd_bench(int argc, char **argv) {
     const double pre_tps = n_pre / t_pre, dec_tps = n_dec / t_dec;
     const double pre_gflops = 2.0 * p.active_params * pre_tps / 1e9;
     const double dec_gbps = p.decode_weight_bytes_per_token * dec_tps / 1e9;
-    /* fast mode: the same decode with int8 activations for the FP4 experts, and how far its
+    /* fast mode: the same decode with int8 activations for the FP4, Q4 and Q8 matrices, and how far its
      * logits move from the exact ones (largest difference against the largest logit; how often
      * the top token is the same) */
     double f_dec_tps = 0, f_maxdiff = 0, f_maxabs = 0, f_kl = 0;
@@ -377,7 +388,7 @@ int cmd_bench(int argc, char **argv) {
                "\"active_params\": %.0f, \"prefill_tokens\": %lld, \"prefill_tok_s\": %.2f, \"prefill_gflops\": %.2f, "
                "\"decode_tokens\": %lld, \"decode_tok_s\": %.3f, \"decode_weight_bytes_per_token\": %.0f, "
                "\"decode_gbps\": %.2f",
-               cfgp, mdir, stored_fp8 ? (stored_fp4 ? "fp8+fp4" : "fp8") : "bf16", threads, gbps, gflops, p.total_params, p.active_params, (long long)n_pre, pre_tps, pre_gflops,
+               cfgp, mdir, weights, threads, gbps, gflops, p.total_params, p.active_params, (long long)n_pre, pre_tps, pre_gflops,
                (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token, dec_gbps);
         if (fast)
             printf(", \"fast_decode_tok_s\": %.3f, \"fast_decode_gbps\": %.2f, \"fast_logit_max_diff\": %.5f, "
@@ -387,13 +398,13 @@ int cmd_bench(int argc, char **argv) {
     } else {
         printf("machine     %d threads, memory read %.1f GB/s, sgemm %.1f GFLOP/s\n", threads, gbps, gflops);
         printf("model       %s (%s): %.2fB parameters, %.0fM active, %s weights, %s experts\n", cfgp, mdir, p.total_params / 1e9,
-               p.active_params / 1e6, stored_fp8 ? "FP8" : "BF16", stored_fp4 ? "FP4" : stored_fp8 ? "FP8" : "BF16");
+               p.active_params / 1e6, kname[big], kname[ek]);
         printf("prefill     %lld tokens: %.1f tok/s = %.1f GFLOP/s (%.0f%% of sgemm)\n", (long long)n_pre, pre_tps, pre_gflops,
                100 * pre_gflops / gflops);
         printf("decode      %lld tokens: %.2f tok/s, %.1f MB of weights per token = %.1f GB/s (%.0f%% of read bandwidth)\n",
                (long long)n_dec, dec_tps, p.decode_weight_bytes_per_token / 1e6, dec_gbps, 100 * dec_gbps / gbps);
         if (fast)
-            printf("fast        int8 activations for FP4: %.2f tok/s = %.1f GB/s (%.0f%% of read bandwidth); logits off by at most "
+            printf("fast        int8 activations (FP4, Q4, Q8): %.2f tok/s = %.1f GB/s (%.0f%% of read bandwidth); logits off by at most "
                    "%.4f (largest |logit| %.3f), mean KL %.2e nats, same top token %lld of %lld times\n",
                    f_dec_tps, p.decode_weight_bytes_per_token * f_dec_tps / 1e9,
                    100 * p.decode_weight_bytes_per_token * f_dec_tps / 1e9 / gbps, f_maxdiff, f_maxabs, f_kl, (long long)f_agree,

@@ -14,11 +14,26 @@ int cmd_engram(int argc, char **argv);
 void cli_quant_fp8(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s);
 void cli_quant_fp4(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s);
 /* Storage formats of the official checkpoints, as init and convert write them */
-typedef enum { S_F32, S_BF16, S_FP8, S_FP4, S_I32 } Storage;
+typedef enum { S_F32, S_BF16, S_FP8, S_FP4, S_I32, S_Q8, S_Q4 } Storage;
+/* bytes of a [rows, cols] (cols 0: a vector) tensor stored as st, its scales included */
+uint64_t cli_encoded_bytes(Storage st, int64_t rows, int64_t cols);
 /* "<name without its last component>.scale": the E8M0 grid beside an FP8/FP4 weight */
 void cli_scale_name(const char *name, char *out, size_t n);
-/* Encodes the F32 values v (taken over) of tensor `name` as st, with its scale grid for FP8/FP4. */
-void cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const int64_t *shape, float *v);
+/* Encodes the F32 values v (taken over) of tensor `name` as st, with its scale grid for
+ * FP8/FP4/Q8/Q4; -1 (message set) when a Q8/Q4 block cannot be encoded. */
+int cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const int64_t *shape, float *v);
+/* What `convert`/`quantize` store: dt for the big matrices (attention, shared experts, MTP),
+ * et for the routed experts (et_from_input: the input config's "expert_dtype" when it names
+ * one), head for the output head when head_set, else as the norms (BF16, F32 when dt is). */
+typedef struct { Storage dt, et; int et_from_input; int head_set; Storage head; } Policy;
+/* Rewrites model directory IN as OUT under pol (OUT.tmp.<pid>, renamed when it loads); errors
+ * printed as "dsv4 <cmd>: ...". bytes (optional): input and output weight bytes. */
+int cli_convert(const char *cmd, const char *in, const char *out, const Policy *pol, int force, double shard_gb,
+                uint64_t bytes[2]);
+int cmd_quantize(int argc, char **argv);
+/* Mean next-token loss over text files (DIR's tokenizer) or *.bin shards, windows of seq (perplexity.c). */
+int cli_eval_loss(const char *cmd, dsv4_model *m, const char *dir, const char *const *files, int nf, int64_t seq,
+                  int64_t max_tokens, double *loss, int64_t *n_scored, int64_t *n_windows);
 int cmd_info(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

@@ -15,19 +15,24 @@
 
 #include "cli.h"
 
-static const char *const k_storage[] = {"f32", "bf16", "fp8", "fp4"};
+static const char *const k_storage[] = {[S_F32] = "f32", [S_BF16] = "bf16", [S_FP8] = "fp8", [S_FP4] = "fp4",
+                                        [S_I32] = "i32", [S_Q8] = "q8", [S_Q4] = "q4"};
 
+/* --dtype takes f32, bf16, fp8, q8, q4; --expert-dtype fp4 too */
 static int storage_from_name(const char *s, int allow_fp4) {
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(s, k_storage[i]) && (allow_fp4 || i != S_FP4)) return i;
+    for (int i = 0; i < (int)(sizeof k_storage / sizeof k_storage[0]); i++)
+        if (!strcmp(s, k_storage[i]) && i != S_I32 && (allow_fp4 || i != S_FP4)) return i;
     return -1;
 }
 
+static int has_block_scale(Storage s) { return s == S_FP8 || s == S_FP4 || s == S_Q8 || s == S_Q4; }
+
 /* How `dsv4 init` classes a tensor: FULL stays F32 (mHC, sinks, ape, gate bias), HALF is BF16
- * unless everything is F32 (norms, embedding, head, gate, compressors, indexer weights_proj),
- * BIG follows --dtype (attention, indexer wq_b, shared experts, MTP projections), EXPERT follows
- * --expert-dtype (routed experts). Decided from where the loader bound the tensor. */
-typedef enum { C_FULL, C_HALF, C_BIG, C_EXPERT } Class;
+ * unless everything is F32 (norms, embedding, gate, compressors, indexer weights_proj; the head,
+ * which `quantize` may store as Q8), BIG follows --dtype (attention, indexer wq_b, shared
+ * experts, MTP projections), EXPERT follows --expert-dtype (routed experts). Decided from where
+ * the loader bound the tensor. */
+typedef enum { C_FULL, C_HALF, C_HEAD, C_BIG, C_EXPERT } Class;
 
 static Class layer_class(const LayerW *L, int n_experts, const ParamRef *p, int *found) {
     *found = 1;
@@ -51,7 +56,8 @@ static Class layer_class(const LayerW *L, int n_experts, const ParamRef *p, int 
 
 static Class param_class(const dsv4_model *m, const ParamRef *p) {
     const Config *c = &m->cfg;
-    if (p->vec == &m->norm || p->mat == &m->embed || p->mat == &m->head) return C_HALF;
+    if (p->mat == &m->head) return C_HEAD;
+    if (p->vec == &m->norm || p->mat == &m->embed) return C_HALF;
     if (p->mat == &m->hc_head_fn) return C_FULL;
     for (int l = 0; l < c->n_layers + c->n_mtp_layers; l++) {
         const LayerW *L = l < c->n_layers ? &m->layers[l] : &m->mtp[l - c->n_layers];
@@ -62,12 +68,14 @@ static Class param_class(const dsv4_model *m, const ParamRef *p) {
     return p->vec ? C_FULL : C_BIG;   /* other vectors: mHC base/scale, sinks, ape, gate bias */
 }
 
-static Storage storage_of(Class k, Storage dt, Storage et, const ParamRef *p) {
-    Storage s = k == C_FULL ? S_F32 : k == C_HALF ? (dt == S_F32 ? S_F32 : S_BF16) : k == C_BIG ? dt : et;
-    if (s == S_FP4 && p->mat && p->mat->cols % 32) s = S_FP8;   /* FP4 needs 1x32 blocks, as init */
+static Storage storage_of(Class k, const Policy *pol, const ParamRef *p) {
+    const Storage half = pol->dt == S_F32 ? S_F32 : S_BF16;
+    Storage s = k == C_FULL ? S_F32 : k == C_HALF ? half : k == C_HEAD ? (pol->head_set ? pol->head : half) : k == C_BIG ? pol->dt : pol->et;
+    /* the 1x32-block formats need whole blocks along the input dimension, as init */
+    if (p->mat && p->mat->cols % 32) s = s == S_FP4 ? S_FP8 : s == S_Q8 || s == S_Q4 ? half : s;
     const size_t l = strlen(p->name);
     /* the loader finds a quantised weight's scale through its ".weight" suffix */
-    if ((s == S_FP8 || s == S_FP4) && (l < 7 || strcmp(p->name + l - 7, ".weight"))) s = S_BF16;
+    if (has_block_scale(s) && (l < 7 || strcmp(p->name + l - 7, ".weight"))) s = S_BF16;
     return s;
 }
 
@@ -82,16 +90,8 @@ typedef struct {
 
 static uint64_t item_bytes(const StTensor *t, const ParamRef *p, Storage st) {
     if (!p) return t->nbytes;
-    const uint64_t n = (uint64_t)p->numel;
-    if (!p->mat) return st == S_F32 ? 4 * n : 2 * n;
-    const uint64_t r = (uint64_t)p->mat->rows, c = (uint64_t)p->mat->cols;
-    switch (st) {
-    case S_F32: case S_I32: return 4 * n;
-    case S_BF16: return 2 * n;
-    case S_FP8: return n + ((r + 127) / 128) * ((c + 127) / 128);
-    case S_FP4: return n / 2 + r * (c / 32);
-    }
-    return 0;
+    if (!p->mat) return cli_encoded_bytes(st == S_F32 ? S_F32 : S_BF16, p->numel, 0);
+    return cli_encoded_bytes(st, p->mat->rows, p->mat->cols);
 }
 
 /* Decodes one bound tensor to f32 and encodes it as `st` into the writer. */
@@ -121,15 +121,14 @@ static int emit(StWriter *w, const dsv4_model *m, const Item *it) {
         nd = t->ndim;
         for (int k = 0; k < nd; k++) shape[k] = t->shape[k];
     }
-    if (it->st == S_FP8 || it->st == S_FP4)
+    if (has_block_scale(it->st))
         for (int64_t i = 0; i < n; i++)
             if (!isfinite(v[i])) {
                 free(v);
                 return dsv4_fail("%s: tensor '%s' holds a non-finite value at element %lld; it cannot be given a %s block scale",
                                  m->st.files[t->file].path, t->name, (long long)i, k_storage[it->st]);
             }
-    cli_add_encoded(w, p->name, it->st, nd, shape, v);
-    return 0;
+    return cli_add_encoded(w, p->name, it->st, nd, shape, v);
 }
 
 /* ---- config.json ---- */
@@ -142,7 +141,8 @@ static void set_string(cJSON *o, const char *key, const char *value) {
 /* The input's config.json with the storage fields of the output: in the official form "dtype",
  * "expert_dtype" and "scale_fmt" (ue8m0 when any weight is FP8/FP4); in the Hugging Face form
  * "quantization_config" (present exactly for FP8 weights), "torch_dtype"/"dtype" when present,
- * and "expert_dtype". Everything else is kept, in its order. */
+ * and "expert_dtype". Q8/Q4 are named in "dtype"/"expert_dtype" (the tensors' dtypes and
+ * scales say the rest). Everything else is kept, in its order. */
 static char *rewrite_config(const char *text, const char *path, Storage dt, Storage et) {
     cJSON *root = cJSON_Parse(text);
     if (!cJSON_IsObject(root)) { cJSON_Delete(root); dsv4_fail("%s: not a JSON object", path); return NULL; }
@@ -164,7 +164,7 @@ static char *rewrite_config(const char *text, const char *path, Storage dt, Stor
                 cJSON_ReplaceItemInObjectCaseSensitive(qc, "weight_block_size", cJSON_CreateIntArray(bs, 2));
             else cJSON_AddItemToObject(qc, "weight_block_size", cJSON_CreateIntArray(bs, 2));
         } else cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
-        const char *tdt = dt == S_F32 ? "float32" : "bfloat16";
+        const char *tdt = dt == S_F32 ? "float32" : "bfloat16";   /* the unquantised tensors */
         if (cJSON_GetObjectItemCaseSensitive(root, "torch_dtype")) set_string(root, "torch_dtype", tdt);
         if (cJSON_GetObjectItemCaseSensitive(root, "dtype")) set_string(root, "dtype", tdt);
     } else {
@@ -215,7 +215,7 @@ static char *index_json(const dsv4_model *m, const Item *items, int64_t n_items,
     append(&s, &l, &cap, tmp);
     for (int64_t i = 0; i < n_items; i++) {
         const char *name = m->st.tensors[items[i].src].name;
-        const int quantised = items[i].param >= 0 && (items[i].st == S_FP8 || items[i].st == S_FP4);
+        const int quantised = items[i].param >= 0 && has_block_scale(items[i].st);
         char fname[64], sname[600];
         snprintf(fname, sizeof fname, ": \"model-%05d-of-%05d.safetensors\"", items[i].shard + 1, n_shards);
         cli_scale_name(name, sname, sizeof sname);
@@ -240,16 +240,18 @@ static int copy_file(const char *from, const char *to) {
 }
 
 static const char *CONVERT_HELP =
-    "usage: dsv4 convert -m IN --out OUT --dtype f32|bf16|fp8 [--expert-dtype fp4|fp8|bf16|f32] [--force]\n"
-    "                    [--shard-gb G]\n"
-    "  Rewrites the model directory IN (any dtype the loader reads: F32, BF16, F16, FP8, FP4) into\n"
-    "  the storage formats of `dsv4 init --dtype`: same tensor names, shapes and block scales.\n"
+    "usage: dsv4 convert -m IN --out OUT --dtype f32|bf16|fp8|q8|q4 [--expert-dtype fp4|fp8|q8|q4|bf16|f32]\n"
+    "                    [--force] [--shard-gb G]\n"
+    "  Rewrites the model directory IN (any dtype the loader reads: F32, BF16, F16, FP8, FP4, Q8, Q4)\n"
+    "  into the storage formats of `dsv4 init --dtype`: same tensor names, shapes and block scales.\n"
     "  --dtype f32    everything F32\n"
     "  --dtype bf16   BF16, with the mHC parameters, sinks, ape and gate biases kept F32\n"
     "  --dtype fp8    FP8 e4m3 with 128x128 E8M0 scales for the attention, indexer, shared-expert\n"
     "                 and MTP projections; BF16 norms, embedding, head, gates and compressors\n"
-    "  --expert-dtype the routed experts: fp4 (e2m1 packed in I8 with 1x32 E8M0 scales), fp8, bf16\n"
-    "                 or f32. Default: the --dtype choice; with --dtype fp8 the input config's\n"
+    "  --dtype q8|q4  the same matrices in the CPU block formats of `dsv4 quantize` (int8, or 4-bit,\n"
+    "                 with an F16 scale per 32 weights); `dsv4 quantize` also does the head and reports\n"
+    "  --expert-dtype the routed experts: fp4 (e2m1 packed in I8 with 1x32 E8M0 scales), fp8, q8, q4,\n"
+    "                 bf16 or f32. Default: the --dtype choice; with --dtype fp8 the input config's\n"
     "                 \"expert_dtype\" when it has one, else fp8 (`init --dtype fp8` = --expert-dtype fp4)\n"
     "  --force        replace OUT if it exists (the new directory is complete before the swap)\n"
     "  --shard-gb G   approximate shard size in GB (default 5)\n"
@@ -260,7 +262,7 @@ static const char *CONVERT_HELP =
     "  generation_config.json are copied when present. OUT is written as OUT.tmp.<pid>, then renamed.\n";
 
 int cmd_convert(int argc, char **argv) {
-    const char *in = NULL, *outa = NULL, *dts = NULL, *ets = NULL;
+    const char *in = NULL, *out = NULL, *dts = NULL, *ets = NULL;
     int force = 0;
     double shard_gb = 5;
     for (int i = 1; i < argc; i++) {
@@ -273,52 +275,63 @@ int cmd_convert(int argc, char **argv) {
             return 2;
         } else if (!v) { cli_error("convert", "option %s needs a value (see --help)", a); return 2; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) in = argv[++i];
-        else if (!strcmp(a, "--out")) outa = argv[++i];
+        else if (!strcmp(a, "--out")) out = argv[++i];
         else if (!strcmp(a, "--dtype")) dts = argv[++i];
         else if (!strcmp(a, "--expert-dtype")) ets = argv[++i];
         else shard_gb = (double)cli_int("convert", a, argv[++i], 1, 1 << 20);
     }
-    if (!in || !outa || !dts) { cli_error("convert", "needs -m IN --out OUT --dtype f32|bf16|fp8 (see --help)"); return 2; }
+    if (!in || !out || !dts) { cli_error("convert", "needs -m IN --out OUT --dtype f32|bf16|fp8|q8|q4 (see --help)"); return 2; }
     const int dti = storage_from_name(dts, 0);
-    if (dti < 0) { cli_error("convert", "--dtype must be f32, bf16 or fp8, not '%s'", dts); return 2; }
+    if (dti < 0) { cli_error("convert", "--dtype must be f32, bf16, fp8, q8 or q4, not '%s'", dts); return 2; }
     int eti = ets ? storage_from_name(ets, 1) : -1;
-    if (ets && eti < 0) { cli_error("convert", "--expert-dtype must be fp4, fp8, bf16 or f32, not '%s'", ets); return 2; }
+    if (ets && eti < 0) { cli_error("convert", "--expert-dtype must be fp4, fp8, q8, q4, bf16 or f32, not '%s'", ets); return 2; }
+    /* with --dtype fp8 the experts default to the input's announced format (read in cli_convert) */
+    const Policy pol = {.dt = (Storage)dti, .et = eti < 0 ? (Storage)dti : (Storage)eti, .et_from_input = eti < 0 && dti == S_FP8};
+    return cli_convert("convert", in, out, &pol, force, shard_gb, NULL);
+}
 
+/* The rewrite itself (convert and quantize): IN to OUT under the policy, atomically. On
+ * success *bytes (when given) receives the input and output weight bytes. */
+int cli_convert(const char *cmd, const char *in, const char *outa, const Policy *policy, int force, double shard_gb,
+                uint64_t bytes[2]) {
+    Policy pol_in = *policy;
+    const Policy *pol = &pol_in;
     /* OUT without trailing slashes: OUT.tmp.<pid> and OUT.old.<pid> are its siblings */
     char out[4096], tmp[4200], old[4200], path[4400];
     snprintf(out, sizeof out, "%s", outa);
     for (size_t l = strlen(out); l > 1 && out[l - 1] == '/'; l--) out[l - 1] = 0;
     struct stat sb;
-    if (stat(in, &sb) != 0) return cli_error("convert", "%s: no such model directory: %s", in, strerror(errno));
-    if (!S_ISDIR(sb.st_mode)) return cli_error("convert", "%s: not a directory (-m takes a model directory)", in);
-    if (lstat(out, &sb) == 0 && !force) return cli_error("convert", "%s: already exists (--force replaces it)", out);
+    if (stat(in, &sb) != 0) return cli_error(cmd, "%s: no such model directory: %s", in, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return cli_error(cmd, "%s: not a directory (-m takes a model directory)", in);
+    if (lstat(out, &sb) == 0 && !force) return cli_error(cmd, "%s: already exists (--force replaces it)", out);
 
     const double t0 = now_sec();
     snprintf(path, sizeof path, "%s/config.json", in);
     char *cfg_text = read_file(path, NULL);
-    if (!cfg_text) return cli_error("convert", "%s", dsv4_last_error());
-    if (eti < 0 && dti == S_FP8) {   /* the default follows the input's announced expert format */
+    if (!cfg_text) return cli_error(cmd, "%s", dsv4_last_error());
+    if (pol_in.et_from_input) {
         cJSON *root = cJSON_Parse(cfg_text);
         cJSON *ed = root ? cJSON_GetObjectItemCaseSensitive(root, "expert_dtype") : NULL;
         if (ed && !cJSON_IsNull(ed)) {
-            eti = cJSON_IsString(ed) ? storage_from_name(ed->valuestring, 1) : -1;
+            const int eti = cJSON_IsString(ed) ? storage_from_name(ed->valuestring, 1) : -1;
             if (eti < 0) {
                 cJSON_Delete(root);
                 free(cfg_text);
-                return cli_error("convert", "%s: field \"expert_dtype\" must be \"fp4\", \"fp8\", \"bf16\" or \"f32\" "
-                                 "(or pass --expert-dtype)", path);
+                return cli_error(cmd, "%s: field \"expert_dtype\" must be \"fp4\", \"fp8\", \"q8\", \"q4\", \"bf16\" or "
+                                 "\"f32\" (or pass --expert-dtype)", path);
             }
+            pol_in.et = (Storage)eti;
         }
         cJSON_Delete(root);
     }
-    const Storage dt = (Storage)dti, et = eti < 0 ? dt : (Storage)eti;
+    const Storage dt = pol->dt, et = pol->et;
 
     dsv4_open_options oo = {.quant_rounding = 0};
     dsv4_model *m = dsv4_model_open(in, &oo);
-    if (!m) { free(cfg_text); return cli_error("convert", "%s", dsv4_last_error()); }
+    if (!m) { free(cfg_text); return cli_error(cmd, "%s", dsv4_last_error()); }
     char *new_cfg = rewrite_config(cfg_text, path, dt, et);
     free(cfg_text);
-    if (!new_cfg) { dsv4_model_close(m); return cli_error("convert", "%s", dsv4_last_error()); }
+    if (!new_cfg) { dsv4_model_close(m); return cli_error(cmd, "%s", dsv4_last_error()); }
 
     /* what each stored tensor becomes: a bound parameter, tid2eid, or nothing (scales are
      * derived again; tensors the model does not use, e.g. a training checkpoint's optimiser
@@ -355,9 +368,9 @@ int cmd_convert(int argc, char **argv) {
         it->param = role[i];
         const ParamRef *p = role[i] >= 0 ? &m->params[role[i]] : NULL;
         if (p) {
-            it->st = storage_of(param_class(m, p), dt, et, p);
+            it->st = storage_of(param_class(m, p), pol, p);
             bytes_in += p->mat ? mat_bytes(p->mat) : t->nbytes;
-            n_out += it->st == S_FP8 || it->st == S_FP4 ? 2 : 1;
+            n_out += has_block_scale(it->st) ? 2 : 1;
         } else {
             bytes_in += t->nbytes;
             n_out++;
@@ -385,7 +398,7 @@ int cmd_convert(int argc, char **argv) {
         StWriter w = {0};
         for (; i < n_items && items[i].shard == sh && rc == 0; i++) {
             rc = emit(&w, m, &items[i]);
-            progress("convert", i + 1, n_items, t0);
+            progress(cmd, i + 1, n_items, t0);
         }
         snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", tmp, sh + 1, n_shards);
         if (rc == 0) rc = st_writer_save(&w, path, 0);
@@ -430,11 +443,12 @@ int cmd_convert(int argc, char **argv) {
         char msg[2048];
         snprintf(msg, sizeof msg, "%s", dsv4_last_error());
         remove_tree(tmp);
-        return cli_error("convert", "%s", msg);
+        return cli_error(cmd, "%s", msg);
     }
-    if (unused_msg[0]) fprintf(stderr, "dsv4 convert: note: %s\n", unused_msg);
-    fprintf(stderr, "dsv4 convert: wrote %s: %lld tensors in %d shard(s) (%s, experts %s), %llu -> %llu bytes, in %.1f s\n", out,
-            (long long)n_out, n_shards, k_storage[dt], k_storage[et], (unsigned long long)bytes_in, (unsigned long long)total,
-            now_sec() - t0);
+    if (unused_msg[0]) fprintf(stderr, "dsv4 %s: note: %s\n", cmd, unused_msg);
+    fprintf(stderr, "dsv4 %s: wrote %s: %lld tensors in %d shard(s) (%s, experts %s%s%s), %llu -> %llu bytes, in %.1f s\n", cmd, out,
+            (long long)n_out, n_shards, k_storage[dt], k_storage[et], pol->head_set ? ", head " : "",
+            pol->head_set ? k_storage[pol->head] : "", (unsigned long long)bytes_in, (unsigned long long)total, now_sec() - t0);
+    if (bytes) { bytes[0] = bytes_in; bytes[1] = total; }
     return 0;
 }

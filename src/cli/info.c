@@ -22,11 +22,11 @@ static void print_stats(const char *what, const Config *c, const PlanStats *p, i
     if (json) {
         printf("{\"source\": \"%s\", \"total_params\": %.0f, \"active_params\": %.0f, \"mtp_params\": %.0f, "
                "\"weight_bytes\": %.0f, \"mtp_weight_bytes\": %.0f, \"bytes_f32\": %.0f, \"bytes_bf16\": %.0f, "
-               "\"bytes_fp8\": %.0f, \"bytes_fp4\": %.0f, \"bytes_other\": %.0f, \"kv_bytes_per_token\": %.1f, "
+               "\"bytes_fp8\": %.0f, \"bytes_fp4\": %.0f, \"bytes_q8\": %.0f, \"bytes_q4\": %.0f, \"bytes_other\": %.0f, \"kv_bytes_per_token\": %.1f, "
                "\"kv_bytes_fixed\": %.0f, \"kv_bytes_1m\": %.0f, \"decode_weight_bytes_per_token\": %.0f, "
                "\"n_layers\": %d, \"n_mtp_layers\": %d, \"engram_table_params\": %.0f%s}\n",
                what, p->total_params, p->active_params, p->mtp_params, p->weight_bytes, p->mtp_weight_bytes,
-               p->bytes_by_dtype[0], p->bytes_by_dtype[1], p->bytes_by_dtype[2], p->bytes_by_dtype[3], p->bytes_by_dtype[4],
+               p->bytes_by_dtype[0], p->bytes_by_dtype[1], p->bytes_by_dtype[2], p->bytes_by_dtype[3], p->bytes_by_dtype[5], p->bytes_by_dtype[6], p->bytes_by_dtype[4],
                p->kv_bytes_per_token, p->kv_bytes_fixed, p->kv_bytes_1m, p->decode_weight_bytes_per_token, c->n_layers,
                c->n_mtp_layers, p->engram_table_params, extra_json ? extra_json : "");
         return;
@@ -56,8 +56,8 @@ static void print_stats(const char *what, const Config *c, const PlanStats *p, i
         printf("  Engram            %d layers, %s table parameters (in the total, not active)\n", c->engram_n_layers, e);
     }
     printf("  weights           %s (scales included)\n", w);
-    const char *dn[5] = {"F32", "BF16", "FP8+scales", "FP4+scales", "other"};
-    for (int i = 0; i < 5; i++)
+    const char *dn[7] = {"F32", "BF16", "FP8+scales", "FP4+scales", "other", "Q8+scales", "Q4+scales"};
+    for (int i = 0; i < 7; i++)
         if (p->bytes_by_dtype[i] > 0) { char t[32]; hbytes(p->bytes_by_dtype[i], t, sizeof t); printf("    %-12s    %s\n", dn[i], t); }
     printf("  decode reads      %s of weights per token\n", dw);
     printf("  KV cache (fp32)   %.1f bytes per token + %s fixed (window, compressor state); %s at 1M tokens\n",
@@ -118,17 +118,23 @@ int cmd_info(int argc, char **argv) {
         double numel = 1;
         for (int k = 0; k < t->ndim; k++) numel *= (double)t->shape[k];
         const size_t ln = strlen(t->name);
-        const int is_scale = ln > 6 && !strcmp(t->name + ln - 6, ".scale") && (t->dtype == DT_F8_E8M0 || t->dtype == DT_F32);
+        /* a block scale sits beside its weight: "<base>.scale" and "<base>.weight" */
+        char sib[512];
+        const int named_scale = ln > 6 && !strcmp(t->name + ln - 6, ".scale");
+        const int named_weight = ln > 7 && !strcmp(t->name + ln - 7, ".weight");
+        if (named_scale) snprintf(sib, sizeof sib, "%.*s.weight", (int)(ln - 6), t->name);
+        else if (named_weight) snprintf(sib, sizeof sib, "%.*s.scale", (int)(ln - 7), t->name);
+        const StTensor *other = named_scale || named_weight ? st_find(&m->st, sib) : NULL;
+        const StTensor *w = named_scale ? other : t, *sc = named_scale ? t : other;
+        const int is_scale = named_scale && w && (w->dtype == DT_F8_E4M3 || w->dtype == DT_I8 || w->dtype == DT_U8);
+        /* I8 is FP4 beside an E8M0/F32 scale, Q8 beside an F16 one; U8 beside an F16 scale is Q4 */
+        const int q_scale = sc && sc->dtype == DT_F16;
         const int is_int = t->dtype == DT_I32 || t->dtype == DT_I64 || strstr(t->name, "tid2eid");
-        const double params = is_scale || is_int ? 0 : t->dtype == DT_I8 ? 2 * numel : numel;
+        const DType wdt = is_scale ? w->dtype : t->dtype;
+        const int kind = wdt == DT_F32 ? 0 : wdt == DT_BF16 ? 1 : wdt == DT_F8_E4M3 ? 2 : wdt == DT_I8 ? (q_scale ? 5 : 3)
+                         : wdt == DT_U8 && q_scale ? 6 : 4;
+        const double params = is_scale || is_int ? 0 : kind == 3 || kind == 6 ? 2 * numel : numel;   /* two per byte */
         const int mtp = !strncmp(t->name, "mtp.", 4);
-        int kind = t->dtype == DT_F32 ? 0 : t->dtype == DT_BF16 ? 1 : t->dtype == DT_F8_E4M3 ? 2 : t->dtype == DT_I8 ? 3 : 4;
-        if (is_scale) {   /* a scale belongs with its weight's dtype */
-            char wn[512];
-            snprintf(wn, sizeof wn, "%.*s.weight", (int)(ln - 6), t->name);
-            const StTensor *w = st_find(&m->st, wn);
-            kind = w && w->dtype == DT_I8 ? 3 : 2;
-        }
         p.bytes_by_dtype[kind] += (double)t->nbytes;
         if (mtp) { p.mtp_params += params; p.mtp_weight_bytes += (double)t->nbytes; continue; }
         p.total_params += params;

@@ -168,16 +168,20 @@ static void build_specs(Specs *s) {
     for (int i = 0; i < c->n_mtp_layers; i++) { char p[32]; snprintf(p, sizeof p, "mtp.%d", i); add_block(s, p, c->n_layers + i, 1); }
 }
 
-static uint64_t spec_bytes(const Spec *p) {
-    const uint64_t r = (uint64_t)p->rows, cc = p->cols ? (uint64_t)p->cols : 1, n = r * cc;
-    switch (p->st) {
+uint64_t cli_encoded_bytes(Storage st, int64_t rows, int64_t cols) {
+    const uint64_t r = (uint64_t)rows, cc = cols ? (uint64_t)cols : 1, n = r * cc;
+    switch (st) {
     case S_F32: case S_I32: return 4 * n;
     case S_BF16: return 2 * n;
     case S_FP8: return n + ((r + 127) / 128) * ((cc + 127) / 128);
     case S_FP4: return n / 2 + r * (cc / 32);
+    case S_Q8: return n + 2 * r * (cc / 32);
+    case S_Q4: return n / 2 + 2 * r * (cc / 32);
     }
     return 0;
 }
+
+static uint64_t spec_bytes(const Spec *p) { return cli_encoded_bytes(p->st, p->rows, p->cols); }
 
 /* splitmix64, seeded per tensor from the seed and the name: independent of order and shards */
 typedef struct { uint64_t s; int have; double spare; } Rng;
@@ -261,13 +265,14 @@ void cli_scale_name(const char *name, char *out, size_t n) {
     snprintf(out, n, "%.*s.scale", (int)(dot ? dot - name : (long)strlen(name)), name);
 }
 
-void cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const int64_t *shape, float *v) {
+int cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const int64_t *shape, float *v) {
     int64_t n = 1;
     for (int k = 0; k < nd; k++) n *= shape[k];
     char sname[600];
     cli_scale_name(name, sname, sizeof sname);
+    int rc = 0;
     switch (st) {
-    case S_F32: st_writer_add(w, name, DT_F32, nd, shape, v); return;
+    case S_F32: st_writer_add(w, name, DT_F32, nd, shape, v); return 0;
     case S_BF16: {
         uint16_t *h = xmalloc(2 * (size_t)(n ? n : 1));
         for (int64_t i = 0; i < n; i++) h[i] = f32_to_bf16(v[i]);
@@ -292,9 +297,26 @@ void cli_add_encoded(StWriter *w, const char *name, Storage st, int nd, const in
         st_writer_add(w, sname, DT_F8_E8M0, 2, ss, s);
         break;
     }
+    case S_Q8: case S_Q4: {   /* kernels/quant.c; Q8 is I8 [rows, cols], Q4 U8 [rows, cols/2] */
+        const int64_t rows = shape[0], cols = shape[1];
+        int64_t ws[2] = {rows, st == S_Q8 ? cols : cols / 2}, ss[2] = {rows, cols / 32};
+        const int64_t nq = ws[0] * ws[1], nd_ = ss[0] * ss[1];
+        uint8_t *q = xmalloc((size_t)(nq > 0 ? nq : 1));
+        uint16_t *d = xmalloc(2 * (size_t)(nd_ > 0 ? nd_ : 1));
+        rc = st == S_Q8 ? quant_q8(v, rows, cols, (int8_t *)q, d) : quant_q4(v, rows, cols, q, d);
+        if (rc) {
+            free(q); free(d);
+            rc = dsv4_fail("tensor '%s': a value is not finite, or a block's scale exceeds F16's range (65504)", name);
+            break;
+        }
+        st_writer_add(w, name, st == S_Q8 ? DT_I8 : DT_U8, 2, ws, q);
+        st_writer_add(w, sname, DT_F16, 2, ss, d);
+        break;
+    }
     case S_I32: break;
     }
     free(v);
+    return rc;
 }
 
 /* A BF16/F32 tensor too large to hold (an Engram table bigger than memory): its values are drawn
@@ -334,6 +356,7 @@ static void emit(StWriter *w, const Spec *p, const Config *c, uint64_t seed, int
             st_writer_add(w, sname, DT_F8_E8M0, 2, ss, NULL);
             break;
         }
+        case S_Q8: case S_Q4: break;   /* init writes the official formats only */
         }
         return;
     }
@@ -424,7 +447,7 @@ int cmd_init(int argc, char **argv) {
         char fname[64];
         snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", p->shard + 1, n_shards);
         for (int k = 0; k < ((p->st == S_FP8 || p->st == S_FP4) ? 2 : 1); k++) {
-            char nm[128];
+            char nm[600];
             const char *dot = strrchr(p->name, '.');
             if (k) snprintf(nm, sizeof nm, "%.*s.scale", (int)(dot - p->name), p->name);
             else snprintf(nm, sizeof nm, "%s", p->name);

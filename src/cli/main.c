@@ -89,7 +89,8 @@ static void usage(FILE *f) {
             "  train    train a model on token shards (AdamW, checkpoints, --resume)\n"
             "  perplexity  loss and perplexity of a model over text or token shards\n"
             "  init     write a randomly initialised model directory in the official format\n"
-            "  convert  rewrite a model directory as f32, bf16 or fp8 (+ fp4 experts), as init writes\n"
+            "  convert  rewrite a model directory as f32, bf16, fp8 (+ fp4 experts), q8 or q4\n"
+            "  quantize  rewrite a model in the CPU block formats q8/q4; report size, perplexity and speed\n"
             "  engram hash  Engram's hashed n-gram table rows for a token sequence\n"
             "  info     parameters, bytes and KV-cache size of a model directory\n"
             "  plan     the same from a config.json alone\n"
@@ -104,6 +105,7 @@ static int dispatch(const char *c, int argc, char **argv) {
     if (!strcmp(c, "run")) return cmd_run(argc, argv);
     if (!strcmp(c, "init")) return cmd_init(argc, argv);
     if (!strcmp(c, "convert")) return cmd_convert(argc, argv);
+    if (!strcmp(c, "quantize")) return cmd_quantize(argc, argv);
     if (!strcmp(c, "engram")) return cmd_engram(argc, argv);
     if (!strcmp(c, "info")) return cmd_info(argc, argv);
     if (!strcmp(c, "plan")) return cmd_plan(argc, argv);

@@ -12,6 +12,47 @@ static const char *HELP =
     "  Text files use DIR/tokenizer.json; files ending in .bin are token shards (dsv4 data prepare).\n"
     "  --engram-scale X  multiply Engram's output by X (0: the model without its memory, an ablation)\n";
 
+/* The mean next-token loss of m over files (text through DIR/tokenizer.json, or *.bin shards),
+ * in windows of seq + 1 tokens overlapping by one, up to max_tokens scored tokens. */
+int cli_eval_loss(const char *cmd, dsv4_model *m, const char *dir, const char *const *files, int nf, int64_t seq,
+                  int64_t max_tokens, double *loss, int64_t *n_scored, int64_t *n_windows) {
+    dsv4_tokenizer *tk = NULL;
+    double sum = 0;
+    int64_t windows = 0, tokens = 0;
+    int rc = 0;
+    const double t0 = now_sec();
+    for (int f = 0; f < nf && rc == 0; f++) {
+        int64_t n = 0;
+        int32_t *ids = NULL;
+        const size_t l = strlen(files[f]);
+        if (l > 4 && !strcmp(files[f] + l - 4, ".bin")) ids = shard_read(files[f], &n);
+        else {
+            if (!tk) tk = cli_load_tokenizer(cmd, dir, NULL);
+            if (!tk) { rc = 1; break; }
+            size_t len;
+            char *txt = read_file(files[f], &len);
+            if (txt) n = dsv4_tokenize(tk, txt, len, &ids);
+            free(txt);
+            if (!txt || n < 0) { free(ids); ids = NULL; }
+        }
+        if (!ids) { rc = cli_error(cmd, "%s: %s", files[f], dsv4_last_error()); break; }
+        for (int64_t s = 0; s + 2 <= n && tokens < max_tokens && rc == 0; s += seq) {
+            const int64_t w = s + seq + 1 <= n ? seq + 1 : n - s;   /* windows overlap by one token */
+            const double wl = model_loss(m, ids + s, w);
+            if (isnan(wl)) { rc = cli_error(cmd, "%s: %s", files[f], dsv4_last_error()); break; }
+            sum += wl * (double)(w - 1);
+            tokens += w - 1;
+            windows++;
+            progress(cmd, tokens < max_tokens ? tokens : max_tokens, max_tokens < INT64_MAX ? max_tokens : n, t0);
+        }
+        free(ids);
+    }
+    dsv4_tokenizer_free(tk);
+    if (rc == 0 && tokens == 0) rc = cli_error(cmd, "no tokens to score");
+    if (rc == 0) { *loss = sum / (double)tokens; *n_scored = tokens; if (n_windows) *n_windows = windows; }
+    return rc;
+}
+
 int cmd_perplexity(int argc, char **argv) {
     const char *dir = NULL;
     const char **files = xmalloc(sizeof(char *) * (size_t)argc);
@@ -39,42 +80,12 @@ int cmd_perplexity(int argc, char **argv) {
     if (!m) { free(files); return cli_error("perplexity", "%s", dsv4_last_error()); }
     if (engram_scale != 1.0 && !m->cfg.engram_n_layers) { dsv4_model_close(m); free(files); return cli_error("perplexity", "%s has no Engram layers", dir); }
     m->engram_scale = (float)engram_scale;
-    dsv4_tokenizer *tk = NULL;
-    double sum = 0;
-    int64_t windows = 0, tokens = 0;
-    int rc = 0;
-    const double t0 = now_sec();
-    for (int f = 0; f < nf && rc == 0; f++) {
-        int64_t n = 0;
-        int32_t *ids = NULL;
-        const size_t l = strlen(files[f]);
-        if (l > 4 && !strcmp(files[f] + l - 4, ".bin")) ids = shard_read(files[f], &n);
-        else {
-            if (!tk) tk = cli_load_tokenizer("perplexity", dir, NULL);
-            if (!tk) { rc = 1; break; }
-            size_t len;
-            char *txt = read_file(files[f], &len);
-            if (txt) n = dsv4_tokenize(tk, txt, len, &ids);
-            free(txt);
-            if (!txt || n < 0) { free(ids); ids = NULL; }
-        }
-        if (!ids) { rc = cli_error("perplexity", "%s: %s", files[f], dsv4_last_error()); break; }
-        for (int64_t s = 0; s + 2 <= n && tokens < max_tokens && rc == 0; s += seq) {
-            const int64_t w = s + seq + 1 <= n ? seq + 1 : n - s;   /* windows overlap by one token */
-            const double loss = model_loss(m, ids + s, w);
-            if (isnan(loss)) { rc = cli_error("perplexity", "%s: %s", files[f], dsv4_last_error()); break; }
-            sum += loss * (double)(w - 1);
-            tokens += w - 1;
-            windows++;
-            progress("perplexity", tokens < max_tokens ? tokens : max_tokens, max_tokens < INT64_MAX ? max_tokens : n, t0);
-        }
-        free(ids);
-    }
-    if (rc == 0 && tokens > 0)
+    double loss = 0;
+    int64_t tokens = 0, windows = 0;
+    int rc = cli_eval_loss("perplexity", m, dir, files, nf, seq, max_tokens, &loss, &tokens, &windows);
+    if (rc == 0)
         printf("%lld tokens in %lld windows of %lld: loss %.6f nats/token, perplexity %.4f\n", (long long)tokens, (long long)windows,
-               (long long)seq, sum / (double)tokens, exp(sum / (double)tokens));
-    else if (rc == 0) rc = cli_error("perplexity", "no tokens to score");
-    dsv4_tokenizer_free(tk);
+               (long long)seq, loss, exp(loss));
     dsv4_model_close(m);
     free(files);
     return rc;

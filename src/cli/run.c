@@ -100,8 +100,9 @@ static const char *RUN_HELP =
     "  --speculative    MTP speculative decoding: the MTP block drafts the next token and one pass\n"
     "                   of the model checks it with the current one; the output is identical to\n"
     "                   plain decoding (any sampling settings); reports the acceptance rate\n"
-    "  --fast           approximate fast mode: FP4 expert weights decode against int8-rounded\n"
-    "                   activations (`dsv4 bench --fast` reports the speed and the logit change)\n"
+    "  --fast           approximate fast mode: FP4 expert weights and Q4/Q8 weights (dsv4 quantize)\n"
+    "                   decode against int8-rounded activations (`dsv4 bench --fast` reports the\n"
+    "                   speed and the logit change)\n"
     "  --quant on|off   quantisation-aware rounding (default: on for FP8/FP4 checkpoints)\n";
 
 static void prefill_progress(void *user, int64_t done, int64_t total) {

@@ -1,5 +1,5 @@
 /* Linear layers on weights in their stored precision (F32, BF16, F16, FP8 e4m3 with 128x128
- * E8M0 block scales, FP4 e2m1 with 1x32 scales). This is the hot spot of inference.
+ * E8M0 block scales, FP4 e2m1 with 1x32 scales, and the Q8/Q4 formats of `dsv4 quantize`). This is the hot spot of inference.
  * Small batches (decode) stream the rows through the vector kernels of matvec_avx2.c, widening
  * weights in registers (or, without AVX2, decode a row into a buffer and take dot products);
  * large batches (prefill) decode a block of rows and hand it to OpenBLAS sgemm,
@@ -19,6 +19,8 @@ uint64_t mat_bytes(const Mat *m) {
     case W_BF16: case W_F16: return n * 2;
     case W_FP8: s = (uint64_t)((m->rows + 127) / 128) * (uint64_t)m->scale_cols; return n + s * (m->scale_f32 ? 4 : 1);
     case W_FP4: s = (uint64_t)m->rows * (uint64_t)m->scale_cols; return n / 2 + s * (m->scale_f32 ? 4 : 1);
+    case W_Q8: return n + (uint64_t)m->rows * (uint64_t)m->scale_cols * 2;
+    case W_Q4: return n / 2 + (uint64_t)m->rows * (uint64_t)m->scale_cols * 2;
     }
     return 0;
 }
@@ -62,6 +64,20 @@ static void dequant_row(const Mat *W, int64_t r, float *dst) {
                 dst[c] = dsv4_e2m1_table[b & 0xf] * s;       /* low nibble first */
                 dst[c + 1] = dsv4_e2m1_table[b >> 4] * s;
             }
+        }
+        break;
+    }
+    case W_Q8: {
+        const int8_t *p = (const int8_t *)W->w + r * cols;
+        for (int64_t c = 0; c < cols; c++) dst[c] = (float)p[c] * mat_scale(W, r * W->scale_cols + c / 32);
+        break;
+    }
+    case W_Q4: {
+        const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
+        for (int64_t c = 0; c < cols; c += 2) {
+            const float s = mat_scale(W, r * W->scale_cols + c / 32);
+            dst[c] = (float)((p[c / 2] & 0xf) - 8) * s;   /* low nibble first */
+            dst[c + 1] = (float)((p[c / 2] >> 4) - 8) * s;
         }
         break;
     }
@@ -167,19 +183,19 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
 }
 
 void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
-    const int64_t cols = W->cols;
-    if (W->kind != W_FP4 || T < 1 || T > LINEAR_SMALL_T || cols % 64 || !linear_simd_enabled() || !matvec_avx2_usable(W)) {
+    if (T < 1 || T > LINEAR_SMALL_T || !linear_simd_enabled() || !matvec_avx2_i8_usable(W)) {
         linear(y, ldy, x, ldx, T, W, r0, nr);
         return;
     }
+    const int64_t cols = W->cols;
     int8_t *xq = xmalloc((size_t)(T * cols));
     float *xs = xmalloc(sizeof(float) * (size_t)(T * cols / 8));
-    matvec_avx2_q8_prepare(x, ldx, T, cols, xq, xs);
+    matvec_avx2_i8_prepare(W, x, ldx, T, xq, xs);
 #pragma omp parallel if (mat_bytes(W) / (uint64_t)W->rows * (uint64_t)nr >= (uint64_t)LINEAR_PARALLEL_BYTES)
     {
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t a = nr * id / nt, b = nr * (id + 1) / nt;
-        matvec_avx2_fp4_q8_rows(W, r0 + a, b - a, xq, xs, T, y + a, ldy);
+        matvec_avx2_i8_rows(W, r0 + a, b - a, xq, xs, T, y + a, ldy);
     }
     free(xq);
     free(xs);

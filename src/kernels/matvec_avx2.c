@@ -12,7 +12,9 @@
  *         goes into the block scale. Shifting bits into a float instead would make e4m3
  *         subnormals float denormals, which cost a microcode assist per vector (10x slower);
  *   FP4   e2m1 nibbles through a 16-entry byte table (pshufb) give 2 × value as int8, exact in
- *         float; the 1/2 goes into the 1×32 block scale.
+ *         float; the 1/2 goes into the 1×32 block scale;
+ *   Q4/Q8 (dsv4 quantize) nibble minus 8, or the int8 byte, sign-extended and converted; the F16
+ *         block scale by vcvtph2ps.
  * The hardware prefetcher alone leaves these loops at a third of the bus on the machines we
  * measured; an explicit prefetch a fixed distance ahead in the same row stream brings BF16 to
  * the read bandwidth and FP8/FP4 to their instruction throughput (`dsv4 bench --kernels`). */
@@ -94,6 +96,30 @@ static inline void widen_e2m1(const uint8_t *p, __m256 w[4]) {
 static const uint8_t E2M1_ORDER[32] = {0, 2, 4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
                                        1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
 #define E2M1_SCALE 0.5f
+
+/* Q4: 16 bytes (low nibble first) -> nibble - 8; even elements, then odd ones (E2M1_ORDER) */
+static inline void widen_q4(const uint8_t *p, __m256 w[4]) {
+    const __m128i nib = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    const __m128i v = _mm_loadu_si128((const __m128i *)p);
+    const __m128i ev = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
+    const __m128i od = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ev));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(ev, ev)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(od));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(od, od)));
+}
+
+/* Q8: 32 int8 bytes, natural order */
+static inline void widen_q8(const uint8_t *p, __m256 w[4]) {
+    for (int k = 0; k < 4; k++) w[k] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * k))));
+}
+
+/* F16 block scale i of a Q4/Q8 matrix */
+static inline float q_scale(const Mat *W, int64_t i) {
+    uint16_t h;
+    memcpy(&h, (const uint8_t *)W->scale + 2 * i, 2);
+    return _cvtsh_ss(h);
+}
 
 /* AVX2, FMA and F16C, asked of the CPU once; DSV4_SIMD=0 in the environment says no (the
  * portable path everywhere, for comparison) */
@@ -178,12 +204,13 @@ void softmax_sink_avx2(float *row, int64_t n, float sink) {
 
 int matvec_avx2_usable(const Mat *W) {
     if (!cpu_has_avx2() || W->cols % 32) return 0;
-    return W->kind == W_F32 || W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4;
+    return W->kind == W_F32 || W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4 || W->kind == W_Q8 ||
+           W->kind == W_Q4;
 }
 
 /* xp[t][c] = x[t][c0 + order[c - c0]] for each 32-column chunk */
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
-    const uint8_t *order = W->kind == W_BF16 ? BF16_ORDER : W->kind == W_FP4 ? E2M1_ORDER : NULL;
+    const uint8_t *order = W->kind == W_BF16 ? BF16_ORDER : W->kind == W_FP4 || W->kind == W_Q4 ? E2M1_ORDER : NULL;
     const int64_t cols = W->cols;
     for (int64_t t = 0; t < T; t++)
         for (int64_t c0 = 0; c0 < cols; c0 += 32)
@@ -238,24 +265,32 @@ ALWAYS_INLINE void row_e4m3(const Mat *W, int64_t r, const float *xp, int T, flo
     for (int t = 0; t < T; t++) out[t] = hsum8(acc[t]);
 }
 
-/* one scale per 32 weights: the even and the odd half of each block scaled into two sums */
-ALWAYS_INLINE void row_e2m1(const Mat *W, int64_t r, const float *xp, int T, float *out) {
-    const int64_t cols = W->cols, srow = r * W->scale_cols;
-    const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
-    if (!W->scale_f32) _mm_prefetch((const char *)W->scale + srow + PREFETCH_BYTES / 16, PF_HINT);
+/* one scale per 32 weights (FP4, Q4, Q8; `kind` is a constant at each call): the two halves of
+ * each block (FP4/Q4: even and odd elements) scaled into two sums */
+ALWAYS_INLINE void row_blk32(const Mat *W, int64_t r, const float *xp, int T, float *out, WKind kind) {
+    const int64_t cols = W->cols, srow = r * W->scale_cols, block_bytes = kind == W_Q8 ? 32 : 16;
+    const int64_t scale_bytes = kind == W_FP4 ? (W->scale_f32 ? 4 : 1) : 2;
+    const uint8_t *p = (const uint8_t *)W->w + r * (cols / 32) * block_bytes;
+    const uint8_t *sp = (const uint8_t *)W->scale + srow * scale_bytes;
     __m256 a0[4], a1[4], w[4];
     for (int t = 0; t < T; t++) a0[t] = a1[t] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < cols; c += 32) {
-        _mm_prefetch((const char *)(p + c / 2 + PREFETCH_BYTES), PF_HINT);
-        _mm_prefetch((const char *)(p + c / 2 + L1_AHEAD), _MM_HINT_T0);
-        widen_e2m1(p + c / 2, w);
-        const __m256 s = _mm256_set1_ps(mat_scale(W, srow + c / 32) * E2M1_SCALE);
+    for (int64_t c = 0, i = 0; c < cols; c += 32, i++) {
+        const uint8_t *pb = p + i * block_bytes;
+        _mm_prefetch((const char *)(pb + PREFETCH_BYTES), PF_HINT);
+        _mm_prefetch((const char *)(pb + L1_AHEAD), _MM_HINT_T0);
+        /* the scales are a second, thinner stream: one prefetch per cache line of them */
+        if (!(i * scale_bytes & 63)) _mm_prefetch((const char *)(sp + i * scale_bytes + PREFETCH_BYTES / block_bytes * scale_bytes), PF_HINT);
+        float sc;
+        if (kind == W_FP4) { widen_e2m1(pb, w); sc = mat_scale(W, srow + i) * E2M1_SCALE; }
+        else if (kind == W_Q4) { widen_q4(pb, w); sc = q_scale(W, srow + i); }
+        else { widen_q8(pb, w); sc = q_scale(W, srow + i); }
+        const __m256 s = _mm256_set1_ps(sc);
         for (int t = 0; t < T; t++) {
             const float *xt = xp + t * cols + c;
-            const __m256 ev = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xt + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xt)));
-            const __m256 od = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xt + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xt + 16)));
-            a0[t] = _mm256_fmadd_ps(ev, s, a0[t]);
-            a1[t] = _mm256_fmadd_ps(od, s, a1[t]);
+            const __m256 h0 = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xt + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xt)));
+            const __m256 h1 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xt + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xt + 16)));
+            a0[t] = _mm256_fmadd_ps(h0, s, a0[t]);
+            a1[t] = _mm256_fmadd_ps(h1, s, a1[t]);
         }
     }
     for (int t = 0; t < T; t++) out[t] = hsum8(_mm256_add_ps(a0[t], a1[t]));
@@ -266,23 +301,33 @@ ALWAYS_INLINE void rows_T(const Mat *W, int64_t r0, int64_t nr, const float *xp,
     for (int64_t i = 0; i < nr; i++) {
         if (W->kind == W_F32 || W->kind == W_BF16) row_wide(W, r0 + i, xp, T, out);
         else if (W->kind == W_FP8) row_e4m3(W, r0 + i, xp, T, out);
-        else row_e2m1(W, r0 + i, xp, T, out);
+        else if (W->kind == W_FP4) row_blk32(W, r0 + i, xp, T, out, W_FP4);
+        else if (W->kind == W_Q4) row_blk32(W, r0 + i, xp, T, out, W_Q4);
+        else row_blk32(W, r0 + i, xp, T, out, W_Q8);
         for (int t = 0; t < T; t++) y[t * ldy + i] = out[t];
     }
 }
 
-/* ---- fast mode: FP4 weights against int8 activations ----------------------------------------
+/* ---- fast mode: FP4, Q4 and Q8 weights against int8 activations ---------------------------
  * Declared approximate (open option int8_activations): each token's activations are rounded
- * to int8 with one scale per 32 (max |x| / 127), and a 64-weight step is two pshufb table
- * lookups, two sign flips, two maddubs and one madd, in integers, scaled once per 32-block
- * by (weight scale / 2) × (activation scale). About half the instructions of the exact path.
- * An E8M0 weight scale of 0 (2^-127) counts as 0 here.
- * Per token the arithmetic does not depend on how many tokens share the call. */
+ * to int8 with one scale per 32 (max |x| / 127), and the dot products run in integers:
+ * maddubs multiplies unsigned by signed bytes, so |w| meets x carrying w's sign, and madd
+ * sums the 16-bit pairs into 32 bits; each 32-block's sum is scaled once by (weight scale) ×
+ * (activation scale). FP4 weights come from a pshufb table as 2 × value (the 1/2 joins the
+ * weight scale), Q4 as nibble - 8, Q8 as they are. An E8M0 weight scale of 0 (2^-127) counts
+ * as 0 here. Per token the arithmetic does not depend on how many tokens share the call. */
 
-/* xq [T, cols] int8 in the kernel's order (per 64 columns: the even elements of both 32-blocks,
- * then the odd ones), xs [T, cols/64, 8]: each block's scale repeated in the 4 lanes that hold
- * that block's sums. cols % 64 == 0. */
-void matvec_avx2_q8_prepare(const float *x, int64_t ldx, int64_t T, int64_t cols, int8_t *xq, float *xs) {
+int matvec_avx2_i8_usable(const Mat *W) {
+    return cpu_has_avx2() && W->cols % 64 == 0 && (W->kind == W_FP4 || W->kind == W_Q4 || W->kind == W_Q8);
+}
+
+/* xq [T, cols] int8, xs [T, cols/64, 8] floats, in the layout of W's kernel: per 64 columns
+ *   FP4/Q4  the even elements of both 32-blocks, then the odd ones (a nibble split gives them);
+ *           xs = block scale s0 in lanes 0-3, s1 in 4-7 (where the madd sums of each land)
+ *   Q8      natural order; xs = s0 s0 s1 s1 s0 s0 s1 s1 (the lane order of hadd) */
+void matvec_avx2_i8_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, int8_t *xq, float *xs) {
+    const int64_t cols = W->cols;
+    const int natural = W->kind == W_Q8;
     for (int64_t t = 0; t < T; t++)
         for (int64_t c0 = 0; c0 < cols; c0 += 64) {
             const float *xb = x + t * ldx + c0;
@@ -291,69 +336,99 @@ void matvec_avx2_q8_prepare(const float *x, int64_t ldx, int64_t T, int64_t cols
             for (int blk = 0; blk < 2; blk++) {
                 float amax = 0;
                 for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[32 * blk + j]));
-                const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;   /* xs carries the e2m1 table's 1/2 */
-                for (int j = 0; j < 16; j++) {
-                    q[16 * blk + j] = (int8_t)lrintf(xb[32 * blk + 2 * j] * inv);          /* evens */
-                    q[32 + 16 * blk + j] = (int8_t)lrintf(xb[32 * blk + 2 * j + 1] * inv); /* odds */
+                const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+                if (natural) {
+                    for (int j = 0; j < 32; j++) q[32 * blk + j] = (int8_t)lrintf(xb[32 * blk + j] * inv);
+                    sc[2 * blk] = sc[2 * blk + 1] = sc[4 + 2 * blk] = sc[5 + 2 * blk] = s;
+                } else {
+                    for (int j = 0; j < 16; j++) {
+                        q[16 * blk + j] = (int8_t)lrintf(xb[32 * blk + 2 * j] * inv);          /* evens */
+                        q[32 + 16 * blk + j] = (int8_t)lrintf(xb[32 * blk + 2 * j + 1] * inv); /* odds */
+                    }
+                    for (int k = 0; k < 4; k++) sc[4 * blk + k] = s;
                 }
-                for (int k = 0; k < 4; k++) sc[4 * blk + k] = s * E2M1_SCALE;
             }
         }
 }
 
-ALWAYS_INLINE void row_e2m1_q8(const Mat *W, int64_t r, const int8_t *xq, const float *xs, int T, float *out) {
-    const int64_t cols = W->cols, srow = r * W->scale_cols;
-    const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
+ALWAYS_INLINE void row_i8(const Mat *W, int64_t r, const int8_t *xq, const float *xs, int T, float *out, WKind kind) {
+    const int64_t cols = W->cols, srow = r * W->scale_cols, step_bytes = kind == W_Q8 ? 64 : 32;
+    const uint8_t *p = (const uint8_t *)W->w + r * (cols / 64) * step_bytes;
     const __m256i table = _mm256_setr_epi8(E2M1_TIMES2, E2M1_TIMES2);
-    const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    if (!W->scale_f32) _mm_prefetch((const char *)W->scale + srow + PREFETCH_BYTES / 16, PF_HINT);
+    const __m256i nib = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+    const __m256i q8_lanes = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1), q4_lanes = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const int64_t scale_bytes = kind == W_FP4 ? (W->scale_f32 ? 4 : 1) : 2;
+    const uint8_t *sp = (const uint8_t *)W->scale + srow * scale_bytes;
     __m256 acc[4];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < cols; c += 64) {
-        _mm_prefetch((const char *)(p + c / 2 + PREFETCH_BYTES), PF_HINT);
-        _mm_prefetch((const char *)(p + c / 2 + L1_AHEAD), _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(p + c / 2));
-        const __m256i ev = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));   /* 2 × weight, block 0 | block 1 */
-        const __m256i od = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-        const __m256i aev = _mm256_abs_epi8(ev), aod = _mm256_abs_epi8(od);
+    for (int64_t c = 0, i = 0; c < cols; c += 64, i++) {
+        const uint8_t *pb = p + i * step_bytes;
+        _mm_prefetch((const char *)(pb + PREFETCH_BYTES), PF_HINT);
+        _mm_prefetch((const char *)(pb + L1_AHEAD), _MM_HINT_T0);
+        if (!(2 * i * scale_bytes & 63)) _mm_prefetch((const char *)(sp + 2 * i * scale_bytes + PREFETCH_BYTES / step_bytes * 2 * scale_bytes), PF_HINT);
+        /* the two blocks' weight scales, each spread over the lanes that hold its sums */
         __m256 ws;
-        if (W->scale_f32) {
-            ws = _mm256_setr_m128(_mm_set1_ps(mat_scale(W, srow + c / 32)), _mm_set1_ps(mat_scale(W, srow + c / 32 + 1)));
+        if (kind != W_FP4) {
+            uint32_t two;
+            memcpy(&two, sp + 2 * i * 2, 4);
+            ws = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128((int)two))),
+                                          kind == W_Q8 ? q8_lanes : q4_lanes);
+        } else if (W->scale_f32) {
+            ws = _mm256_setr_m128(_mm_set1_ps(mat_scale(W, srow + 2 * i) * E2M1_SCALE), _mm_set1_ps(mat_scale(W, srow + 2 * i + 1) * E2M1_SCALE));
         } else {   /* the two E8M0 bytes, each spread over its 4 lanes, as 2^(b-127) (b = 0 reads as 0) */
             uint16_t two;
-            memcpy(&two, (const uint8_t *)W->scale + srow + c / 32, 2);
+            memcpy(&two, sp + 2 * i, 2);
             const __m128i spread = _mm_shuffle_epi8(_mm_cvtsi32_si128(two), _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1));
-            ws = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(spread), 23));
+            ws = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu8_epi32(spread), 23)), _mm256_set1_ps(E2M1_SCALE));
         }
-        for (int t = 0; t < T; t++) {
-            const int8_t *q = xq + t * cols + c;
-            /* maddubs multiplies unsigned by signed: |w| times x carrying w's sign */
-            const __m256i pe = _mm256_maddubs_epi16(aev, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), ev));
-            const __m256i po = _mm256_maddubs_epi16(aod, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + 32)), od));
-            /* |pe + po| <= 4 × 12 × 127 fits 16 bits */
-            const __m256i s32 = _mm256_madd_epi16(_mm256_add_epi16(pe, po), ones);
-            const __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(xs + (t * cols + c) / 8));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc, acc[t]);
+        if (kind == W_Q8) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)pb), w1 = _mm256_loadu_si256((const __m256i *)(pb + 32));
+            const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = xq + t * cols + c;
+                /* pairs: |w| · x <= 2 × 128 × 127, within 16 bits */
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), w0)), ones);
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + 32)), w1)), ones);
+                const __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(xs + (t * cols + c) / 8));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(p0, p1)), sc, acc[t]);
+            }
+        } else {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)pb);
+            __m256i ev = _mm256_and_si256(v, nib), od = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+            if (kind == W_FP4) { ev = _mm256_shuffle_epi8(table, ev); od = _mm256_shuffle_epi8(table, od); }   /* 2 × weight */
+            else { ev = _mm256_sub_epi8(ev, eight); od = _mm256_sub_epi8(od, eight); }
+            const __m256i aev = _mm256_abs_epi8(ev), aod = _mm256_abs_epi8(od);
+            for (int t = 0; t < T; t++) {
+                const int8_t *q = xq + t * cols + c;
+                const __m256i pe = _mm256_maddubs_epi16(aev, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q), ev));
+                const __m256i po = _mm256_maddubs_epi16(aod, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + 32)), od));
+                /* |pe + po| <= 4 × 12 × 127 fits 16 bits */
+                const __m256i s32 = _mm256_madd_epi16(_mm256_add_epi16(pe, po), ones);
+                const __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(xs + (t * cols + c) / 8));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), sc, acc[t]);
+            }
         }
     }
     for (int t = 0; t < T; t++) out[t] = hsum8(acc[t]);
 }
 
-ALWAYS_INLINE void rows_q8_T(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int T, float *y, int64_t ldy) {
+ALWAYS_INLINE void rows_i8_T(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int T, float *y, int64_t ldy) {
     float out[4];
     for (int64_t i = 0; i < nr; i++) {
-        row_e2m1_q8(W, r0 + i, xq, xs, T, out);
+        if (W->kind == W_FP4) row_i8(W, r0 + i, xq, xs, T, out, W_FP4);
+        else if (W->kind == W_Q4) row_i8(W, r0 + i, xq, xs, T, out, W_Q4);
+        else row_i8(W, r0 + i, xq, xs, T, out, W_Q8);
         for (int t = 0; t < T; t++) y[t * ldy + i] = out[t];
     }
 }
 
-void matvec_avx2_fp4_q8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
-                             int64_t ldy) {
+void matvec_avx2_i8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
+                         int64_t ldy) {
     switch (T) {
-    case 1: rows_q8_T(W, r0, nr, xq, xs, 1, y, ldy); break;
-    case 2: rows_q8_T(W, r0, nr, xq, xs, 2, y, ldy); break;
-    case 3: rows_q8_T(W, r0, nr, xq, xs, 3, y, ldy); break;
-    default: rows_q8_T(W, r0, nr, xq, xs, 4, y, ldy); break;
+    case 1: rows_i8_T(W, r0, nr, xq, xs, 1, y, ldy); break;
+    case 2: rows_i8_T(W, r0, nr, xq, xs, 2, y, ldy); break;
+    case 3: rows_i8_T(W, r0, nr, xq, xs, 3, y, ldy); break;
+    default: rows_i8_T(W, r0, nr, xq, xs, 4, y, ldy); break;
     }
 }
 
@@ -375,15 +450,25 @@ int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst) {
             widen_e4m3(p + c, w);
             for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + c + 8 * k, _mm256_mul_ps(w[k], s));
         }
-    } else {
+    } else if (W->kind == W_Q8) {
+        const uint8_t *p = (const uint8_t *)W->w + r * cols;
+        __m256 w[4];
+        for (int64_t c = 0; c < cols; c += 32) {
+            const __m256 s = _mm256_set1_ps(q_scale(W, r * W->scale_cols + c / 32));
+            widen_q8(p + c, w);
+            for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + c + 8 * k, _mm256_mul_ps(w[k], s));
+        }
+    } else {   /* FP4, Q4: a nibble split gives evens and odds, interleaved back into order */
         const uint8_t *p = (const uint8_t *)W->w + r * (cols / 2);
         const int64_t srow = r * W->scale_cols;
-        const __m128i table = _mm_setr_epi8(E2M1_TIMES2), nib = _mm_set1_epi8(0x0f);
+        const __m128i table = _mm_setr_epi8(E2M1_TIMES2), nib = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+        const int q4 = W->kind == W_Q4;
         for (int64_t c = 0; c < cols; c += 32) {
-            const __m256 s = _mm256_set1_ps(mat_scale(W, srow + c / 32) * E2M1_SCALE);
+            const __m256 s = _mm256_set1_ps(q4 ? q_scale(W, srow + c / 32) : mat_scale(W, srow + c / 32) * E2M1_SCALE);
             const __m128i v = _mm_loadu_si128((const __m128i *)(p + c / 2));
-            const __m128i ev = _mm_shuffle_epi8(table, _mm_and_si128(v, nib));
-            const __m128i od = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), nib));
+            const __m128i n0 = _mm_and_si128(v, nib), n1 = _mm_and_si128(_mm_srli_epi16(v, 4), nib);
+            const __m128i ev = q4 ? _mm_sub_epi8(n0, eight) : _mm_shuffle_epi8(table, n0);
+            const __m128i od = q4 ? _mm_sub_epi8(n1, eight) : _mm_shuffle_epi8(table, n1);
             const __m128i lo = _mm_unpacklo_epi8(ev, od), hi = _mm_unpackhi_epi8(ev, od);   /* back in order */
             const __m128i q[4] = {lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)};
             for (int k = 0; k < 4; k++)
@@ -416,11 +501,4 @@ void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int
     (void)W; (void)r0; (void)nr; (void)xp; (void)T; (void)y; (void)ldy;
 }
 int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst) { (void)W; (void)r; (void)dst; return 0; }
-void matvec_avx2_q8_prepare(const float *x, int64_t ldx, int64_t T, int64_t cols, int8_t *xq, float *xs) {
-    (void)x; (void)ldx; (void)T; (void)cols; (void)xq; (void)xs;
-}
-void matvec_avx2_fp4_q8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
-                             int64_t ldy) {
-    (void)W; (void)r0; (void)nr; (void)xq; (void)xs; (void)T; (void)y; (void)ldy;
-}
 #endif

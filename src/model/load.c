@@ -66,8 +66,9 @@ static const StTensor *need(const dsv4_model *m, const char *name) {
     return t;
 }
 
-/* A [rows, cols] linear weight: F32/BF16/F16 as is, F8_E4M3 with a 128x128-block scale,
- * or FP4 (I8, two per byte) with a 1x32-block scale. */
+/* A [rows, cols] linear weight: F32/BF16/F16 as is, F8_E4M3 with a 128x128-block scale, FP4
+ * (I8 [rows, cols/2], two per byte) with a 1x32-block E8M0 scale, or the CPU formats of
+ * `dsv4 quantize`: Q8 (I8 [rows, cols]) and Q4 (U8 [rows, cols/2]) with 1x32-block F16 scales. */
 static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int64_t cols) {
     const StTensor *t = need(m, name);
     char sh[128];
@@ -77,24 +78,31 @@ static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int
     out->rows = rows;
     out->cols = cols;
     out->w = t->data;
-    int64_t want_cols = t->dtype == DT_I8 ? cols / 2 : cols;
-    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != want_cols || (t->dtype == DT_I8 && cols % 32)) {
+    /* I8 is FP4 when it holds half the columns, Q8 when it holds all of them */
+    const int i8_q8 = t->dtype == DT_I8 && t->ndim == 2 && t->shape[1] == cols && cols % 32 == 0;
+    const int packed = (t->dtype == DT_I8 && !i8_q8) || t->dtype == DT_U8;
+    int64_t want_cols = packed ? cols / 2 : cols;
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != want_cols || ((packed || i8_q8) && cols % 32)) {
         shape_str(t, sh, sizeof sh);
         return dsv4_fail("%s: tensor '%s' has shape %s %s; the config implies [%lld, %lld]%s", file_of(m, t), name, sh,
                          dtype_name(t->dtype), (long long)rows, (long long)want_cols,
-                         t->dtype == DT_I8 ? " (FP4: two values per byte, in-dim a multiple of 32)" : "");
+                         t->dtype == DT_I8 ? " (FP4: two values per byte, or Q8: one; in-dim a multiple of 32)"
+                         : t->dtype == DT_U8 ? " (Q4: two values per byte, in-dim a multiple of 32)" : "");
     }
     switch (t->dtype) {
     case DT_F32: out->kind = W_F32; register_param(m, t->name, out, NULL, rows * cols); return 0;
     case DT_BF16: out->kind = W_BF16; register_param(m, t->name, out, NULL, rows * cols); return 0;
     case DT_F16: out->kind = W_F16; register_param(m, t->name, out, NULL, rows * cols); return 0;
-    case DT_F8_E4M3: case DT_I8: break;
+    case DT_F8_E4M3: case DT_I8: case DT_U8: break;
     default:
-        return dsv4_fail("%s: tensor '%s' has dtype %s; a weight matrix must be F32, BF16, F16, F8_E4M3 or FP4 (I8)",
-                         file_of(m, t), name, dtype_name(t->dtype));
+        return dsv4_fail("%s: tensor '%s' has dtype %s; a weight matrix must be F32, BF16, F16, F8_E4M3, FP4 (I8), "
+                         "Q8 (I8) or Q4 (U8)", file_of(m, t), name, dtype_name(t->dtype));
     }
-    m->has_quantized = 1;
-    out->kind = t->dtype == DT_I8 ? W_FP4 : W_FP8;
+    out->kind = t->dtype == DT_U8 ? W_Q4 : i8_q8 ? W_Q8 : t->dtype == DT_I8 ? W_FP4 : W_FP8;
+    const int cpu_fmt = out->kind == W_Q8 || out->kind == W_Q4;
+    /* the official formats turn the official activation rounding on by default; the CPU formats
+     * are a storage choice of this engine and leave the arithmetic as it was */
+    if (!cpu_fmt) m->has_quantized = 1;
     char sname[512];
     size_t l = strlen(name);
     const StTensor *s = NULL;
@@ -107,11 +115,13 @@ static int bind_mat(dsv4_model *m, Mat *out, const char *name, int64_t rows, int
                              dtype_name(t->dtype), (int)(l > 7 ? l - 7 : l), name);
     const int64_t sr = out->kind == W_FP8 ? (rows + 127) / 128 : rows;
     const int64_t sc = out->kind == W_FP8 ? (cols + 127) / 128 : cols / 32;
-    if (s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc || (s->dtype != DT_F8_E8M0 && s->dtype != DT_F32)) {
+    const int dtype_ok = cpu_fmt ? s->dtype == DT_F16 : (s->dtype == DT_F8_E8M0 || s->dtype == DT_F32);
+    if (s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc || !dtype_ok) {
+        static const char *const what[] = {[W_FP8] = "FP8 128x128", [W_FP4] = "FP4 1x32", [W_Q8] = "Q8 1x32", [W_Q4] = "Q4 1x32"};
         shape_str(s, sh, sizeof sh);
-        return dsv4_fail("%s: scale tensor '%s' is %s %s; expected F8_E8M0 (or F32) [%lld, %lld] for %s blocks",
-                         file_of(m, s), s->name, sh, dtype_name(s->dtype), (long long)sr, (long long)sc,
-                         out->kind == W_FP8 ? "128x128" : "1x32");
+        return dsv4_fail("%s: scale tensor '%s' is %s %s; expected %s [%lld, %lld] for %s blocks", file_of(m, s), s->name, sh,
+                         dtype_name(s->dtype), cpu_fmt ? "F16" : "F8_E8M0 (or F32)", (long long)sr, (long long)sc,
+                         what[out->kind]);
     }
     out->scale = s->data;
     out->scale_f32 = s->dtype == DT_F32;
