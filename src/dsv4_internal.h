@@ -178,6 +178,10 @@ double model_decode_bytes(const dsv4_model *m);   /* weight bytes one decode ste
 /* y[t, 0..nr) (row stride ldy) = x[t, 0..cols) (row stride ldx) · W[r0 .. r0+nr)ᵀ, t < T. */
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W,
             int64_t r0, int64_t nr);
+/* Several products y_i [T, W_i->rows] (row stride ldy_i) = x_i · W_iᵀ in one parallel region
+ * for decode batches; each output bit-identical to linear() of the job alone. */
+typedef struct LinearJob { const Mat *W; float *y; int64_t ldy; const float *x; int64_t ldx; } LinearJob;
+void linear_batch(const LinearJob *jobs, int n, int64_t T);
 /* Decodes rows r0..r0+nr of W to f32 (dst row stride = W->cols). */
 void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst);
 void rmsnorm(float *out, const float *x, const float *w, int64_t n, double eps);
@@ -194,6 +198,13 @@ float dot_f32_avx2(const float *a, const float *b, int64_t n);
 void axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 int matvec_avx2_usable(const Mat *W);
 void softmax_sink_avx2(float *row, int64_t n, float sink);
+/* Decode attention, one query, keys[0..n) (D % 8 == 0): partial softmax state per head —
+ * max m[H], sum l[H], unnormalised output acc[H, D] (flash-decoding; see attention.c). */
+void attend_partial_avx2(const float *q, int H, int D, const float *const *keys, int64_t n, float scale, float *m, float *l,
+                         float *acc);
+/* Indexer scores Σ_h wt[h] ReLU(q_h · key_w) of one query against n contiguous keys [n, I]
+ * (I % 8 == 0); a score is the same whatever range it is computed in. */
+void indexer_scores_avx2(const float *q, const float *wt, int heads, int dim, const float *keys, int64_t n, float *out);
 /* row <- softmax of row[0..n) beside a sink logit (probability without a value); -inf gives 0 */
 void softmax_sink(float *row, int64_t n, float sink);
 void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 is present */
@@ -453,6 +464,13 @@ void compressor_pool_backward(const CompressorW *cw, const float *sa, const floa
 /* indexer.c */
 void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
                      const float *cq, int64_t T, int64_t t0, float *q_idx, float *w_idx, AttnSave *save);
+/* The k best of n contiguous indexer keys for one query, threads splitting the entries when
+ * there are many; the same picks at any thread count (needs the AVX2 kernels, I % 8 == 0). */
+void indexer_pick(const float *q, const float *wt, int heads, int dim, const float *keys, int64_t n, int64_t k,
+                  int64_t *selected, float *scratch);
+/* Decode attention of one query (all H heads) over nk keys: split across threads by key ranges
+ * (flash-decoding) or head groups; needs the AVX2 kernels and D % 8 == 0 (attention.c). */
+void attend_decode(const float *q, int H, int D, const float *const *keys, int64_t nk, const float *sinks, float *o);
 int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
                      const float *q_idx_t, const float *w_idx_t, int64_t n_visible,
                      int64_t *selected, float *scratch);
@@ -472,6 +490,7 @@ double moe_balance_loss(const Config *c, const float *z, const int64_t *idx, int
 /* linear with the optional FP8 activation rounding in front of FP8/FP4 weights */
 void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
                   int64_t T, const Mat *W, int64_t r0, int64_t nr);
+void model_linear_batch(const dsv4_model *m, const LinearJob *jobs, int n, int64_t T);
 
 /* training (model/train.c): the mean next-token cross-entropy of the main head over `tokens`
  * and its gradient for every parameter that receives one, by checkpoint tensor name. */

@@ -2,6 +2,7 @@
  * independent reference: known bit patterns, double-precision formulas, algebraic identities.
  * Prints one line per failed check and ends with "N passed, M failed". */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +284,104 @@ static void test_quant_blocks(void) {
     v[5] = NAN;
     CHECK(quant_q8(v, rows, cols, q8, d) < 0 && quant_q4(v, rows, cols, q4, d) < 0, "a NaN weight is refused");
     free(v); free(q8); free(q4); free(d);
+}
+
+/* Several products in one parallel region: each output bit-identical to linear() of its job
+ * alone, over mixed formats and 1..4 tokens, at 1..3 threads. */
+static void test_linear_batch(void) {
+    g_test = "linear_batch";
+    const WKind kinds[] = {W_BF16, W_FP8, W_Q4, W_FP4, W_Q8, W_F32};
+    const int64_t rows[] = {70, 130, 96, 33, 200, 5}, cols = 256;
+    Mat W[6];
+    for (int i = 0; i < 6; i++) make_mat(&W[i], kinds[i], rows[i], cols);
+    float *x = xmalloc(sizeof(float) * 4 * 6 * cols);
+    for (int64_t i = 0; i < 4 * 6 * cols; i++) x[i] = (float)nrand();
+    const int saved = omp_get_max_threads();
+    int same = 1;
+    for (int th = 1; th <= 3; th++) {
+        omp_set_num_threads(th);
+        for (int T = 1; T <= 4; T++) {
+            LinearJob jobs[6];
+            float *y[6], *ref[6];
+            for (int i = 0; i < 6; i++) {
+                y[i] = xmalloc(sizeof(float) * T * (rows[i] + 3));
+                ref[i] = xmalloc(sizeof(float) * T * (rows[i] + 3));
+                jobs[i] = (LinearJob){&W[i], y[i], rows[i] + 3, x + i * cols, 6 * cols};   /* strided in and out */
+                linear(ref[i], rows[i] + 3, x + i * cols, 6 * cols, T, &W[i], 0, rows[i]);
+            }
+            linear_batch(jobs, 6, T);
+            for (int i = 0; i < 6; i++) {
+                for (int t = 0; t < T; t++) same &= !memcmp(y[i] + t * (rows[i] + 3), ref[i] + t * (rows[i] + 3), sizeof(float) * rows[i]);
+                free(y[i]); free(ref[i]);
+            }
+        }
+    }
+    omp_set_num_threads(saved);
+    CHECK(same, "6 mixed-format jobs, T = 1..4, 1..3 threads: every output bit-identical to linear()");
+    for (int i = 0; i < 6; i++) { free((void *)W[i].w); free((void *)W[i].scale); }
+    free(x);
+}
+
+/* Decode attention split across threads (flash-decoding) against the one-pass attend_heads,
+ * keys from a few to many (one range, several ranges, head groups); the same result at any
+ * call (it depends only on the key and thread counts). The indexer's split selection picks
+ * exactly what one selection over all scores picks, ties included, at 1..3 threads. */
+static void test_decode_split(void) {
+    g_test = "decode split";
+    if (!cpu_has_avx2()) { CHECK(1, "no AVX2: the portable paths are tested elsewhere"); return; }
+    const int H = 4, D = 64;
+    const int64_t nks[] = {7, 384, 1500, 5000};
+    const int saved = omp_get_max_threads();
+    float *q = xmalloc(sizeof(float) * H * D), sinks[4] = {0.3f, -1.0f, 2.0f, 0.0f};
+    for (int i = 0; i < H * D; i++) q[i] = (float)nrand() * 2;
+    for (int th = 1; th <= 3; th++) {
+        omp_set_num_threads(th);
+        for (int ni = 0; ni < 4; ni++) {
+            const int64_t nk = nks[ni];
+            float *kv = xmalloc(sizeof(float) * nk * D), *scores = xmalloc(sizeof(float) * H * nk);
+            const float **keys = xmalloc(sizeof(float *) * nk);
+            for (int64_t i = 0; i < nk * D; i++) kv[i] = (float)nrand();
+            for (int64_t s = 0; s < nk; s++) keys[s] = kv + ((s * 7919) % nk) * D;   /* any order, as picks are */
+            float o[4 * 64], o2[4 * 64], ref[4 * 64];
+            attend_heads(q, H, keys, nk, D, sinks, scores, ref);
+            attend_decode(q, H, D, keys, nk, sinks, o);
+            attend_decode(q, H, D, keys, nk, sinks, o2);
+            double err = 0, mx = 0;
+            for (int i = 0; i < H * D; i++) { err = fmax(err, fabs((double)o[i] - ref[i])); mx = fmax(mx, fabs((double)ref[i])); }
+            CHECK(err <= 2e-6 * (mx + 1), "%d thread(s), %lld keys: max difference %g from attend_heads (max |o| %g)", th, (long long)nk, err, mx);
+            CHECK(!memcmp(o, o2, sizeof o), "%d thread(s), %lld keys: the same bits twice", th, (long long)nk);
+            free(kv); free(scores); free(keys);
+        }
+    }
+    /* indexer: 2 heads x 32, many duplicate keys (ties) */
+    const int HI = 2, ID = 32;
+    const int64_t n = 20000, k = 256;
+    float *ik = xmalloc(sizeof(float) * n * ID), *iq = xmalloc(sizeof(float) * HI * ID), wt[2] = {0.7f, 0.4f};
+    for (int64_t w = 0; w < n; w++)
+        for (int c = 0; c < ID; c++) ik[w * ID + c] = w > 0 && w % 3 == 0 ? ik[(w / 3) * ID + c] : (float)nrand();   /* copies: tied scores */
+    for (int i = 0; i < HI * ID; i++) iq[i] = (float)nrand();
+    float *sc = xmalloc(sizeof(float) * 2 * n);
+    int64_t *want = xmalloc(sizeof(int64_t) * k), *got = xmalloc(sizeof(int64_t) * k);
+    indexer_scores_avx2(iq, wt, HI, ID, ik, n, sc);
+    double serr = 0;
+    for (int64_t w = 0; w < n; w += 97) {
+        double s = 0;
+        for (int h = 0; h < HI; h++) {
+            double d = 0;
+            for (int c = 0; c < ID; c++) d += (double)iq[h * ID + c] * ik[w * ID + c];
+            s += wt[h] * (d > 0 ? d : 0);
+        }
+        serr = fmax(serr, fabs(s - sc[w]));
+    }
+    CHECK(serr < 1e-4, "indexer scores against double: max difference %g", serr);
+    topk_select(sc, n, k, want, sc + n);
+    for (int th = 1; th <= 3; th++) {
+        omp_set_num_threads(th);
+        indexer_pick(iq, wt, HI, ID, ik, n, k, got, sc);
+        CHECK(!memcmp(got, want, sizeof(int64_t) * k), "indexer picks at %d thread(s) == one selection over all scores", th);
+    }
+    omp_set_num_threads(saved);
+    free(q); free(ik); free(iq); free(sc); free(want); free(got);
 }
 
 static void test_ops(void) {
@@ -1217,6 +1316,8 @@ int main(void) {
     test_linear();
     test_linear_fast();
     test_quant_blocks();
+    test_linear_batch();
+    test_decode_split();
     test_ops();
     test_safetensors();
     test_config();

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <errno.h>
+#include <malloc.h>
 
 #include "cli.h"
 
@@ -124,6 +125,11 @@ static int dispatch(const char *c, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    /* A decode step allocates and frees the same scratch buffers every token. glibc would
+     * hand freed memory above 128 KB back to the kernel (and the worker threads' arenas too),
+     * so each step would fault it in again as fresh zeroed pages; kept, it is simply reused. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     if (argc < 2) { usage(stderr); return 2; }
     const char *c = argv[1];
     if (!strcmp(c, "-h") || !strcmp(c, "--help")) { usage(stdout); return 0; }

@@ -182,6 +182,47 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
     free(buf);
 }
 
+/* Several products in one parallel region (decode): the rows of all the jobs, laid end to end
+ * by their bytes, split into one contiguous run per thread, so a step that needs a few small
+ * matrices (w1 and w3 of an expert, a compressor's two projections) wakes the threads once and
+ * splits the work evenly. Each row goes through the same kernel as in linear(), so every
+ * output is bit-identical to linear() job by job; other cases are linear() job by job. */
+void linear_batch(const LinearJob *jobs, int n, int64_t T) {
+    int vector = T >= 1 && T <= LINEAR_SMALL_T && linear_simd_enabled();
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        vector &= matvec_avx2_usable(jobs[i].W);
+        total += mat_bytes(jobs[i].W);
+    }
+    if (!vector || n < 2) {
+        for (int i = 0; i < n; i++) linear(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, T, jobs[i].W, 0, jobs[i].W->rows);
+        return;
+    }
+    float **xp = xmalloc(sizeof(float *) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
+        matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, xp[i]);
+    }
+#pragma omp parallel if (total >= (uint64_t)LINEAR_PARALLEL_BYTES)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const uint64_t lo = total * (uint64_t)id / (uint64_t)nt, hi = total * (uint64_t)(id + 1) / (uint64_t)nt;
+        uint64_t off = 0;
+        for (int i = 0; i < n; i++) {
+            const Mat *W = jobs[i].W;
+            const uint64_t b = mat_bytes(W), start = off;
+            off += b;
+            if (hi <= start || lo >= start + b) continue;   /* this thread's bytes miss the job */
+            const uint64_t s0 = lo > start ? lo - start : 0, s1 = hi < start + b ? hi - start : b;
+            /* row r belongs to the thread whose byte range holds the row's first byte */
+            const int64_t r0 = (int64_t)((s0 * (uint64_t)W->rows + b - 1) / b), r1 = (int64_t)((s1 * (uint64_t)W->rows + b - 1) / b);
+            if (r1 > r0) matvec_avx2_rows(W, r0, r1 - r0, xp[i], T, jobs[i].y + r0, jobs[i].ldy);
+        }
+    }
+    for (int i = 0; i < n; i++) free(xp[i]);
+    free(xp);
+}
+
 void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     if (T < 1 || T > LINEAR_SMALL_T || !linear_simd_enabled() || !matvec_avx2_i8_usable(W)) {
         linear(y, ldy, x, ldx, T, W, r0, nr);

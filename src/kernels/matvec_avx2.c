@@ -202,6 +202,121 @@ void softmax_sink_avx2(float *row, int64_t n, float sink) {
     for (; i < n; i++) row[i] *= (float)(1.0 / sum);
 }
 
+/* ---- long-context decode: attention and indexer scoring ------------------------------------ */
+
+/* Partial attention of one query (heads 0..H) over keys[0..n) (each key also the value),
+ * online softmax in blocks of 32 keys so every key is read from memory once:
+ *   m[h] = max score, l[h] = Σ e^{score - m}, acc[h] = Σ e^{score - m} key.
+ * D % 8 == 0. Scores are q_h · key × scale. */
+#define ATT_BLK 32
+void attend_partial_avx2(const float *q, int H, int D, const float *const *keys, int64_t n, float scale, float *m, float *l,
+                         float *acc) {
+    float sc[ATT_BLK];
+    for (int h = 0; h < H; h++) { m[h] = -INFINITY; l[h] = 0; }
+    memset(acc, 0, sizeof(float) * (size_t)H * (size_t)D);
+    float *scb = xmalloc(sizeof(float) * (size_t)H * ATT_BLK);
+    for (int64_t b0 = 0; b0 < n; b0 += ATT_BLK) {
+        const int nb = n - b0 < ATT_BLK ? (int)(n - b0) : ATT_BLK;
+        for (int j = 0; j < nb && b0 + ATT_BLK + j < n; j++)   /* the next block's keys on their way */
+            for (int d = 0; d < D; d += 16) _mm_prefetch((const char *)(keys[b0 + ATT_BLK + j] + d), _MM_HINT_T0);
+        for (int j = 0; j < nb; j++) {
+            const float *k = keys[b0 + j];
+            for (int h = 0; h < H; h++) {
+                const float *qh = q + (int64_t)h * D;
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                int d = 0;
+                for (; d + 16 <= D; d += 16) {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(k + d), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d + 8), _mm256_loadu_ps(k + d + 8), a1);
+                }
+                if (d < D) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(k + d), a0);
+                scb[h * ATT_BLK + j] = hsum8(_mm256_add_ps(a0, a1)) * scale;
+            }
+        }
+        for (int h = 0; h < H; h++) {
+            float *s = scb + h * ATT_BLK, bm = -INFINITY;
+            for (int j = 0; j < nb; j++) bm = fmaxf(bm, s[j]);
+            float *ah = acc + (int64_t)h * D;
+            if (bm > m[h]) {   /* a new maximum: what was summed so far shrinks by e^{old - new} */
+                const float f = m[h] == -INFINITY ? 0.0f : expf(m[h] - bm);
+                l[h] *= f;
+                const __m256 fv = _mm256_set1_ps(f);
+                for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ah + d, _mm256_mul_ps(_mm256_loadu_ps(ah + d), fv));
+                m[h] = bm;
+            }
+            const __m256 mv = _mm256_set1_ps(m[h]);
+            int j = 0;
+            __m256 lsum = _mm256_setzero_ps();
+            for (; j + 8 <= nb; j += 8) {
+                const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+                _mm256_storeu_ps(sc + j, e);
+                lsum = _mm256_add_ps(lsum, e);
+            }
+            float lt = hsum8(lsum);
+            for (; j < nb; j++) { sc[j] = expf(s[j] - m[h]); lt += sc[j]; }
+            l[h] += lt;
+            /* values: 32 columns of the head's output in registers, the block's keys from L1 */
+            for (int d = 0; d < D; d += 32) {
+                const int w = D - d < 32 ? (D - d) / 8 : 4;
+                __m256 o[4];
+                for (int k = 0; k < w; k++) o[k] = _mm256_loadu_ps(ah + d + 8 * k);
+                for (int jj = 0; jj < nb; jj++) {
+                    const __m256 p = _mm256_set1_ps(sc[jj]);
+                    const float *kj = keys[b0 + jj] + d;
+                    for (int k = 0; k < w; k++) o[k] = _mm256_fmadd_ps(p, _mm256_loadu_ps(kj + 8 * k), o[k]);
+                }
+                for (int k = 0; k < w; k++) _mm256_storeu_ps(ah + d + 8 * k, o[k]);
+            }
+        }
+    }
+    free(scb);
+}
+
+/* Indexer scores of one query against n contiguous keys [n, I] (I % 8 == 0):
+ *   out[w] = Σ_h wt[h] · ReLU(q_h · key_w),
+ * eight keys at a time, their eight dot products per head reduced into one vector. The same
+ * arithmetic for every entry wherever a range starts (the caller splits ranges at multiples
+ * of 8), so a score does not depend on the thread count. */
+static inline __m256 hsum8x8(__m256 a[8]) {   /* lane e = the sum of a[e] */
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+void indexer_scores_avx2(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, float *out) {
+    int64_t w = 0;
+    for (; w + 8 <= n; w += 8) {
+        const float *k = keys + w * I;
+        _mm_prefetch((const char *)(k + 8 * I * 4), _MM_HINT_T0);
+        __m256 s = _mm256_setzero_ps();
+        for (int h = 0; h < HI; h++) {
+            const float *qh = q + (int64_t)h * I;
+            __m256 a[8];
+            for (int e = 0; e < 8; e++) a[e] = _mm256_setzero_ps();
+            for (int c = 0; c < I; c += 8) {
+                const __m256 qv = _mm256_loadu_ps(qh + c);
+                for (int e = 0; e < 8; e++) a[e] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (int64_t)e * I + c), a[e]);
+            }
+            s = _mm256_fmadd_ps(_mm256_set1_ps(wt[h]), _mm256_max_ps(hsum8x8(a), _mm256_setzero_ps()), s);
+        }
+        _mm256_storeu_ps(out + w, s);
+    }
+    for (; w < n; w++) {   /* the tail: the same sums, one key at a time */
+        const float *k = keys + w * I;
+        float s = 0;
+        for (int h = 0; h < HI; h++) {
+            __m256 a[8];
+            for (int e = 0; e < 8; e++) a[e] = _mm256_setzero_ps();
+            for (int c = 0; c < I; c += 8) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (int64_t)h * I + c), _mm256_loadu_ps(k + c), a[0]);
+            float r[8];
+            _mm256_storeu_ps(r, hsum8x8(a));
+            s = fmaf(wt[h], fmaxf(r[0], 0.0f), s);
+        }
+        out[w] = s;
+    }
+}
+
 int matvec_avx2_usable(const Mat *W) {
     if (!cpu_has_avx2() || W->cols % 32) return 0;
     return W->kind == W_F32 || W->kind == W_BF16 || W->kind == W_FP8 || W->kind == W_FP4 || W->kind == W_Q8 ||
@@ -501,4 +616,19 @@ void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int
     (void)W; (void)r0; (void)nr; (void)xp; (void)T; (void)y; (void)ldy;
 }
 int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst) { (void)W; (void)r; (void)dst; return 0; }
+void attend_partial_avx2(const float *q, int H, int D, const float *const *keys, int64_t n, float scale, float *m, float *l,
+                         float *acc) {
+    (void)q; (void)H; (void)D; (void)keys; (void)n; (void)scale; (void)m; (void)l; (void)acc;
+}
+void indexer_scores_avx2(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, float *out) {
+    (void)q; (void)wt; (void)HI; (void)I; (void)keys; (void)n; (void)out;
+}
+int matvec_avx2_i8_usable(const Mat *W) { (void)W; return 0; }
+void matvec_avx2_i8_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, int8_t *xq, float *xs) {
+    (void)W; (void)x; (void)ldx; (void)T; (void)xq; (void)xs;
+}
+void matvec_avx2_i8_rows(const Mat *W, int64_t r0, int64_t nr, const int8_t *xq, const float *xs, int64_t T, float *y,
+                             int64_t ldy) {
+    (void)W; (void)r0; (void)nr; (void)xq; (void)xs; (void)T; (void)y; (void)ldy;
+}
 #endif

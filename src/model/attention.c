@@ -106,6 +106,46 @@ static int64_t query_keys(const float *kv, const float *ring, const float *comp,
     return nk;
 }
 
+/* Decode attention of one query (all heads, no training): its keys split in contiguous ranges
+ * (flash-decoding), each key read once for every head of a group; the ranges' partial softmax
+ * states (max m, sum l, unnormalised output) merge in range order with the sink:
+ *   M = max(sink, max_r m_r), o = Σ_r e^{m_r−M} acc_r / (e^{sink−M} + Σ_r e^{m_r−M} l_r).
+ * With few keys the heads are split into groups instead (each head's arithmetic is the same in
+ * any group). The ranges depend only on the key count and the thread count, so a query gets the
+ * same result alone or beside others (speculative verification compares them bit for bit). */
+#define DECODE_KEYS_PER_RANGE 512
+void attend_decode(const float *q, int H, int D, const float *const *keys, int64_t nk, const float *sinks, float *o) {
+    const int64_t nthr = omp_get_max_threads(), by_keys = nk / DECODE_KEYS_PER_RANGE;
+    const int64_t nr = by_keys < 1 ? 1 : by_keys < nthr ? by_keys : nthr;   /* key ranges */
+    const int64_t ng = (nthr + nr - 1) / nr < H ? (nthr + nr - 1) / nr : H;   /* head groups */
+    const float scale = 1.0f / sqrtf((float)D);
+    float *m = xmalloc(sizeof(float) * (size_t)(nr * H)), *l = xmalloc(sizeof(float) * (size_t)(nr * H));
+    float *acc = xmalloc(sizeof(float) * (size_t)(nr * H * D));
+#pragma omp parallel for schedule(static) num_threads(nr * ng) if (nr * ng > 1)
+    for (int64_t u = 0; u < nr * ng; u++) {
+        const int64_t r = u / ng, g = u % ng, h0 = H * g / ng, h1 = H * (g + 1) / ng;
+        const int64_t a = nk * r / nr, b = nk * (r + 1) / nr;
+        attend_partial_avx2(q + h0 * D, (int)(h1 - h0), D, keys + a, b - a, scale, m + r * H + h0, l + r * H + h0,
+                            acc + (r * H + h0) * D);
+    }
+    for (int h = 0; h < H; h++) {
+        float M = sinks[h];
+        for (int64_t r = 0; r < nr; r++) M = fmaxf(M, m[r * H + h]);
+        double den = exp((double)sinks[h] - M);
+        float *oh = o + (int64_t)h * D;
+        memset(oh, 0, sizeof(float) * (size_t)D);
+        for (int64_t r = 0; r < nr; r++) {
+            if (m[r * H + h] == -INFINITY) continue;   /* an empty range */
+            const float f = expf(m[r * H + h] - M);
+            den += (double)f * l[r * H + h];
+            axpy_f32(oh, f, acc + (r * H + h) * D, D);
+        }
+        const float inv = (float)(1.0 / den);
+        for (int i = 0; i < D; i++) oh[i] *= inv;
+    }
+    free(m); free(l); free(acc);
+}
+
 static void attend_block_queries(const AttnBlocks *a, int64_t ta, int64_t tb, const float **keys, float *scores, float *o) {
     const int64_t qd = (int64_t)a->H * a->D;
     for (int64_t t = ta; t < tb; t++) {
@@ -205,15 +245,16 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     float *cq = xmalloc(sizeof(float) * (size_t)(T * cf->q_lora_rank));
     float *q = xmalloc(sizeof(float) * (size_t)(T * qd));
     float *kv = xmalloc(sizeof(float) * (size_t)(T * D));
-    model_linear(m, cq, cf->q_lora_rank, h, cf->dim, T, &L->wq_a, 0, cf->q_lora_rank);
+    /* c_q's and kv's projections read the same input: one pass over both in decode */
+    const LinearJob qkv[2] = {{&L->wq_a, cq, cf->q_lora_rank, h, cf->dim}, {&L->wkv, kv, D, h, cf->dim}};
+    model_linear_batch(m, qkv, 2, T);
     if (save) save->cq_raw = dup_floats(cq, T * cf->q_lora_rank);
     for (int64_t t = 0; t < T; t++) rmsnorm(cq + t * cf->q_lora_rank, cq + t * cf->q_lora_rank, L->q_norm, cf->q_lora_rank, cf->norm_eps);
     if (save) save->cq = dup_floats(cq, T * cf->q_lora_rank);
     model_linear(m, q, qd, cq, cf->q_lora_rank, T, &L->wq_b, 0, qd);
-    /* kv = RMSNorm_kv(x·wkv), one vector that is both key and value */
-    model_linear(m, kv, D, h, cf->dim, T, &L->wkv, 0, D);
+    /* kv = RMSNorm_kv(x·wkv) (projected above), one vector that is both key and value */
     if (save) { save->q_raw = dup_floats(q, T * qd); save->kv_raw = dup_floats(kv, T * D); }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; t++) {
         for (int hh = 0; hh < H; hh++) {
             float *qh = q + t * qd + (int64_t)hh * D;
@@ -283,6 +324,13 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
                                .ratio = ratio, .T = T, .t0 = t0, .sel = L->has_indexer ? sel : NULL, .n_sel = n_sel,
                                .sel_max = sel_max, .n_comp_max = n_comp_max};
         attend_blocks(&ab, o);
+    } else if (!save && cpu_has_avx2() && D % 8 == 0) {   /* decode: one query at a time, its keys split */
+        const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t nk = query_keys(kv, c->ring, c->comp, W, D, t0, t0 + t, L->has_indexer ? sel + t * sel_max : NULL, n_sel[t], keys);
+            attend_decode(q + t * qd, H, D, keys, nk, L->attn_sink, o + t * qd);
+        }
+        free(keys);
     } else {
 #pragma omp parallel
         {

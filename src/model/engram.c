@@ -175,7 +175,7 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
     linear(v, d, e, E, T, &G->value_proj, 0, d);
     float *U = xmalloc(sizeof(float) * (size_t)(T * nd));
     float *gs = save ? xmalloc(sizeof(float) * (size_t)(T * hc)) : NULL, *ga = save ? xmalloc(sizeof(float) * (size_t)(T * hc)) : NULL;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T > 1)
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < d; i++) v[t * d + i] += G->value_bias[i];
         for (int s = 0; s < hc; s++) {
@@ -202,7 +202,7 @@ void engram_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *
         for (int64_t t = 0; t < T; t++)
             for (int s = 0; s < hc; s++) rmsnorm(z + t * nd + s * d, U + t * nd + s * d, G->conv_norm + s * d, d, 1e-5);
         if (save) { save->z = dup_floats(z, T * nd); save->y = xmalloc(sizeof(float) * (size_t)(T * nd)); }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T > 1)
         for (int64_t t = 0; t < T; t++)
             for (int64_t ch = 0; ch < nd; ch++) {
                 double y = 0;

@@ -36,8 +36,46 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
     }
 }
 
+/* The k best of n contiguous keys [n, I] for one query (I % 8 == 0, the vector kernels present;
+ * k <= n), ascending entry order; scratch holds 2n floats.
+ * Not inside a parallel region and with many entries, each thread scores a contiguous range and
+ * keeps that range's top k; the union of those holds the overall top k (an entry beaten k times
+ * inside its range is beaten k times overall), and one more selection over it, in entry order,
+ * gives exactly what a single selection would — ties included. Every score is computed the same
+ * way in any range, so the picks do not depend on the thread count. */
+void indexer_pick(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, int64_t k, int64_t *selected,
+                  float *scratch) {
+    int64_t nt = omp_in_parallel() || n < 8192 ? 1 : omp_get_max_threads();
+    if (nt > 1 && 4 * nt * k > n) nt = 1;   /* the candidates and their selection fit in scratch */
+    if (nt == 1) {
+        indexer_scores_avx2(q, wt, HI, I, keys, n, scratch);
+        topk_select(scratch, n, k, selected, scratch + n);
+        return;
+    }
+    int64_t *cand = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), *n_cand = xmalloc(sizeof(int64_t) * (size_t)nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < nt; r++) {
+        const int64_t a = (n * r / nt) & ~(int64_t)7, b = r + 1 == nt ? n : (n * (r + 1) / nt) & ~(int64_t)7;
+        const int64_t kr = k < b - a ? k : b - a;
+        indexer_scores_avx2(q, wt, HI, I, keys + a * I, b - a, scratch + a);
+        topk_select(scratch + a, b - a, kr, cand + r * k, scratch + n + a);
+        for (int64_t j = 0; j < kr; j++) cand[r * k + j] += a;
+        n_cand[r] = kr;
+    }
+    int64_t n_all = 0;   /* the candidates in entry order, then one selection among them */
+    for (int64_t r = 0; r < nt; r++)
+        for (int64_t j = 0; j < n_cand[r]; j++) cand[n_all++] = cand[r * k + j];
+    float *cs = scratch + n;   /* free again: the ranges' selections are done */
+    for (int64_t j = 0; j < n_all; j++) cs[j] = scratch[cand[j]];
+    int64_t *pos = xmalloc(sizeof(int64_t) * (size_t)k);
+    topk_select(cs, n_all, k, pos, cs + n_all);
+    for (int64_t j = 0; j < k; j++) selected[j] = cand[pos[j]];
+    free(pos); free(cand); free(n_cand);
+}
+
 /* Top-k of the n_visible entries for one query; returns how many were selected (ascending
- * entry order). scratch holds 2 * n_visible floats. */
+ * entry order). scratch holds 2 * n_visible floats. Inside a parallel region (the queries of
+ * a small batch in parallel) the same scores are selected serially. */
 int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, const float *q, const float *wt,
                      int64_t n_visible, int64_t *selected, float *scratch) {
     (void)L;
@@ -45,8 +83,12 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, 
     const int HI = cf->index_n_heads, I = cf->index_head_dim;
     const int64_t k = cf->index_topk < n_visible ? cf->index_topk : n_visible;
     if (k <= 0) return 0;
-    /* Called once per query: in parallel over entries when not already inside a parallel
-     * region (decode), serially per query when prefill runs queries in parallel. */
+    if (cpu_has_avx2() && I % 8 == 0) {
+        indexer_pick(q, wt, HI, I, c->idx_keys, n_visible, k, selected, scratch);
+        return k;
+    }
+    /* portable: each entry's score in turn, in parallel over entries when not already inside a
+     * parallel region */
 #pragma omp parallel for schedule(static) if (n_visible >= 1024 && !omp_in_parallel())
     for (int64_t w = 0; w < n_visible; w++) {
         const float *key = c->idx_keys + w * I;

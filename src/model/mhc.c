@@ -29,7 +29,7 @@ void mhc_pre(const Config *c, const Mat *fn, const float *base, const float *sca
     const int64_t d = c->dim, nm = (int64_t)n * (n + 2);
     float *mixes = xmalloc(sizeof(float) * (size_t)(T * nm));
     hc_mixes(c, fn, X, T, mixes);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T > 1)   /* one token: not worth waking a thread */
     for (int64_t t = 0; t < T; t++) {
         float pre[64];
         hc_split_sinkhorn(mixes + t * nm, scale, base, n, c->hc_sinkhorn_iters, c->hc_eps, pre, post + t * n,
@@ -47,7 +47,7 @@ void mhc_pre(const Config *c, const Mat *fn, const float *base, const float *sca
 void mhc_post(const Config *c, float *X, const float *f, const float *post, const float *comb, int64_t T) {
     const int n = c->hc_mult;
     const int64_t d = c->dim;
-#pragma omp parallel
+#pragma omp parallel if (T > 1)
     {
         float *old = xmalloc(sizeof(float) * (size_t)(n * d));
 #pragma omp for schedule(static)

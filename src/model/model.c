@@ -25,6 +25,13 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
     free(xq);
 }
 
+/* model_linear for several jobs: one parallel region in exact decode (linear_batch); with the
+ * official activation rounding or int8 activations, job by job. */
+void model_linear_batch(const dsv4_model *m, const LinearJob *jobs, int n, int64_t T) {
+    if (!m->quant && !m->int8_activations) { linear_batch(jobs, n, T); return; }
+    for (int i = 0; i < n; i++) model_linear(m, jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, T, jobs[i].W, 0, jobs[i].W->rows);
+}
+
 int block_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, float *X, const int32_t *tokens, int64_t T,
                   int64_t t0) {
     const Config *cf = &m->cfg;
