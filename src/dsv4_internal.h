@@ -381,6 +381,7 @@ typedef struct LayerCache {
     int64_t eng_recent[DSV4_MAX_NGRAM];   /* Engram: compressed ids 1, 2, .. steps before the chunk */
     float *eng_conv;               /* Engram short conv: normed inputs of the last (kernel-1)*N positions */
     LayerUndo *undo;               /* non-NULL: record the last token's changes (see LayerUndo) */
+    double indexer_prefill_s;      /* seconds spent selecting the indexer's picks in prefill (bench) */
 } LayerCache;
 
 struct dsv4_session {

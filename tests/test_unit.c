@@ -486,6 +486,11 @@ static void test_ops(void) {
     ok = 1;
     for (int i = 0; i < 100; i++) ok &= sel[i] == i;
     CHECK(ok, "all equal: the k lowest indices");
+    for (int i = 0; i < NB; i++) big[i] = (float)i;   /* rising: every entry beats the bar */
+    topk_indices(big, NB, 100, sel);
+    ok = 1;
+    for (int i = 0; i < 100; i++) ok &= sel[i] == NB - 100 + i;
+    CHECK(ok, "rising scores (the one-pass selection cut many times): the last k, %lld..%lld", (long long)sel[0], (long long)sel[99]);
     free(big);
 
     g_test = "softmax_sink";   /* the vectorised exp of prefill attention against double */

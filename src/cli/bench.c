@@ -167,8 +167,10 @@ static void prefill_progress_cb(void *user, int64_t done, int64_t total) {
     if (total > 4096) progress("prefill", done, total, *(const double *)user);
 }
 
-/* Prefill n_pre tokens, then decode n_dec one at a time, keeping each decode step's logits. */
-static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n_dec, float *logits, double *t_pre, double *t_dec) {
+/* Prefill n_pre tokens, then decode n_dec one at a time, keeping each decode step's logits;
+ * t_idx (optional): the prefill's seconds in the indexer's selection, all layers. */
+static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n_dec, float *logits, double *t_pre, double *t_dec,
+                     double *t_idx) {
     const int64_t V = m->cfg.vocab_size;
     dsv4_session *s = dsv4_session_new(m, n_pre + n_dec + 1);
     if (!s) return -1;
@@ -178,6 +180,8 @@ static int bench_run(dsv4_model *m, const int32_t *ids, int64_t n_pre, int64_t n
     int rc = dsv4_forward(s, ids, n_pre, logits, NULL);
     dsv4_session_set_progress(s, NULL, NULL);
     *t_pre = now_sec() - t0;
+    if (t_idx)
+        for (int l = 0; l < m->cfg.n_layers; l++) *t_idx += s->cache[l].indexer_prefill_s;
     fprintf(stderr, "bench: decode %lld tokens\n", (long long)n_dec);
     t0 = now_sec();
     for (int64_t i = 0; rc == 0 && i < n_dec; i++) {
@@ -217,13 +221,14 @@ static int bench_long(const char *cfgp, const char *mdir, int64_t L, int64_t n_d
     for (int64_t i = 0; i < L + n_dec; i++) { st ^= st << 13; st ^= st >> 7; st ^= st << 17; ids[i] = (int32_t)(st % (uint64_t)V); }
     float *logits = xmalloc(sizeof(float) * (size_t)(n_dec * V));
     double t_pre = 0, t_dec = 0;
-    const int rc = bench_run(m, ids, L, n_dec, logits, &t_pre, &t_dec);
+    double t_idx = 0;
+    const int rc = bench_run(m, ids, L, n_dec, logits, &t_pre, &t_dec, &t_idx);
     free(ids);
     free(logits);
     if (rc) { dsv4_model_close(m); return cli_error("bench", "%s", dsv4_last_error()); }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);   /* before the bandwidth test's 1 GiB buffer */
-    const double gbps = measure_read_gbps();
+    const double gbps = measure_read_gbps(), gflops = t_idx > 0 ? measure_sgemm_gflops() : 0;
     /* the budget */
     const double H = c->n_heads, D = c->head_dim, W = c->window_size, Lf = (double)L;
     double att = 0, idx = 0, dec_bytes = model_decode_bytes(m);
@@ -249,14 +254,19 @@ static int bench_long(const char *cfgp, const char *mdir, int64_t L, int64_t n_d
         printf("{\"config\": \"%s\", \"tokens\": %lld, \"threads\": %d, \"read_gbps\": %.2f, \"prefill_s\": %.2f, "
                "\"prefill_tok_s\": %.1f, \"peak_rss_bytes\": %.0f, \"prefill_gflop\": %.1f, \"dense_gflop\": %.1f, "
                "\"attention_gflop\": %.1f, \"indexer_gflop\": %.1f, \"prefill_gflops\": %.2f, \"decode_tokens\": %lld, "
-               "\"decode_tok_s\": %.2f, \"decode_bytes_per_token\": %.0f, \"decode_time_over_bytes\": %.3f}\n",
+               "\"decode_tok_s\": %.2f, \"decode_bytes_per_token\": %.0f, \"decode_time_over_bytes\": %.3f, "
+               "\"sgemm_gflops\": %.1f, \"indexer_s\": %.2f, \"indexer_gflops\": %.2f}\n",
                cfgp, (long long)L, omp_get_max_threads(), gbps, t_pre, Lf / t_pre, (double)ru.ru_maxrss * 1024, total / 1e9, dense / 1e9,
-               att / 1e9, idx / 1e9, total / t_pre / 1e9, (long long)n_dec, dec_tps, dec_bytes, (1.0 / dec_tps) / predicted);
+               att / 1e9, idx / 1e9, total / t_pre / 1e9, (long long)n_dec, dec_tps, dec_bytes, (1.0 / dec_tps) / predicted, gflops,
+               t_idx, t_idx > 0 ? idx / t_idx / 1e9 : 0.0);
     else
         printf("%lld tokens: prefill %.1f s (%.0f tok/s, %.1f GFLOP = %.1f GFLOP/s), peak RSS %.2f GB; decode %.1f tok/s, "
                "%.1f MB per token = %.2fx the time of those bytes at %.1f GB/s\n",
                (long long)L, t_pre, Lf / t_pre, total / 1e9, total / t_pre / 1e9, (double)ru.ru_maxrss * 1024 / 1e9, dec_tps,
                dec_bytes / 1e6, (1.0 / dec_tps) / predicted, gbps);
+    if (!json && t_idx > 0)
+        printf("indexer: %.1f GFLOP of scoring in %.1f s of selection = %.1f GFLOP/s (%.0f%% of sgemm, %.1f GFLOP/s)\n", idx / 1e9,
+               t_idx, idx / t_idx / 1e9, 100 * idx / t_idx / 1e9 / gflops, gflops);
     dsv4_model_close(m);
     return 0;
 }
@@ -340,7 +350,7 @@ int cmd_bench(int argc, char **argv) {
     for (int64_t i = 0; i < n_pre + n_dec; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
     float *logits = xmalloc(sizeof(float) * (size_t)(n_dec * V));
     double t_pre = 0, t_dec = 0;
-    int rc = bench_run(m, ids, n_pre, n_dec, logits, &t_pre, &t_dec);
+    int rc = bench_run(m, ids, n_pre, n_dec, logits, &t_pre, &t_dec, NULL);
     dsv4_model_close(m);
     if (rc) { free(ids); free(logits); return cli_error("bench", "%s", dsv4_last_error()); }
     const double pre_tps = n_pre / t_pre, dec_tps = n_dec / t_dec;
@@ -357,7 +367,7 @@ int cmd_bench(int argc, char **argv) {
         if (!m) { free(ids); free(logits); return cli_error("bench", "%s", dsv4_last_error()); }
         float *fl = xmalloc(sizeof(float) * (size_t)(n_dec * V));
         double t_fpre = 0, t_fdec = 0;
-        rc = bench_run(m, ids, n_pre, n_dec, fl, &t_fpre, &t_fdec);
+        rc = bench_run(m, ids, n_pre, n_dec, fl, &t_fpre, &t_fdec, NULL);
         dsv4_model_close(m);
         if (rc) { free(ids); free(logits); free(fl); return cli_error("bench", "%s", dsv4_last_error()); }
         f_dec_tps = n_dec / t_fdec;

@@ -148,14 +148,46 @@ static int kth_largest(float *v, int64_t n, int64_t k, float *out) {
     return -1;
 }
 
+/* Few of many (k <= n/16): one pass that lets an entry in only when it beats the k-th best seen
+ * so far. Candidates gather in index order in a buffer of 4k; when it fills, it is cut to its k
+ * best (topk_select on 4k values) and their worst becomes the bar. An entry equal to the bar
+ * comes after every kept one, so it loses the tie, as in one selection over everything. Most
+ * entries cost one comparison: the indexer picks 256 of 262,144 entries per query at 1M. */
+static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
+    const int64_t cap = 4 * k;
+    float *cv = tmp, *cut_tmp = tmp + cap;   /* 8k of the n >= 16k floats of tmp */
+    int64_t *ci = xmalloc(sizeof(int64_t) * (size_t)(cap + k)), *pick = ci + cap;
+    int64_t m = 0;
+    float bar = -INFINITY;
+    int cut = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float x = isnan(s[i]) ? -INFINITY : s[i];
+        if (cut && !(x > bar)) continue;
+        if (m == cap) {   /* keep the k best, in index order; the worst of them is the bar */
+            topk_select(cv, m, k, pick, cut_tmp);
+            bar = INFINITY;
+            for (int64_t j = 0; j < k; j++) { cv[j] = cv[pick[j]]; ci[j] = ci[pick[j]]; bar = fminf(bar, cv[j]); }
+            m = k;
+            cut = 1;
+            if (!(x > bar)) continue;
+        }
+        cv[m] = x;
+        ci[m++] = i;
+    }
+    topk_select(cv, m, k < m ? k : m, pick, cut_tmp);
+    for (int64_t j = 0; j < k; j++) idx[j] = ci[pick[j]];
+    free(ci);
+}
+
 /* Indices of the k largest of s[0..n) in ascending index order; ties go to the lower index, NaN
- * counts as -inf. By a threshold: the k-th largest value τ (quickselect on a copy in tmp, n
- * floats), then one scan keeps every entry above τ and the first entries equal to τ. O(n) on
- * average, which matters for the indexer choosing 256 of 262,144 entries per query at 1M. */
+ * counts as -inf. Few of many: topk_stream. Otherwise by a threshold: the k-th largest value τ
+ * (quickselect on a copy in tmp, n floats), then one scan keeps every entry above τ and the
+ * first entries equal to τ. O(n) on average either way. */
 void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
     if (k >= n) { for (int64_t i = 0; i < n; i++) idx[i] = i; return; }
     if (k <= 0) return;
     if (n <= 64) { topk_heap(s, n, k, idx); return; }
+    if (tmp && n >= 16 * k) { topk_stream(s, n, k, idx, tmp); return; }
     for (int64_t i = 0; i < n; i++) tmp[i] = isnan(s[i]) ? -INFINITY : s[i];
     float tau;
     if (kth_largest(tmp, n, k, &tau)) { topk_heap(s, n, k, idx); return; }

@@ -121,7 +121,7 @@ void attend_decode(const float *q, int H, int D, const float *const *keys, int64
     const float scale = 1.0f / sqrtf((float)D);
     float *m = xmalloc(sizeof(float) * (size_t)(nr * H)), *l = xmalloc(sizeof(float) * (size_t)(nr * H));
     float *acc = xmalloc(sizeof(float) * (size_t)(nr * H * D));
-#pragma omp parallel for schedule(static) num_threads(nr * ng) if (nr * ng > 1)
+#pragma omp parallel for schedule(static) num_threads(nr * ng < nthr ? nr * ng : nthr) if (nr * ng > 1)
     for (int64_t u = 0; u < nr * ng; u++) {
         const int64_t r = u / ng, g = u % ng, h0 = H * g / ng, h1 = H * (g + 1) / ng;
         const int64_t a = nk * r / nr, b = nk * (r + 1) / nr;
@@ -288,7 +288,9 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     int64_t *sel = L->has_indexer ? xmalloc(sizeof(int64_t) * (size_t)(T * (sel_max ? sel_max : 1))) : NULL;
     int64_t *n_sel = xcalloc((size_t)T, sizeof(int64_t));
     if (L->has_indexer && T > 4 && !save) {   /* prefill: blocks of queries by sgemm */
+        const double ts = now_sec();
         indexer_select_prefill(m, c, q_idx, w_idx, T, t0, ratio, sel, sel_max, n_sel);
+        c->indexer_prefill_s += now_sec() - ts;
     } else if (L->has_indexer && T == 1) {   /* decode: the scoring itself runs in parallel */
         float *scratch = xmalloc(sizeof(float) * (size_t)(2 * (n_comp_max ? n_comp_max : 1)));
         n_sel[0] = indexer_topk(m, L, c, q_idx, w_idx, (t0 + 1) / ratio, sel, scratch);
