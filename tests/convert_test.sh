@@ -28,21 +28,8 @@ logits() {   # DIR OUT-PREFIX: logits (prefill 250, then 50 decoded) and the MTP
 cat > "$TMP/check.py" <<'PY'
 import json, math, os, struct, sys
 import numpy as np
-
-def load(d):
-    idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
-    ts = {}
-    for f in sorted(set(idx["weight_map"].values())):
-        b = open(os.path.join(d, f), "rb").read()
-        n = struct.unpack("<Q", b[:8])[0]
-        for k, v in json.loads(b[8:8 + n]).items():
-            if k == "__metadata__": continue
-            s, e = v["data_offsets"]
-            assert idx["weight_map"][k] == f, f"{k}: index says {idx['weight_map'][k]}, stored in {f}"
-            ts[k] = (v["dtype"], v["shape"], b[8 + n + s:8 + n + e])
-    assert set(ts) == set(idx["weight_map"]), "index and files list different tensors"
-    assert idx["metadata"]["total_size"] == sum(len(t[2]) for t in ts.values()), "total_size"
-    return idx, ts
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from st_load import load
 
 def same(a, b):   # every tensor: name, dtype, shape and bytes; the index mapping and total
     ia, ta = load(a)

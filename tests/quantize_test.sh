@@ -23,19 +23,10 @@ run() {   # NAME command...: exit 0 and no sanitizer report
 cat > "$TMP/check.py" <<'PY'
 import json, os, struct, sys
 import numpy as np
+sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+from st_load import load as load_index
 
-def load(d):
-    idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
-    ts = {}
-    for f in sorted(set(idx["weight_map"].values())):
-        b = open(os.path.join(d, f), "rb").read()
-        n = struct.unpack("<Q", b[:8])[0]
-        for k, v in json.loads(b[8:8 + n]).items():
-            if k == "__metadata__": continue
-            s, e = v["data_offsets"]
-            ts[k] = (v["dtype"], v["shape"], b[8 + n + s:8 + n + e])
-    assert set(ts) == set(idx["weight_map"]), "index and files list different tensors"
-    return ts
+def load(d): return load_index(d)[1]
 
 def f16(x): return np.asarray(x, np.float32).astype(np.float16).astype(np.float64)
 

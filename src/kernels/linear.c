@@ -1,9 +1,9 @@
 /* Linear layers on weights in their stored precision (F32, BF16, F16, FP8 e4m3 with 128x128
- * E8M0 block scales, FP4 e2m1 with 1x32 scales, and the Q8/Q4 formats of `dsv4 quantize`). This is the hot spot of inference.
- * Small batches (decode) stream the rows through the vector kernels of matvec_avx2.c, widening
- * weights in registers (or, without AVX2, decode a row into a buffer and take dot products);
- * large batches (prefill) decode a block of rows and hand it to OpenBLAS sgemm,
- * so the decode cost is paid once per block and amortised over all tokens. */
+ * E8M0 block scales, FP4 e2m1 with 1x32 scales, the Q8/Q4 formats of `dsv4 quantize`). This is
+ * the hot spot of inference. Small batches (decode) stream the rows through the vector kernels
+ * of matvec_avx2.c, widening weights in registers (or, without AVX2, decode a row into a buffer
+ * and take dot products); large batches (prefill) decode a block of rows and hand it to
+ * OpenBLAS sgemm, so the decode cost is paid once per block and amortised over all tokens. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>

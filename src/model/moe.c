@@ -43,24 +43,24 @@ void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64
 static void experts_forward_batch(const dsv4_model *m, const ExpertW *const *ex, int ne, const float *const *xs,
                                   const int64_t *n, const float *const *ws, const double *limits, float *const *ys) {
     const int64_t d = m->cfg.dim;
-    LinearJob *jobs = xmalloc(sizeof(LinearJob) * (size_t)(2 * ne));
+    LinearJob *sel = xmalloc(sizeof(LinearJob) * (size_t)(2 * ne));
     float **g = xmalloc(sizeof(float *) * (size_t)ne), **u = xmalloc(sizeof(float *) * (size_t)ne);
     int64_t maxn = 0;
-    for (int i = 0; i < ne; i++) maxn = n[i] > maxn ? n[i] : maxn;
     for (int i = 0; i < ne; i++) {
-        const int64_t f = ex[i]->w1.rows;
-        g[i] = xmalloc(sizeof(float) * (size_t)(n[i] * f));
-        u[i] = xmalloc(sizeof(float) * (size_t)(n[i] * f));
-        jobs[2 * i] = (LinearJob){&ex[i]->w1, g[i], f, xs[i], d};
-        jobs[2 * i + 1] = (LinearJob){&ex[i]->w3, u[i], f, xs[i], d};
+        maxn = n[i] > maxn ? n[i] : maxn;
+        g[i] = xmalloc(sizeof(float) * (size_t)(n[i] * ex[i]->w1.rows));
+        u[i] = xmalloc(sizeof(float) * (size_t)(n[i] * ex[i]->w1.rows));
     }
     /* the batch kernels take one token count: experts see different numbers of tokens, so
      * they are grouped by it (in decode usually one group) */
     for (int64_t cnt = 1; cnt <= maxn; cnt++) {
         int k = 0;
-        LinearJob *sel = xmalloc(sizeof(LinearJob) * (size_t)(2 * ne));
         for (int i = 0; i < ne; i++)
-            if (n[i] == cnt) { sel[k++] = jobs[2 * i]; sel[k++] = jobs[2 * i + 1]; }
+            if (n[i] == cnt) {
+                const int64_t f = ex[i]->w1.rows;
+                sel[k++] = (LinearJob){&ex[i]->w1, g[i], f, xs[i], d};
+                sel[k++] = (LinearJob){&ex[i]->w3, u[i], f, xs[i], d};
+            }
         if (k) model_linear_batch(m, sel, k, cnt);
         k = 0;
         for (int i = 0; i < ne; i++)
@@ -70,10 +70,27 @@ static void experts_forward_batch(const dsv4_model *m, const ExpertW *const *ex,
                 sel[k++] = (LinearJob){&ex[i]->w2, ys[i], d, g[i], f};
             }
         if (k) model_linear_batch(m, sel, k, cnt);
-        free(sel);
     }
     for (int i = 0; i < ne; i++) { free(g[i]); free(u[i]); }
-    free(g); free(u); free(jobs);
+    free(g); free(u); free(sel);
+}
+
+/* The n tokens routed to expert e, in ascending token order (order/count: the (token, slot)
+ * pairs grouped by expert): their inputs into xe [n, d], their weights into we [n]. */
+static int64_t gather_expert_tokens(const float *h, int64_t d, int K, const int64_t *order, const int64_t *count,
+                                    const float *wts, int e, float *xe, float *we) {
+    const int64_t n = count[e + 1] - count[e];
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t pair = order[count[e] + j];
+        memcpy(xe + j * d, h + (pair / K) * d, sizeof(float) * (size_t)d);
+        we[j] = wts[pair];
+    }
+    return n;
+}
+
+/* routed [T, d] += expert e's outputs ye [n, d], each to the token it came from */
+static void add_expert_output(float *routed, const float *ye, int64_t d, int K, const int64_t *order, const int64_t *count, int e) {
+    for (int64_t j = 0; j < count[e + 1] - count[e]; j++) axpy_f32(routed + (order[count[e] + j] / K) * d, 1.0f, ye + j * d, d);
 }
 
 /* Routing of T tokens (spec "MoE"): from the gate logits z [T, E] (overwritten by the scores
@@ -137,6 +154,7 @@ void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int
     for (int64_t i = 0; i < T * K; i++) order[fill[idx[i]]++] = i;   /* ascending token order per expert */
     free(fill);
 
+    float *routed = xcalloc((size_t)(T * d), sizeof(float));
     if (T <= 4) {   /* decode: every expert this step needs, in two parallel passes */
         const ExpertW **ex = xmalloc(sizeof(ExpertW *) * (size_t)(E + 1));
         const float **xs = xmalloc(sizeof(float *) * (size_t)(E + 1)), **ws = xmalloc(sizeof(float *) * (size_t)(E + 1));
@@ -147,50 +165,34 @@ void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int
         int ne = 0;
         ex[ne] = &L->shared; xs[ne] = h; ws[ne] = NULL; ys[ne] = out; n[ne] = T; lim[ne] = 0.0; which[ne++] = -1;
         for (int e = 0; e < E; e++) {
-            const int64_t ne_tok = count[e + 1] - count[e];
-            if (!ne_tok) continue;
-            float *xe = xmalloc(sizeof(float) * (size_t)(ne_tok * d)), *we = xmalloc(sizeof(float) * (size_t)ne_tok);
-            for (int64_t j = 0; j < ne_tok; j++) {
-                const int64_t pair = order[count[e] + j];
-                memcpy(xe + j * d, h + (pair / K) * d, sizeof(float) * (size_t)d);
-                we[j] = wts[pair];
-            }
-            ex[ne] = &L->experts[e]; xs[ne] = xe; ws[ne] = we; n[ne] = ne_tok; lim[ne] = c->swiglu_limit;
-            ys[ne] = xmalloc(sizeof(float) * (size_t)(ne_tok * d));
+            if (count[e + 1] == count[e]) continue;
+            float *xe = xmalloc(sizeof(float) * (size_t)(T * d)), *we = xmalloc(sizeof(float) * (size_t)T);
+            n[ne] = gather_expert_tokens(h, d, K, order, count, wts, e, xe, we);
+            ex[ne] = &L->experts[e]; xs[ne] = xe; ws[ne] = we; lim[ne] = c->swiglu_limit;
+            ys[ne] = xmalloc(sizeof(float) * (size_t)(n[ne] * d));
             which[ne++] = e;
         }
         experts_forward_batch(m, ex, ne, xs, n, ws, lim, ys);
         /* summed as below: the shared expert's output, then the routed ones in expert order */
-        float *routed = xcalloc((size_t)(T * d), sizeof(float));
         for (int i = 1; i < ne; i++) {
-            const int e = which[i];
-            for (int64_t j = 0; j < n[i]; j++) axpy_f32(routed + (order[count[e] + j] / K) * d, 1.0f, ys[i] + j * d, d);
+            add_expert_output(routed, ys[i], d, K, order, count, which[i]);
             free((void *)xs[i]); free((void *)ws[i]); free(ys[i]);
         }
-        for (int64_t i = 0; i < T * d; i++) out[i] += routed[i];
-        free(routed); free(ex); free(xs); free(ws); free(ys); free(n); free(lim); free(which);
-        free(count); free(order); free(scores); free(idx); free(wts);
-        return;
-    }
-    /* shared expert first, then the routed ones added in expert order */
-    expert_forward(m, &L->shared, h, T, NULL, 0.0, out);
-    float *xe = xmalloc(sizeof(float) * (size_t)(T * d));
-    float *ye = xmalloc(sizeof(float) * (size_t)(T * d));
-    float *we = xmalloc(sizeof(float) * (size_t)T);
-    float *routed = xcalloc((size_t)(T * d), sizeof(float));
-    for (int e = 0; e < E; e++) {
-        const int64_t n = count[e + 1] - count[e];
-        if (!n) continue;
-        for (int64_t j = 0; j < n; j++) {
-            const int64_t pair = order[count[e] + j];
-            memcpy(xe + j * d, h + (pair / K) * d, sizeof(float) * (size_t)d);
-            we[j] = wts[pair];
+        free(ex); free(xs); free(ws); free(ys); free(n); free(lim); free(which);
+    } else {   /* shared expert first, then the routed ones added in expert order */
+        expert_forward(m, &L->shared, h, T, NULL, 0.0, out);
+        float *xe = xmalloc(sizeof(float) * (size_t)(T * d)), *ye = xmalloc(sizeof(float) * (size_t)(T * d));
+        float *we = xmalloc(sizeof(float) * (size_t)T);
+        for (int e = 0; e < E; e++) {
+            const int64_t n = gather_expert_tokens(h, d, K, order, count, wts, e, xe, we);
+            if (!n) continue;
+            expert_forward(m, &L->experts[e], xe, n, we, c->swiglu_limit, ye);
+            add_expert_output(routed, ye, d, K, order, count, e);
         }
-        expert_forward(m, &L->experts[e], xe, n, we, c->swiglu_limit, ye);
-        for (int64_t j = 0; j < n; j++) axpy_f32(routed + (order[count[e] + j] / K) * d, 1.0f, ye + j * d, d);
+        free(xe); free(ye); free(we);
     }
     for (int64_t i = 0; i < T * d; i++) out[i] += routed[i];
-    free(xe); free(ye); free(we); free(routed); free(count); free(order); free(scores); free(idx); free(wts);
+    free(routed); free(count); free(order); free(scores); free(idx); free(wts);
 }
 
 /* ---- backward ---------------------------------------------------------------------------- */
