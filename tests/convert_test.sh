@@ -29,7 +29,7 @@ cat > "$TMP/check.py" <<'PY'
 import json, math, os, struct, sys
 import numpy as np
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-from st_load import load
+from st_load import dispatch, load
 
 def same(a, b):   # every tensor: name, dtype, shape and bytes; the index mapping and total
     ia, ta = load(a)
@@ -150,11 +150,7 @@ def write_extra(path):   # a safetensors file with tensors no model uses (like o
     open(path, "wb").write(struct.pack("<Q", len(hb)) + hb + bytes(8))
     return "written"
 
-try:
-    print(globals()[sys.argv[1]](*sys.argv[2:]))
-except AssertionError as e:
-    print(f"{sys.argv[1]}: {e}")
-    sys.exit(1)
+dispatch(globals())
 PY
 check() { $PY "$TMP/check.py" "$@"; }
 

@@ -24,7 +24,7 @@ cat > "$TMP/check.py" <<'PY'
 import json, os, struct, sys
 import numpy as np
 sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-from st_load import load as load_index
+from st_load import dispatch, load as load_index
 
 def load(d): return load_index(d)[1]
 
@@ -132,11 +132,7 @@ def corrupt(src, dst, name, field, value):   # one header field of one tensor ch
         open(os.path.join(dst, f), "wb").write(b)
     return "written"
 
-try:
-    print(globals()[sys.argv[1]](*sys.argv[2:]))
-except AssertionError as e:
-    print(f"{sys.argv[1]}: {e}")
-    sys.exit(1)
+dispatch(globals())
 PY
 check() { $PY "$TMP/check.py" "$@"; }
 

@@ -17,3 +17,14 @@ def load(d):
     assert set(ts) == set(idx["weight_map"]), "index and files list different tensors"
     assert idx["metadata"]["total_size"] == sum(len(t[2]) for t in ts.values()), "total_size"
     return idx, ts
+
+
+def dispatch(funcs):
+    """A check script's entry: prints funcs[argv[1]](*argv[2:]); a failed assertion is printed
+    with the check's name and exits 1."""
+    import sys
+    try:
+        print(funcs[sys.argv[1]](*sys.argv[2:]))
+    except AssertionError as e:
+        print(f"{sys.argv[1]}: {e}")
+        sys.exit(1)
