@@ -178,9 +178,10 @@ double model_decode_bytes(const dsv4_model *m);   /* weight bytes one decode ste
 /* y[t, 0..nr) (row stride ldy) = x[t, 0..cols) (row stride ldx) · W[r0 .. r0+nr)ᵀ, t < T. */
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W,
             int64_t r0, int64_t nr);
-/* Several products y_i [T, W_i->rows] (row stride ldy_i) = x_i · W_iᵀ in one parallel region
- * for decode batches; each output bit-identical to linear() of the job alone. */
-typedef struct LinearJob { const Mat *W; float *y; int64_t ldy; const float *x; int64_t ldx; } LinearJob;
+/* Several products y_i [T, nr_i] (row stride ldy_i) = x_i · W_iᵀ over rows r0_i .. r0_i+nr_i
+ * (nr 0: every row from r0) in one parallel region for decode batches; each output
+ * bit-identical to linear() of the job alone. */
+typedef struct LinearJob { const Mat *W; float *y; int64_t ldy; const float *x; int64_t ldx; int64_t r0, nr; } LinearJob;
 void linear_batch(const LinearJob *jobs, int n, int64_t T);
 /* Decodes rows r0..r0+nr of W to f32 (dst row stride = W->cols). */
 void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst);

@@ -13,13 +13,6 @@ TEST_TMP_NAME=convert . tests/lib.sh
 TOK=tests/fixtures/tokens.txt
 CFG=configs/tiny.json
 SEED=11
-# run NAME command...: succeeds exactly when the command exits 0 with no sanitizer report
-run() {
-  local name=$1; shift
-  if "$@" > "$TMP/out.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then return 0; fi
-  bad "$name: exit status or sanitizer report: $(head -c 400 "$TMP/err.txt")"
-  return 1
-}
 logits() {   # DIR OUT-PREFIX: logits (prefill 250, then 50 decoded) and the MTP head's
   "$D" logits -m "$1" --tokens "$TOK" --prefill 250 --out "$2.f32" --mtp-out "$2.mtp.f32"
 }

@@ -17,3 +17,9 @@ expect_error() {   # name, needle, command...: a non-zero exit (not a signal) na
     ok "$name -> exit $rc: $(head -c 160 "$TMP/err.txt" | tr '\n' ' ')"
   else bad "$name: exit $rc, stderr: $(head -c 300 "$TMP/err.txt")"; fi
 }
+run() {   # NAME command...: succeeds exactly when the command exits 0 with no sanitizer report
+  local name=$1; shift
+  if "$@" > "$TMP/out.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then return 0; fi
+  bad "$name: exit status or sanitizer report: $(head -c 400 "$TMP/err.txt")"
+  return 1
+}

@@ -13,12 +13,6 @@ D=${D:-./dsv4}
 PY=/usr/bin/python3
 TEST_TMP_NAME=quantize . tests/lib.sh
 TOK=tests/fixtures/tokens.txt
-run() {   # NAME command...: exit 0 and no sanitizer report
-  local name=$1; shift
-  if "$@" > "$TMP/out.txt" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt"; then return 0; fi
-  bad "$name: exit status or sanitizer report: $(head -c 400 "$TMP/err.txt")"
-  return 1
-}
 
 cat > "$TMP/check.py" <<'PY'
 import json, os, struct, sys

@@ -306,18 +306,21 @@ static void test_linear_batch(void) {
             for (int i = 0; i < 6; i++) {
                 y[i] = xmalloc(sizeof(float) * T * (rows[i] + 3));
                 ref[i] = xmalloc(sizeof(float) * T * (rows[i] + 3));
-                jobs[i] = (LinearJob){&W[i], y[i], rows[i] + 3, x + i * cols, 6 * cols};   /* strided in and out */
-                linear(ref[i], rows[i] + 3, x + i * cols, 6 * cols, T, &W[i], 0, rows[i]);
+                /* strided in and out; odd jobs take a row range (r0 3, and nr or "the rest") */
+                const int64_t r0 = i % 2 ? 3 : 0, nr = i % 2 ? rows[i] - 5 : 0, n_out = nr ? nr : rows[i] - r0;
+                jobs[i] = (LinearJob){&W[i], y[i], rows[i] + 3, x + i * cols, 6 * cols, r0, nr};
+                linear(ref[i], rows[i] + 3, x + i * cols, 6 * cols, T, &W[i], r0, n_out);
             }
             linear_batch(jobs, 6, T);
             for (int i = 0; i < 6; i++) {
-                for (int t = 0; t < T; t++) same &= !memcmp(y[i] + t * (rows[i] + 3), ref[i] + t * (rows[i] + 3), sizeof(float) * rows[i]);
+                const int64_t n_out = i % 2 ? (rows[i] - 5 ? rows[i] - 5 : rows[i] - 3) : rows[i];
+                for (int t = 0; t < T; t++) same &= !memcmp(y[i] + t * (rows[i] + 3), ref[i] + t * (rows[i] + 3), sizeof(float) * n_out);
                 free(y[i]); free(ref[i]);
             }
         }
     }
     omp_set_num_threads(saved);
-    CHECK(same, "6 mixed-format jobs, T = 1..4, 1..3 threads: every output bit-identical to linear()");
+    CHECK(same, "6 mixed-format jobs (row ranges too), T = 1..4, 1..3 threads: every output bit-identical to linear()");
     for (int i = 0; i < 6; i++) { free((void *)W[i].w); free((void *)W[i].scale); }
     free(x);
 }

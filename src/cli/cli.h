@@ -15,6 +15,7 @@ void cli_quant_fp8(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8
 void cli_quant_fp4(const float *v, int64_t rows, int64_t cols, uint8_t *q, uint8_t *s);
 /* Storage formats of the official checkpoints, as init and convert write them */
 typedef enum { S_F32, S_BF16, S_FP8, S_FP4, S_I32, S_Q8, S_Q4 } Storage;
+const char *cli_storage_name(Storage s);   /* "f32", "bf16", "fp8", "fp4", "i32", "q8", "q4" */
 /* bytes of a [rows, cols] (cols 0: a vector) tensor stored as st, its scales included */
 uint64_t cli_encoded_bytes(Storage st, int64_t rows, int64_t cols);
 /* "<name without its last component>.scale": the E8M0 grid beside an FP8/FP4 weight */

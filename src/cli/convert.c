@@ -17,6 +17,7 @@
 
 static const char *const k_storage[] = {[S_F32] = "f32", [S_BF16] = "bf16", [S_FP8] = "fp8", [S_FP4] = "fp4",
                                         [S_I32] = "i32", [S_Q8] = "q8", [S_Q4] = "q4"};
+const char *cli_storage_name(Storage s) { return k_storage[s]; }
 
 /* --dtype takes f32, bf16, fp8, q8, q4; --expert-dtype fp4 too */
 static int storage_from_name(const char *s, int allow_fp4) {

@@ -141,13 +141,11 @@ int cmd_quantize(int argc, char **argv) {
     if (rc) return rc;
     const double bytes_in = (double)bytes[0], bytes_out = (double)bytes[1];
 
-    static const char *const names[] = {[S_F32] = "f32", [S_BF16] = "bf16", [S_FP8] = "fp8", [S_FP4] = "fp4",
-                                        [S_I32] = "i32", [S_Q8] = "q8", [S_Q4] = "q4"};
     const int threads = omp_get_max_threads();
     if (json) {
         printf("{\"in\": \"%s\", \"out\": \"%s\", \"to\": \"%s\", \"experts\": \"%s\", \"head\": \"%s\", \"threads\": %d, "
                "\"bytes_in\": %.0f, \"bytes_out\": %.0f, \"decode_bytes_in\": %.0f, \"decode_bytes_out\": %.0f",
-               in, out, names[pol.dt], names[pol.et], names[pol.head], threads, bytes_in, bytes_out, ri.decode_bytes, ro.decode_bytes);
+               in, out, cli_storage_name(pol.dt), cli_storage_name(pol.et), cli_storage_name(pol.head), threads, bytes_in, bytes_out, ri.decode_bytes, ro.decode_bytes);
         if (ne) printf(", \"eval_tokens\": %lld, \"loss_in\": %.6f, \"loss_out\": %.6f, \"perplexity_in\": %.4f, \"perplexity_out\": %.4f",
                        (long long)scored, ri.loss, ro.loss, exp(ri.loss), exp(ro.loss));
         if (n_dec) printf(", \"decode_tokens\": %lld, \"decode_tok_s_in\": %.3f, \"decode_tok_s_out\": %.3f, \"fast_decode_tok_s_out\": %.3f",
@@ -155,7 +153,7 @@ int cmd_quantize(int argc, char **argv) {
         printf("}\n");
         return 0;
     }
-    printf("quantize    %s -> %s: matrices %s, routed experts %s, head %s\n", in, out, names[pol.dt], names[pol.et], names[pol.head]);
+    printf("quantize    %s -> %s: matrices %s, routed experts %s, head %s\n", in, out, cli_storage_name(pol.dt), cli_storage_name(pol.et), cli_storage_name(pol.head));
     printf("size        %.2f MB -> %.2f MB of weights (%.2fx %s); a decoded token reads %.2f MB -> %.2f MB\n", bytes_in / 1e6,
            bytes_out / 1e6, bytes_in >= bytes_out ? bytes_in / bytes_out : bytes_out / bytes_in,
            bytes_in >= bytes_out ? "smaller" : "larger", ri.decode_bytes / 1e6, ro.decode_bytes / 1e6);

@@ -130,6 +130,41 @@ static int simd_enabled = 1;
 void linear_use_simd(int on) { simd_enabled = on; }
 static int linear_simd_enabled(void) { return simd_enabled; }
 
+static int64_t job_rows(const LinearJob *j) { return j->nr ? j->nr : j->W->rows - j->r0; }
+
+/* The vector kernels over the rows of one or more jobs (T <= LINEAR_SMALL_T): the activations
+ * are permuted once per job into the order the kernel widens weights in; the rows of all jobs,
+ * laid end to end by their bytes, are split into one contiguous run per thread (each thread
+ * streams through its own part of the matrices). Work under LINEAR_PARALLEL_BYTES stays on the
+ * calling thread: it is done before a second thread would have woken up. */
+static void matvec_jobs(const LinearJob *jobs, int n, int64_t T) {
+    float **xp = xmalloc(sizeof(float *) * (size_t)n);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
+        matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, xp[i]);
+        total += mat_bytes(jobs[i].W) / (uint64_t)jobs[i].W->rows * (uint64_t)job_rows(&jobs[i]);
+    }
+#pragma omp parallel if (total >= (uint64_t)LINEAR_PARALLEL_BYTES)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const uint64_t lo = total * (uint64_t)id / (uint64_t)nt, hi = total * (uint64_t)(id + 1) / (uint64_t)nt;
+        uint64_t off = 0;
+        for (int i = 0; i < n; i++) {
+            const Mat *W = jobs[i].W;
+            const uint64_t rows = (uint64_t)job_rows(&jobs[i]), b = mat_bytes(W) / (uint64_t)W->rows * rows, start = off;
+            off += b;
+            if (hi <= start || lo >= start + b) continue;   /* this thread's bytes miss the job */
+            const uint64_t s0 = lo > start ? lo - start : 0, s1 = hi < start + b ? hi - start : b;
+            /* row r belongs to the thread whose byte range holds the row's first byte */
+            const int64_t a = (int64_t)((s0 * rows + b - 1) / b), e = (int64_t)((s1 * rows + b - 1) / b);
+            if (e > a) matvec_avx2_rows(W, jobs[i].r0 + a, e - a, xp[i], T, jobs[i].y + a, jobs[i].ldy);
+        }
+    }
+    for (int i = 0; i < n; i++) free(xp[i]);
+    free(xp);
+}
+
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     const int64_t cols = W->cols;
     if (T <= 0 || nr <= 0) return;
@@ -142,18 +177,8 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
     /* Up to LINEAR_SMALL_T tokens every format takes the kernels below, whose per-token results
      * do not depend on T (speculative decoding relies on it). */
     if (T <= LINEAR_SMALL_T && linear_simd_enabled() && matvec_avx2_usable(W)) {
-        /* the activations are permuted once into the order the kernel widens weights in */
-        float *xp = xmalloc(sizeof(float) * (size_t)(T * cols));
-        matvec_avx2_prepare(W, x, ldx, T, xp);
-        /* a small matrix is done before a second thread would have woken up */
-#pragma omp parallel if (mat_bytes(W) / (uint64_t)W->rows * (uint64_t)nr >= (uint64_t)LINEAR_PARALLEL_BYTES)
-        {
-            /* contiguous row ranges: each thread streams through its own part of the matrix */
-            const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            const int64_t a = nr * id / nt, b = nr * (id + 1) / nt;
-            matvec_avx2_rows(W, r0 + a, b - a, xp, T, y + a, ldy);
-        }
-        free(xp);
+        const LinearJob job = {W, y, ldy, x, ldx, r0, nr};
+        matvec_jobs(&job, 1, T);
         return;
     }
     if (T <= LINEAR_SMALL_T) {   /* portable path: decode a row, then dot it with each token */
@@ -182,45 +207,16 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
     free(buf);
 }
 
-/* Several products in one parallel region (decode): the rows of all the jobs, laid end to end
- * by their bytes, split into one contiguous run per thread, so a step that needs a few small
- * matrices (w1 and w3 of an expert, a compressor's two projections) wakes the threads once and
- * splits the work evenly. Each row goes through the same kernel as in linear(), so every
+/* Several products in one parallel region (decode): what linear() does for one matrix, over all
+ * the jobs at once (a step that needs a few small matrices — w1 and w3 of an expert, a
+ * compressor's two projections — wakes the threads once and splits the work evenly). Every
  * output is bit-identical to linear() job by job; other cases are linear() job by job. */
 void linear_batch(const LinearJob *jobs, int n, int64_t T) {
     int vector = T >= 1 && T <= LINEAR_SMALL_T && linear_simd_enabled();
-    uint64_t total = 0;
-    for (int i = 0; i < n; i++) {
-        vector &= matvec_avx2_usable(jobs[i].W);
-        total += mat_bytes(jobs[i].W);
-    }
-    if (!vector || n < 2) {
-        for (int i = 0; i < n; i++) linear(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, T, jobs[i].W, 0, jobs[i].W->rows);
-        return;
-    }
-    float **xp = xmalloc(sizeof(float *) * (size_t)n);
-    for (int i = 0; i < n; i++) {
-        xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
-        matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, xp[i]);
-    }
-#pragma omp parallel if (total >= (uint64_t)LINEAR_PARALLEL_BYTES)
-    {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const uint64_t lo = total * (uint64_t)id / (uint64_t)nt, hi = total * (uint64_t)(id + 1) / (uint64_t)nt;
-        uint64_t off = 0;
-        for (int i = 0; i < n; i++) {
-            const Mat *W = jobs[i].W;
-            const uint64_t b = mat_bytes(W), start = off;
-            off += b;
-            if (hi <= start || lo >= start + b) continue;   /* this thread's bytes miss the job */
-            const uint64_t s0 = lo > start ? lo - start : 0, s1 = hi < start + b ? hi - start : b;
-            /* row r belongs to the thread whose byte range holds the row's first byte */
-            const int64_t r0 = (int64_t)((s0 * (uint64_t)W->rows + b - 1) / b), r1 = (int64_t)((s1 * (uint64_t)W->rows + b - 1) / b);
-            if (r1 > r0) matvec_avx2_rows(W, r0, r1 - r0, xp[i], T, jobs[i].y + r0, jobs[i].ldy);
-        }
-    }
-    for (int i = 0; i < n; i++) free(xp[i]);
-    free(xp);
+    for (int i = 0; i < n; i++) vector &= matvec_avx2_usable(jobs[i].W);
+    if (vector) { matvec_jobs(jobs, n, T); return; }
+    for (int i = 0; i < n; i++)
+        linear(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, T, jobs[i].W, jobs[i].r0, job_rows(&jobs[i]));
 }
 
 void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {

@@ -81,17 +81,20 @@ static inline void widen_e4m3(const uint8_t *p, __m256 w[4]) {
 /* e2m1 codes 0..15 as 2 × value, exact in int8 (a pshufb table) */
 #define E2M1_TIMES2 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12
 
+/* 16 int8 weights of the even elements and 16 of the odd ones -> 4 vectors of floats */
+static inline void widen_halves(__m128i ev, __m128i od, __m256 w[4]) {
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ev));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(ev, ev)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(od));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(od, od)));
+}
+
 /* FP4 e2m1: 16 bytes (low nibble first) -> 2 × value; even elements, then odd ones */
 static inline void widen_e2m1(const uint8_t *p, __m256 w[4]) {
     const __m128i table = _mm_setr_epi8(E2M1_TIMES2);
     const __m128i nib = _mm_set1_epi8(0x0f);
     const __m128i v = _mm_loadu_si128((const __m128i *)p);
-    const __m128i ev = _mm_shuffle_epi8(table, _mm_and_si128(v, nib));
-    const __m128i od = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), nib));
-    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ev));
-    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(ev, ev)));
-    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(od));
-    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(od, od)));
+    widen_halves(_mm_shuffle_epi8(table, _mm_and_si128(v, nib)), _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), nib)), w);
 }
 static const uint8_t E2M1_ORDER[32] = {0, 2, 4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
                                        1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
@@ -101,12 +104,7 @@ static const uint8_t E2M1_ORDER[32] = {0, 2, 4,  6,  8,  10, 12, 14, 16, 18, 20,
 static inline void widen_q4(const uint8_t *p, __m256 w[4]) {
     const __m128i nib = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
     const __m128i v = _mm_loadu_si128((const __m128i *)p);
-    const __m128i ev = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
-    const __m128i od = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
-    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ev));
-    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(ev, ev)));
-    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(od));
-    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(od, od)));
+    widen_halves(_mm_sub_epi8(_mm_and_si128(v, nib), eight), _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight), w);
 }
 
 /* Q8: 32 int8 bytes, natural order */

@@ -246,7 +246,7 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     float *q = xmalloc(sizeof(float) * (size_t)(T * qd));
     float *kv = xmalloc(sizeof(float) * (size_t)(T * D));
     /* c_q's and kv's projections read the same input: one pass over both in decode */
-    const LinearJob qkv[2] = {{&L->wq_a, cq, cf->q_lora_rank, h, cf->dim}, {&L->wkv, kv, D, h, cf->dim}};
+    const LinearJob qkv[2] = {{&L->wq_a, cq, cf->q_lora_rank, h, cf->dim, 0, 0}, {&L->wkv, kv, D, h, cf->dim, 0, 0}};
     model_linear_batch(m, qkv, 2, T);
     if (save) save->cq_raw = dup_floats(cq, T * cf->q_lora_rank);
     for (int64_t t = 0; t < T; t++) rmsnorm(cq + t * cf->q_lora_rank, cq + t * cf->q_lora_rank, L->q_norm, cf->q_lora_rank, cf->norm_eps);

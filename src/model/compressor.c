@@ -84,7 +84,7 @@ void compressor_forward(const dsv4_model *m, const CompressorW *cw, const double
     float *a = xmalloc(sizeof(float) * (size_t)(T * W2));
     float *z = xmalloc(sizeof(float) * (size_t)(T * W2));
     /* The official compressor projections run in fp32 with no activation rounding. */
-    const LinearJob jobs[2] = {{&cw->wkv, a, W2, h, c->dim}, {&cw->wgate, z, W2, h, c->dim}};
+    const LinearJob jobs[2] = {{&cw->wkv, a, W2, h, c->dim, 0, 0}, {&cw->wgate, z, W2, h, c->dim, 0, 0}};
     linear_batch(jobs, 2, T);
     if (save) {   /* a training forward (t0 = 0): keep a, z + ape and the pooled entries */
         save->a = dup_floats(a, T * W2);

@@ -28,7 +28,7 @@ void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64
     const int64_t d = m->cfg.dim, f = e->w1.rows;
     float *g = xmalloc(sizeof(float) * (size_t)(n * f));
     float *u = xmalloc(sizeof(float) * (size_t)(n * f));
-    const LinearJob up[2] = {{&e->w1, g, f, x, d}, {&e->w3, u, f, x, d}};
+    const LinearJob up[2] = {{&e->w1, g, f, x, d, 0, 0}, {&e->w3, u, f, x, d, 0, 0}};
     model_linear_batch(m, up, 2, n);
     swiglu_gate(g, u, n, f, weight, limit);
     model_linear(m, y, d, g, f, n, &e->w2, 0, d);
@@ -36,38 +36,40 @@ void expert_forward(const dsv4_model *m, const ExpertW *e, const float *x, int64
     free(u);
 }
 
+/* One expert's share of a decode step: its n tokens x [n, d] with weights wt (NULL: 1), the
+ * SwiGLU limit, the output y [n, d]; e is the routed expert's number (-1: the shared one). */
+typedef struct { const ExpertW *w; const float *x; const float *wt; int64_t n; double limit; float *y; int e; } ExpertCall;
+
 /* Decode (a few tokens): the shared expert and every chosen one in two parallel passes — all
  * the w1/w3 products, then all the w2 — instead of three per expert. The same products and
- * sums as expert_forward expert by expert. xs [ne]: each expert's gathered tokens (n[i] rows
- * of d), ws [ne] their weights (NULL: 1), limits [ne]; ys [ne] receive n[i] rows of d. */
-static void experts_forward_batch(const dsv4_model *m, const ExpertW *const *ex, int ne, const float *const *xs,
-                                  const int64_t *n, const float *const *ws, const double *limits, float *const *ys) {
+ * sums as expert_forward expert by expert. */
+static void experts_forward_batch(const dsv4_model *m, const ExpertCall *ec, int ne) {
     const int64_t d = m->cfg.dim;
     LinearJob *sel = xmalloc(sizeof(LinearJob) * (size_t)(2 * ne));
     float **g = xmalloc(sizeof(float *) * (size_t)ne), **u = xmalloc(sizeof(float *) * (size_t)ne);
     int64_t maxn = 0;
     for (int i = 0; i < ne; i++) {
-        maxn = n[i] > maxn ? n[i] : maxn;
-        g[i] = xmalloc(sizeof(float) * (size_t)(n[i] * ex[i]->w1.rows));
-        u[i] = xmalloc(sizeof(float) * (size_t)(n[i] * ex[i]->w1.rows));
+        maxn = ec[i].n > maxn ? ec[i].n : maxn;
+        g[i] = xmalloc(sizeof(float) * (size_t)(ec[i].n * ec[i].w->w1.rows));
+        u[i] = xmalloc(sizeof(float) * (size_t)(ec[i].n * ec[i].w->w1.rows));
     }
     /* the batch kernels take one token count: experts see different numbers of tokens, so
      * they are grouped by it (in decode usually one group) */
     for (int64_t cnt = 1; cnt <= maxn; cnt++) {
         int k = 0;
         for (int i = 0; i < ne; i++)
-            if (n[i] == cnt) {
-                const int64_t f = ex[i]->w1.rows;
-                sel[k++] = (LinearJob){&ex[i]->w1, g[i], f, xs[i], d};
-                sel[k++] = (LinearJob){&ex[i]->w3, u[i], f, xs[i], d};
+            if (ec[i].n == cnt) {
+                const int64_t f = ec[i].w->w1.rows;
+                sel[k++] = (LinearJob){&ec[i].w->w1, g[i], f, ec[i].x, d, 0, 0};
+                sel[k++] = (LinearJob){&ec[i].w->w3, u[i], f, ec[i].x, d, 0, 0};
             }
         if (k) model_linear_batch(m, sel, k, cnt);
         k = 0;
         for (int i = 0; i < ne; i++)
-            if (n[i] == cnt) {
-                const int64_t f = ex[i]->w1.rows;
-                swiglu_gate(g[i], u[i], n[i], f, ws[i], limits[i]);
-                sel[k++] = (LinearJob){&ex[i]->w2, ys[i], d, g[i], f};
+            if (ec[i].n == cnt) {
+                const int64_t f = ec[i].w->w1.rows;
+                swiglu_gate(g[i], u[i], cnt, f, ec[i].wt, ec[i].limit);
+                sel[k++] = (LinearJob){&ec[i].w->w2, ec[i].y, d, g[i], f, 0, 0};
             }
         if (k) model_linear_batch(m, sel, k, cnt);
     }
@@ -156,29 +158,22 @@ void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int
 
     float *routed = xcalloc((size_t)(T * d), sizeof(float));
     if (T <= 4) {   /* decode: every expert this step needs, in two parallel passes */
-        const ExpertW **ex = xmalloc(sizeof(ExpertW *) * (size_t)(E + 1));
-        const float **xs = xmalloc(sizeof(float *) * (size_t)(E + 1)), **ws = xmalloc(sizeof(float *) * (size_t)(E + 1));
-        float **ys = xmalloc(sizeof(float *) * (size_t)(E + 1));
-        int64_t *n = xmalloc(sizeof(int64_t) * (size_t)(E + 1));
-        double *lim = xmalloc(sizeof(double) * (size_t)(E + 1));
-        int *which = xmalloc(sizeof(int) * (size_t)(E + 1));
+        ExpertCall *ec = xmalloc(sizeof(ExpertCall) * (size_t)(E + 1));
         int ne = 0;
-        ex[ne] = &L->shared; xs[ne] = h; ws[ne] = NULL; ys[ne] = out; n[ne] = T; lim[ne] = 0.0; which[ne++] = -1;
+        ec[ne++] = (ExpertCall){&L->shared, h, NULL, T, 0.0, out, -1};
         for (int e = 0; e < E; e++) {
             if (count[e + 1] == count[e]) continue;
             float *xe = xmalloc(sizeof(float) * (size_t)(T * d)), *we = xmalloc(sizeof(float) * (size_t)T);
-            n[ne] = gather_expert_tokens(h, d, K, order, count, wts, e, xe, we);
-            ex[ne] = &L->experts[e]; xs[ne] = xe; ws[ne] = we; lim[ne] = c->swiglu_limit;
-            ys[ne] = xmalloc(sizeof(float) * (size_t)(n[ne] * d));
-            which[ne++] = e;
+            const int64_t n = gather_expert_tokens(h, d, K, order, count, wts, e, xe, we);
+            ec[ne++] = (ExpertCall){&L->experts[e], xe, we, n, c->swiglu_limit, xmalloc(sizeof(float) * (size_t)(n * d)), e};
         }
-        experts_forward_batch(m, ex, ne, xs, n, ws, lim, ys);
+        experts_forward_batch(m, ec, ne);
         /* summed as below: the shared expert's output, then the routed ones in expert order */
         for (int i = 1; i < ne; i++) {
-            add_expert_output(routed, ys[i], d, K, order, count, which[i]);
-            free((void *)xs[i]); free((void *)ws[i]); free(ys[i]);
+            add_expert_output(routed, ec[i].y, d, K, order, count, ec[i].e);
+            free((void *)ec[i].x); free((void *)ec[i].wt); free(ec[i].y);
         }
-        free(ex); free(xs); free(ws); free(ys); free(n); free(lim); free(which);
+        free(ec);
     } else {   /* shared expert first, then the routed ones added in expert order */
         expert_forward(m, &L->shared, h, T, NULL, 0.0, out);
         float *xe = xmalloc(sizeof(float) * (size_t)(T * d)), *ye = xmalloc(sizeof(float) * (size_t)(T * d));
