@@ -208,10 +208,19 @@ void attend_partial_avx2(const float *q, int H, int D, const float *const *keys,
 void indexer_scores_avx2(const float *q, const float *wt, int heads, int dim, const float *keys, int64_t n, float *out);
 /* row <- softmax of row[0..n) beside a sink logit (probability without a value); -inf gives 0 */
 void softmax_sink(float *row, int64_t n, float sink);
-void linear_use_simd(int on);   /* 0: the portable decode path even where AVX2 is present */
+/* 0: the portable decode path even where AVX2 is present; 1: AVX2 kernels only; 2: all */
+void linear_use_simd(int level);
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
 int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst);   /* 0: format not taken */
+/* The AVX-512 F+BW kernels (kernels/matvec_avx512.c: FP8 with cols % 64 == 0, FP4 and Q4 with
+ * cols % 128 == 0), which the two functions above hand such matrices to where the CPU has them
+ * and matvec_allow_avx512 allows. */
+int cpu_has_avx512(void);
+void matvec_allow_avx512(int on);
+int matvec_avx512_usable(const Mat *W);
+void matvec_avx512_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
+void matvec_avx512_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
 /* Fast mode (int8 activations against FP4, Q4 or Q8 weights, cols % 64 == 0): x [T, cols] ->
  * xq, xs (T·cols/8 floats) in the layout W's kernel reads; then each thread its rows. */
 int matvec_avx2_i8_usable(const Mat *W);

@@ -125,9 +125,13 @@ static void dequant_block(const Mat *W, int64_t r0, int64_t nb, float *buf) {
 #define LINEAR_PARALLEL_BYTES 65536
 
 /* The vector kernels run where the CPU has them (matvec_avx2.c asks it; DSV4_SIMD=0 in the
- * environment says no), unless linear_use_simd(0) asks for the portable path: tests compare. */
+ * environment says no, DSV4_SIMD=avx2 no AVX-512), unless linear_use_simd asks for fewer:
+ * 0 the portable path, 1 the AVX2 kernels only, 2 all (tests compare them). */
 static int simd_enabled = 1;
-void linear_use_simd(int on) { simd_enabled = on; }
+void linear_use_simd(int level) {
+    simd_enabled = level > 0;
+    matvec_allow_avx512(level > 1);
+}
 static int linear_simd_enabled(void) { return simd_enabled; }
 
 static int64_t job_rows(const LinearJob *j) { return j->nr ? j->nr : j->W->rows - j->r0; }

@@ -323,6 +323,7 @@ int matvec_avx2_usable(const Mat *W) {
 
 /* xp[t][c] = x[t][c0 + order[c - c0]] for each 32-column chunk */
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
+    if (matvec_avx512_usable(W)) { matvec_avx512_prepare(W, x, ldx, T, xp); return; }
     const uint8_t *order = W->kind == W_BF16 ? BF16_ORDER : W->kind == W_FP4 || W->kind == W_Q4 ? E2M1_ORDER : NULL;
     const int64_t cols = W->cols;
     for (int64_t t = 0; t < T; t++)
@@ -592,6 +593,7 @@ int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst) {
 }
 
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy) {
+    if (matvec_avx512_usable(W)) { matvec_avx512_rows(W, r0, nr, xp, T, y, ldy); return; }
     switch (T) {
     case 1: rows_T(W, r0, nr, xp, 1, y, ldy); break;
     case 2: rows_T(W, r0, nr, xp, 2, y, ldy); break;
@@ -608,6 +610,7 @@ void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) { (void)y; (voi
 int matvec_avx2_usable(const Mat *W) { (void)W; return 0; }
 void softmax_sink_avx2(float *row, int64_t n, float sink) { (void)row; (void)n; (void)sink; }
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
+    if (matvec_avx512_usable(W)) { matvec_avx512_prepare(W, x, ldx, T, xp); return; }
     (void)W; (void)x; (void)ldx; (void)T; (void)xp;
 }
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy) {
