@@ -221,6 +221,11 @@ void matvec_allow_avx512(int on);
 int matvec_avx512_usable(const Mat *W);
 void matvec_avx512_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);
 void matvec_avx512_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy);
+/* Indexer prefill scoring (AVX-512): S[t][32p + j] = Σ_h w[t·HI + h] ReLU(q[t·HI + h] · key) for
+ * nq queries (q [nq·HI, I]) against np panels of 32 keys, each stored [I][32]; S row stride lds. */
+int indexer_avx512_usable(void);
+void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int heads, int dim, const float *panels, int64_t np,
+                                 float *S, int64_t lds);
 /* Fast mode (int8 activations against FP4, Q4 or Q8 weights, cols % 64 == 0): x [T, cols] ->
  * xq, xs (T·cols/8 floats) in the layout W's kernel reads; then each thread its rows. */
 int matvec_avx2_i8_usable(const Mat *W);

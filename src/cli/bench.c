@@ -272,12 +272,14 @@ static int bench_long(const char *cfgp, const char *mdir, int64_t L, int64_t n_d
 }
 
 static const char *BENCH_HELP =
-    "usage: dsv4 bench [--json] [--fast] [--dtype fp8|bf16] [--config CFG] [--prefill N] [--decode N] [--model-dir DIR]\n"
+    "usage: dsv4 bench [--json] [--fast] [--dtype fp8|bf16] [--expert-dtype fp4|fp8] [--config CFG] [--prefill N]\n"
+    "                  [--decode N] [--model-dir DIR]\n"
     "       dsv4 bench --kernels [--json]\n"
     "       dsv4 bench --long L [--config CFG] [--model-dir DIR] [--decode N] [--json]\n"
     "  Measures read bandwidth and sgemm rate, then prefill and decode speed of a random model\n"
     "  (default configs/bench-1b.json, created once in DIR: --dtype fp8 (default) stores FP8 with\n"
-    "  FP4 experts in bench/model-1b, bf16 stores BF16 in bench/model-1b-bf16).\n"
+    "  FP4 experts in bench/model-1b, bf16 stores BF16 in bench/model-1b-bf16; --dtype fp8\n"
+    "  --expert-dtype fp8: FP8 experts too, converted once from bench/model-1b into bench/model-1b-fp8).\n"
     "  --fast: also decode in the int8-activation fast mode and report its speed and logit change.\n"
     "  --kernels: each decode kernel (BF16, FP8, FP4, Q8, Q4; -i8: with int8 activations) alone at 1..N\n"
     "  threads against the read bandwidth at the same thread count.\n"
@@ -285,7 +287,7 @@ static const char *BENCH_HELP =
     "  bench/model-long-1m), then decode: time, peak RSS, FLOPs, decode time against its bytes.\n";
 
 int cmd_bench(int argc, char **argv) {
-    const char *cfgp = "configs/bench-1b.json", *mdir = NULL, *dtype = "fp8";
+    const char *cfgp = "configs/bench-1b.json", *mdir = NULL, *dtype = "fp8", *expert_dtype = "fp4";
     int json = 0, kernels = 0, fast = 0;
     int64_t long_tokens = 0;
     int64_t n_pre = 512, n_dec = 32;
@@ -302,6 +304,11 @@ int cmd_bench(int argc, char **argv) {
             dtype = argv[++i];
             if (strcmp(dtype, "fp8") && strcmp(dtype, "bf16")) return cli_error("bench", "--dtype takes fp8 or bf16, not '%s'", dtype);
         }
+        else if (!strcmp(a, "--expert-dtype")) {
+            expert_dtype = argv[++i];
+            if (strcmp(expert_dtype, "fp4") && strcmp(expert_dtype, "fp8"))
+                return cli_error("bench", "--expert-dtype takes fp4 or fp8, not '%s'", expert_dtype);
+        }
         else if (!strcmp(a, "--prefill")) n_pre = cli_int("bench", a, argv[++i], 1, 1 << 20);
         else if (!strcmp(a, "--decode")) n_dec = cli_int("bench", a, argv[++i], 1, 1 << 20);
         else if (!strcmp(a, "--long")) long_tokens = cli_int("bench", a, argv[++i], 1, (int64_t)1 << 24);
@@ -315,15 +322,30 @@ int cmd_bench(int argc, char **argv) {
     if (config_load(&c, cfgp)) return cli_error("bench", "%s", dsv4_last_error());
     char marker[4200];
     char mdir_default[64];
-    if (!mdir) {   /* bench/model-1b (FP8 with FP4 experts, as the config says) or bench/model-1b-bf16 */
-        snprintf(mdir_default, sizeof mdir_default, "bench/model-1b%s", strcmp(dtype, "fp8") ? "-bf16" : "");
+    const int fp8_experts = !strcmp(dtype, "fp8") && !strcmp(expert_dtype, "fp8");
+    if (strcmp(dtype, "fp8") && fp8_experts) return cli_error("bench", "--expert-dtype fp8 goes with --dtype fp8");
+    /* FP8 experts are converted from the model with FP4 ones: bench/model-1b, or DIR.fp4 */
+    char base_dir[4096];
+    snprintf(base_dir, sizeof base_dir, "%s%s", mdir ? mdir : "bench/model-1b", mdir ? ".fp4" : "");
+    if (!mdir) {   /* bench/model-1b (FP8 with FP4 experts, as the config says), -fp8 (FP8 experts) or -bf16 */
+        snprintf(mdir_default, sizeof mdir_default, "bench/model-1b%s", strcmp(dtype, "fp8") ? "-bf16" : fp8_experts ? "-fp8" : "");
         mdir = mdir_default;
     }
     snprintf(marker, sizeof marker, "%s/config.json", mdir);
     if (access(marker, F_OK) != 0) {
-        fprintf(stderr, "bench: creating the random %s model in %s (once)\n", dtype, mdir);
-        char *args[] = {"init", "--config", (char *)cfgp, "--seed", "1", "--out", (char *)mdir, "--dtype", (char *)dtype, NULL};
-        if (cmd_init(9, args)) return 1;
+        /* FP8 experts: the FP8 model (created first if need be), its experts converted */
+        const char *base = fp8_experts ? base_dir : mdir;
+        snprintf(marker, sizeof marker, "%s/config.json", base);
+        if (access(marker, F_OK) != 0) {
+            fprintf(stderr, "bench: creating the random %s model in %s (once)\n", dtype, base);
+            char *args[] = {"init", "--config", (char *)cfgp, "--seed", "1", "--out", (char *)base, "--dtype", (char *)dtype, NULL};
+            if (cmd_init(9, args)) return 1;
+        }
+        if (fp8_experts) {
+            fprintf(stderr, "bench: converting %s to FP8 experts in %s (once)\n", base, mdir);
+            char *args[] = {"convert", "-m", (char *)base, "--out", (char *)mdir, "--dtype", "fp8", "--expert-dtype", "fp8", NULL};
+            if (cmd_convert(9, args)) return 1;
+        }
     }
     const int threads = omp_get_max_threads();
     fprintf(stderr, "bench: measuring memory read bandwidth and sgemm (%d threads)\n", threads);

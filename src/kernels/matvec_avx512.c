@@ -181,9 +181,67 @@ void matvec_avx512_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, i
     default: rows_T(W, r0, nr, xp, 4, y, ldy); break;
     }
 }
+
+/* ---- indexer prefill scoring ----------------------------------------------------------------
+ * S[t][e] = Σ_h w[t][h] · ReLU(q[t][h] · key_e) for a block of queries against key panels (32
+ * keys each, stored [I][32]: dimension d of the panel's keys is two vectors). A group of R
+ * (query, head) rows × 32 keys is 2R accumulators; per dimension two panel loads serve 2R FMAs
+ * whose other operand is a broadcast of the row's q element, so the inner loop runs at the FMA
+ * rate (an sgemm with inner dimension 32 spends most of its time packing and writing C).
+ * The heads are combined into S as each group finishes: the row of head 0 stores, the others
+ * add, in head order. */
+int indexer_avx512_usable(void) { return cpu_avx512 > 0 && allow_avx512; }
+
+#define IDX_ROWS 12   /* rows per group: 24 accumulators of the 32 registers */
+static inline __attribute__((always_inline)) void idx_group(const float *q, const float *w, int64_t row0, int R, int HI,
+                                                           int I, const float *panel, float *S, int64_t lds) {
+    __m512 a0[IDX_ROWS], a1[IDX_ROWS];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    for (int d = 0; d < I; d++) {
+        const __m512 k0 = _mm512_loadu_ps(panel + 32 * d), k1 = _mm512_loadu_ps(panel + 32 * d + 16);
+        for (int r = 0; r < R; r++) {
+            const __m512 qb = _mm512_set1_ps(q[(row0 + r) * I + d]);
+            a0[r] = _mm512_fmadd_ps(qb, k0, a0[r]);
+            a1[r] = _mm512_fmadd_ps(qb, k1, a1[r]);
+        }
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    for (int r = 0; r < R; r++) {
+        const int64_t row = row0 + r, t = row / HI;
+        const __m512 wv = _mm512_set1_ps(w[row]);
+        float *st = S + t * lds;
+        __m512 s0 = _mm512_mul_ps(wv, _mm512_max_ps(a0[r], zero)), s1 = _mm512_mul_ps(wv, _mm512_max_ps(a1[r], zero));
+        if (row % HI) { s0 = _mm512_add_ps(_mm512_loadu_ps(st), s0); s1 = _mm512_add_ps(_mm512_loadu_ps(st + 16), s1); }
+        _mm512_storeu_ps(st, s0);
+        _mm512_storeu_ps(st + 16, s1);
+    }
+}
+
+void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int HI, int I, const float *panels, int64_t np,
+                                 float *S, int64_t lds) {
+    const int64_t rows = nq * HI;
+    for (int64_t p = 0; p < np; p++) {
+        const float *panel = panels + p * 32 * I;
+        float *Sp = S + 32 * p;
+        int64_t r0 = 0;
+        for (; r0 + IDX_ROWS <= rows; r0 += IDX_ROWS) idx_group(q, w, r0, IDX_ROWS, HI, I, panel, Sp, lds);
+        switch (rows - r0) {   /* the last group: R a constant in each copy */
+        case 0: break;
+#define IDX_TAIL(n) case n: idx_group(q, w, r0, n, HI, I, panel, Sp, lds); break;
+        IDX_TAIL(1) IDX_TAIL(2) IDX_TAIL(3) IDX_TAIL(4) IDX_TAIL(5) IDX_TAIL(6)
+        IDX_TAIL(7) IDX_TAIL(8) IDX_TAIL(9) IDX_TAIL(10) IDX_TAIL(11)
+#undef IDX_TAIL
+        }
+    }
+}
 #pragma GCC pop_options
 
 #else   /* not x86-64: never chosen */
+int indexer_avx512_usable(void) { return 0; }
+void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int HI, int I, const float *panels, int64_t np,
+                                 float *S, int64_t lds) {
+    (void)q; (void)w; (void)nq; (void)HI; (void)I; (void)panels; (void)np; (void)S; (void)lds;
+}
 void matvec_allow_avx512(int on) { (void)on; }
 int cpu_has_avx512(void) { return 0; }
 int matvec_avx512_usable(const Mat *W) { (void)W; return 0; }

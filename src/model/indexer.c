@@ -175,6 +175,20 @@ __attribute__((target("avx2,fma"))) static void combine_push_avx2(TopkStream *s,
     }
     if (w < n) combine_push_scalar(s, C + w, ne, HI, wt, e0 + w, n - w);
 }
+
+/* already combined scores (the AVX-512 path): only the threshold test */
+__attribute__((target("avx2,fma"))) static void push_scores_avx2(TopkStream *s, const float *S, int64_t e0, int64_t n) {
+    int64_t w = 0;
+    for (; w + 8 <= n; w += 8) {
+        const __m256 sc = _mm256_loadu_ps(S + w);
+        int mask = 0xff;
+        if (s->cut) mask = _mm256_movemask_ps(_mm256_cmp_ps(sc, _mm256_set1_ps(s->theta), _CMP_GT_OQ));
+        for (int j = 0; mask && j < 8; j++)
+            if (mask >> j & 1 && (!s->cut || S[w + j] > s->theta)) stream_push(s, S[w + j], e0 + w + j);
+    }
+    for (; w < n; w++)
+        if (!s->cut || S[w] > s->theta) stream_push(s, S[w], e0 + w);
+}
 #endif
 
 void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
@@ -184,10 +198,27 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
     const int64_t nmax = (t0 + T) / ratio;   /* entries the chunk's last query sees */
     const int64_t K = cf->index_topk < nmax ? cf->index_topk : nmax;   /* index_topk may exceed them (a dense stage) */
     const int64_t nblocks = (T + IDX_QBLOCK - 1) / IDX_QBLOCK, cap = 4 * (K > 16 ? K : 16);
-    const int avx2 = cpu_has_avx2();
+    const int avx2 = cpu_has_avx2(), avx512 = indexer_avx512_usable();
+    /* AVX-512: the keys in panels of 32, [I][32] each (zero past the last entry), so that the
+     * scoring kernel reads one dimension of 32 keys as two vectors; built once per chunk (a
+     * small cost beside scoring the chunk's queries against every key) */
+    const int64_t npanels = (nmax + 31) / 32;
+    float *panels = avx512 ? xmalloc(sizeof(float) * (size_t)(npanels * 32 * I)) : NULL;
 #pragma omp parallel
     {
-        float *C = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * HI * IDX_TILE));
+        if (avx512) {
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < npanels; p++) {
+                float *pp = panels + p * 32 * I;
+                for (int j = 0; j < 32; j++) {
+                    const int64_t e = 32 * p + j;
+                    const float *key = c->idx_keys + e * I;
+                    for (int d = 0; d < I; d++) pp[32 * d + j] = e < nmax ? key[d] : 0.0f;
+                }
+            }
+        }
+        /* sgemm: the heads' dot products, C [block·heads, tile]; AVX-512: the scores, [block, tile] */
+        float *C = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * (avx512 ? 1 : HI) * IDX_TILE));
         TopkStream st[IDX_QBLOCK];
         float *vbuf = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * cap * 2));
         int64_t *ibuf = xmalloc(sizeof(int64_t) * (size_t)(IDX_QBLOCK * cap * 2));
@@ -208,6 +239,16 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
             }
             for (int64_t e0 = 0; e0 < nvis_block; e0 += IDX_TILE) {
                 const int64_t ne = e0 + IDX_TILE < nvis_block ? IDX_TILE : nvis_block - e0;
+#if defined(__x86_64__)
+                if (avx512) {
+                    indexer_block_scores_avx512(q_idx + ta * HI * I, w_idx + ta * HI, nq, HI, I, panels + e0 * I, (ne + 31) / 32, C, IDX_TILE);
+                    for (int64_t t = 0; t < nq; t++) {
+                        const int64_t nvis = (t0 + ta + t + 1) / ratio, n = nvis - e0 < ne ? nvis - e0 : ne;
+                        if (n > 0) push_scores_avx2(&st[t], C + t * IDX_TILE, e0, n);
+                    }
+                    continue;
+                }
+#endif
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)(nq * HI), (blasint)ne, I, 1.0f, q_idx + ta * HI * I, I,
                             c->idx_keys + e0 * I, I, 0.0f, C, (blasint)ne);
                 for (int64_t t = 0; t < nq; t++) {
@@ -229,5 +270,6 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
         }
         free(C); free(vbuf); free(ibuf);
     }
+    free(panels);
     (void)avx2;
 }
