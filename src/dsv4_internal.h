@@ -244,6 +244,9 @@ float softplus_f(float x);
  * increasing index order. */
 void topk_indices(const float *s, int64_t n, int64_t k, int64_t *idx);
 void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp);   /* tmp: n floats */
+/* The k-th largest τ of v[0..n) (NaN mapped to -inf beforehand; 1 <= k <= n; v reordered), and in
+ * *ties how many entries equal to τ belong to the k largest */
+float topk_threshold(float *v, int64_t n, int64_t k, int64_t *ties);
 /* RoPE frequencies (official precompute_freqs_cis: YaRN ramp when original_seq_len > 0). */
 void rope_freqs(double *freq, int rope_dim, double base, int64_t original_seq_len, double factor,
                 double beta_fast, double beta_slow);

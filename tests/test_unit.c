@@ -563,6 +563,27 @@ static void test_ops(void) {
     ok = 1;
     for (int i = 0; i < 100; i++) ok &= sel[i] == NB - 100 + i;
     CHECK(ok, "rising scores (the one-pass selection cut many times): the last k, %lld..%lld", (long long)sel[0], (long long)sel[99]);
+    {   /* the threshold path (k > n/16): negatives, both zeros (equal as floats), one NaN */
+        enum { NZ = 1000, KZ = 300 };
+        float z[NZ];
+        int64_t zs[KZ];
+        for (int i = 0; i < NZ; i++) z[i] = i % 5 == 0 ? -0.0f : i % 5 == 1 ? 0.0f : i % 5 == 2 ? -1e-3f * (float)(i % 37) : (float)(int)(nrand() * 3) - 2.5f;
+        z[17] = NAN;
+        for (int i = 0; i < KZ; i++) zs[i] = -1;
+        topk_indices(z, NZ, KZ, zs);
+        ok = 1;
+        for (int i = 0; i < KZ && ok; i++) {
+            if (zs[i] < 0 || zs[i] >= NZ) { ok = 0; break; }
+            int64_t better_count = 0;
+            const float v = isnan(z[zs[i]]) ? -INFINITY : z[zs[i]];
+            for (int j = 0; j < NZ; j++) {
+                const float u = isnan(z[j]) ? -INFINITY : z[j];
+                better_count += u > v || (u == v && j < zs[i]);
+            }
+            ok &= better_count < KZ && (i == 0 || zs[i] > zs[i - 1]);
+        }
+        CHECK(ok, "k = %d of %d with negatives, +0 and -0 tied, a NaN: the k best, ties to the lower index", KZ, NZ);
+    }
     free(big);
 
     g_test = "softmax_sink";   /* the vectorised exp of prefill attention against double */

@@ -117,7 +117,7 @@ static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
 }
-/* The k best by a heap: O(n log k) worst case (the fallback of topk_select). */
+/* The k best by a heap, O(n log k): topk_select for n <= 64. */
 static void topk_heap(const float *s, int64_t n, int64_t k, int64_t *idx) {
     for (int64_t i = 0; i < k; i++) idx[i] = i;
     for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(idx, k, i, s);
@@ -126,26 +126,39 @@ static void topk_heap(const float *s, int64_t n, int64_t k, int64_t *idx) {
     qsort(idx, (size_t)k, sizeof(int64_t), cmp_i64);
 }
 
-/* The k-th largest of v[0..n) (NaN already mapped to -inf), v reordered: quickselect with a
- * median-of-three pivot, O(n) on average; -1 when it takes too many rounds (adversarial input). */
-static int kth_largest(float *v, int64_t n, int64_t k, float *out) {
-    int64_t lo = 0, hi = n - 1, want = k - 1;   /* position want in descending order */
-    for (int rounds = 0; rounds < 64; rounds++) {
-        if (lo == hi) { *out = v[lo]; return 0; }
-        const int64_t mid = lo + (hi - lo) / 2;
-        float a = v[lo], b = v[mid], c = v[hi];
-        const float pivot = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
-        int64_t i = lo, j = hi;
-        while (i <= j) {   /* descending: larger to the left */
-            while (v[i] > pivot) i++;
-            while (v[j] < pivot) j--;
-            if (i <= j) { const float t = v[i]; v[i] = v[j]; v[j] = t; i++; j--; }
+/* A float's bits turned into an unsigned key in the same order (negatives reversed, below the
+ * positives). -0 takes +0's key: the two compare equal as floats, and the callers count entries
+ * equal to the threshold as floats do. */
+static inline uint32_t order_key(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if (u == 0x80000000u) u = 0;
+    return u >> 31 ? ~u : u | 0x80000000u;
+}
+
+/* The k-th largest τ of v[0..n) (NaN already mapped to -inf; 1 <= k <= n), v reordered, and in
+ * *ties how many entries equal to τ the k largest take (the rest of them are above τ): radix
+ * selection on the order keys, 8 bits a pass from the top. A pass counts the candidates left per
+ * byte value, finds the bucket holding the k-th and moves its members to the front; after four
+ * passes those left share one key. O(n) whatever the data, and branch-light: quickselect spent
+ * most of its time on mispredicted comparisons, and this runs once per cut of every indexer
+ * query's running selection. */
+float topk_threshold(float *v, int64_t n, int64_t k, int64_t *ties) {
+    int64_t m = n;
+    for (int shift = 24; shift >= 0 && m > 1; shift -= 8) {
+        uint32_t count[256] = {0};
+        for (int64_t i = 0; i < m; i++) count[order_key(v[i]) >> shift & 255]++;
+        uint32_t b = 255;
+        for (; b > 0 && k > count[b]; b--) k -= count[b];
+        int64_t j = 0;
+        for (int64_t i = 0; i < m; i++) {   /* branch-free: the bucket test is a coin flip */
+            v[j] = v[i];
+            j += (order_key(v[i]) >> shift & 255) == b;
         }
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else { *out = pivot; return 0; }
+        m = j;
     }
-    return -1;
+    *ties = k;
+    return v[0];
 }
 
 /* Few of many (k <= n/16): one pass that lets an entry in only when it beats the k-th best seen
@@ -181,7 +194,7 @@ static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, floa
 
 /* Indices of the k largest of s[0..n) in ascending index order; ties go to the lower index, NaN
  * counts as -inf. Few of many: topk_stream. Otherwise by a threshold: the k-th largest value τ
- * (quickselect on a copy in tmp, n floats), then one scan keeps every entry above τ and the
+ * (radix selection on a copy in tmp, n floats), then one scan keeps every entry above τ and the
  * first entries equal to τ. O(n) on average either way. */
 void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
     if (k >= n) { for (int64_t i = 0; i < n; i++) idx[i] = i; return; }
@@ -189,11 +202,8 @@ void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp)
     if (n <= 64) { topk_heap(s, n, k, idx); return; }
     if (tmp && n >= 16 * k) { topk_stream(s, n, k, idx, tmp); return; }
     for (int64_t i = 0; i < n; i++) tmp[i] = isnan(s[i]) ? -INFINITY : s[i];
-    float tau;
-    if (kth_largest(tmp, n, k, &tau)) { topk_heap(s, n, k, idx); return; }
-    int64_t above = 0;
-    for (int64_t i = 0; i < n; i++) above += (isnan(s[i]) ? -INFINITY : s[i]) > tau;
-    int64_t ties = k - above, m = 0;
+    int64_t ties, m = 0;
+    const float tau = topk_threshold(tmp, n, k, &ties);
     for (int64_t i = 0; i < n && m < k; i++) {
         const float x = isnan(s[i]) ? -INFINITY : s[i];
         if (x > tau) idx[m++] = i;

@@ -119,7 +119,7 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, 
  * stays cheap even when later entries keep scoring higher (a heap would sift on every one). */
 typedef struct {
     float *v, *tmp;        /* scores [cap]; scratch [cap] */
-    int64_t *ix, *pick;    /* their entries [cap]; scratch [cap] */
+    int64_t *ix;           /* their entries [cap] */
     int64_t n, cap, k;
     float theta;
     int cut;               /* cut at least once: the threshold applies */
@@ -127,12 +127,21 @@ typedef struct {
 
 static void stream_cut(TopkStream *s) {
     if (s->n <= s->k) return;
-    topk_select(s->v, s->n, s->k, s->pick, s->tmp);   /* ascending positions: compact in place */
-    for (int64_t j = 0; j < s->k; j++) { s->v[j] = s->v[s->pick[j]]; s->ix[j] = s->ix[s->pick[j]]; }
-    s->n = s->k;
-    float th = INFINITY;
-    for (int64_t j = 0; j < s->k; j++) th = fminf(th, isnan(s->v[j]) ? -INFINITY : s->v[j]);
-    s->theta = th;
+    /* the k-th best τ (on a copy), then one pass keeps, in order, what is above τ and the first
+     * entries equal to it: topk_select's choice, compacted in place */
+    for (int64_t j = 0; j < s->n; j++) s->tmp[j] = isnan(s->v[j]) ? -INFINITY : s->v[j];
+    int64_t ties, m = 0;
+    const float tau = topk_threshold(s->tmp, s->n, s->k, &ties);
+    for (int64_t j = 0; j < s->n; j++) {   /* branch-free: about one in four is kept */
+        const float x = isnan(s->v[j]) ? -INFINITY : s->v[j];
+        const int tie = x == tau && ties > 0;
+        s->v[m] = s->v[j];
+        s->ix[m] = s->ix[j];
+        m += (x > tau) | tie;
+        ties -= tie;
+    }
+    s->n = m;   /* == k */
+    s->theta = tau;
     s->cut = 1;
 }
 
@@ -176,18 +185,29 @@ __attribute__((target("avx2,fma"))) static void combine_push_avx2(TopkStream *s,
     if (w < n) combine_push_scalar(s, C + w, ne, HI, wt, e0 + w, n - w);
 }
 
-/* already combined scores (the AVX-512 path): only the threshold test */
-__attribute__((target("avx2,fma"))) static void push_scores_avx2(TopkStream *s, const float *S, int64_t e0, int64_t n) {
+/* already combined scores (the AVX-512 path): only the threshold test. Until the first cut
+ * every score goes in: copied in bulk. After it, 16 scores per compare, and only the lanes over
+ * the threshold visited (a push may cut and raise the threshold: each is tested again). */
+__attribute__((target("avx512f"))) static void push_scores_avx512(TopkStream *s, const float *S, int64_t e0, int64_t n) {
     int64_t w = 0;
-    for (; w + 8 <= n; w += 8) {
-        const __m256 sc = _mm256_loadu_ps(S + w);
-        int mask = 0xff;
-        if (s->cut) mask = _mm256_movemask_ps(_mm256_cmp_ps(sc, _mm256_set1_ps(s->theta), _CMP_GT_OQ));
-        for (int j = 0; mask && j < 8; j++)
-            if (mask >> j & 1 && (!s->cut || S[w + j] > s->theta)) stream_push(s, S[w + j], e0 + w + j);
+    while (!s->cut && w < n) {
+        if (s->n == s->cap) { stream_cut(s); break; }
+        const int64_t m = s->cap - s->n < n - w ? s->cap - s->n : n - w;
+        memcpy(s->v + s->n, S + w, sizeof(float) * (size_t)m);
+        for (int64_t j = 0; j < m; j++) s->ix[s->n + j] = e0 + w + j;
+        s->n += m;
+        w += m;
+    }
+    for (; w + 16 <= n; w += 16) {
+        unsigned mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(S + w), _mm512_set1_ps(s->theta), _CMP_GT_OQ);
+        while (mask) {
+            const int j = __builtin_ctz(mask);
+            mask &= mask - 1;
+            if (S[w + j] > s->theta) stream_push(s, S[w + j], e0 + w + j);
+        }
     }
     for (; w < n; w++)
-        if (!s->cut || S[w] > s->theta) stream_push(s, S[w], e0 + w);
+        if (S[w] > s->theta) stream_push(s, S[w], e0 + w);
 }
 #endif
 
@@ -221,10 +241,10 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
         float *C = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * (avx512 ? 1 : HI) * IDX_TILE));
         TopkStream st[IDX_QBLOCK];
         float *vbuf = xmalloc(sizeof(float) * (size_t)(IDX_QBLOCK * cap * 2));
-        int64_t *ibuf = xmalloc(sizeof(int64_t) * (size_t)(IDX_QBLOCK * cap * 2));
+        int64_t *ibuf = xmalloc(sizeof(int64_t) * (size_t)(IDX_QBLOCK * cap));
         for (int j = 0; j < IDX_QBLOCK; j++) {
             st[j].v = vbuf + 2 * j * cap; st[j].tmp = st[j].v + cap;
-            st[j].ix = ibuf + 2 * j * cap; st[j].pick = st[j].ix + cap;
+            st[j].ix = ibuf + j * cap;
             st[j].cap = cap;
         }
 #pragma omp for schedule(dynamic, 1)
@@ -244,7 +264,7 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
                     indexer_block_scores_avx512(q_idx + ta * HI * I, w_idx + ta * HI, nq, HI, I, panels + e0 * I, (ne + 31) / 32, C, IDX_TILE);
                     for (int64_t t = 0; t < nq; t++) {
                         const int64_t nvis = (t0 + ta + t + 1) / ratio, n = nvis - e0 < ne ? nvis - e0 : ne;
-                        if (n > 0) push_scores_avx2(&st[t], C + t * IDX_TILE, e0, n);
+                        if (n > 0) push_scores_avx512(&st[t], C + t * IDX_TILE, e0, n);
                     }
                     continue;
                 }
