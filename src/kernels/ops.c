@@ -166,6 +166,21 @@ float topk_threshold(float *v, int64_t n, int64_t k, int64_t *ties) {
  * best (topk_select on 4k values) and their worst becomes the bar. An entry equal to the bar
  * comes after every kept one, so it loses the tie, as in one selection over everything. Most
  * entries cost one comparison: the indexer picks 256 of 262,144 entries per query at 1M. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* The first index >= i whose score beats bar (n if none), eight scores per compare: after the
+ * first cut most entries fail the bar, so the scan is the selection's cost. NaN never beats it. */
+__attribute__((target("avx2"))) static int64_t next_above_avx2(const float *s, int64_t i, int64_t n, float bar) {
+    const __m256 b = _mm256_set1_ps(bar);
+    for (; i + 8 <= n; i += 8) {
+        const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + i), b, _CMP_GT_OQ));
+        if (mask) return i + __builtin_ctz((unsigned)mask);
+    }
+    for (; i < n && !(s[i] > bar); i++) {}
+    return i;
+}
+#endif
+
 static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
     const int64_t cap = 4 * k;
     float *cv = tmp, *cut_tmp = tmp + cap;   /* 8k of the n >= 16k floats of tmp */
@@ -173,7 +188,13 @@ static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, floa
     int64_t m = 0;
     float bar = -INFINITY;
     int cut = 0;
+#if defined(__x86_64__)
+    const int vec = cpu_has_avx2();
+#endif
     for (int64_t i = 0; i < n; i++) {
+#if defined(__x86_64__)
+        if (cut && vec && (i = next_above_avx2(s, i, n, bar)) == n) break;
+#endif
         const float x = isnan(s[i]) ? -INFINITY : s[i];
         if (cut && !(x > bar)) continue;
         if (m == cap) {   /* keep the k best, in index order; the worst of them is the bar */
