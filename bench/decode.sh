@@ -2,9 +2,10 @@
 # CPU inference against the machine's limits, measured in one run (make bench):
 #  1. each decode kernel alone (BF16, FP8, FP4 weights) against the read bandwidth measured at
 #     the same thread count, 1..N threads;
-#  2. the ~1B-parameter random model (configs/bench-1b.json) stored as FP8 with FP4 experts and
-#     as BF16: prefill and decode at 1 thread and at all threads, the prefill speed-up from
-#     threads, and the int8-activation fast mode with how far it moves the logits;
+#  2. the ~1B-parameter random model (configs/bench-1b.json) stored as FP8 with FP4 experts (the
+#     official layout), as FP8 with FP8 experts, and as BF16: prefill and decode at 1 thread and
+#     at all threads, the prefill speed-up from threads, and the int8-activation fast mode with
+#     how far it moves the logits;
 #  3. MTP speculative decoding on the bundled model: acceptance and speed against plain
 #     decoding (the outputs are compared: they must be identical).
 set -euo pipefail
@@ -15,10 +16,13 @@ THREADS=${OMP_NUM_THREADS:-$(nproc)}
 echo "== decode kernels (1 GiB of weights each) =="
 $D bench --kernels
 
-for dt in fp8 bf16; do
-  echo "== configs/bench-1b.json stored as $dt =="
-  j1=$(OMP_NUM_THREADS=1 $D bench --json --dtype "$dt" 2> /dev/null)
-  jn=$(OMP_NUM_THREADS=$THREADS $D bench --json --dtype "$dt" $([ "$dt" = fp8 ] && echo --fast) 2> /dev/null)
+for v in fp8:fp4 fp8:fp8 bf16:bf16; do
+  dt=${v%:*} ex=${v#*:}
+  echo "== configs/bench-1b.json stored as $dt, experts $ex =="
+  opts=(--dtype "$dt")
+  [ "$dt" = fp8 ] && opts+=(--expert-dtype "$ex")
+  j1=$(OMP_NUM_THREADS=1 $D bench --json "${opts[@]}" 2> /dev/null)
+  jn=$(OMP_NUM_THREADS=$THREADS $D bench --json "${opts[@]}" $([ "$ex" = fp4 ] && echo --fast) 2> /dev/null)
   /usr/bin/python3 - "$j1" "$jn" <<'P'
 import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])

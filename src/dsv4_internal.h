@@ -400,6 +400,11 @@ typedef struct LayerCache {
     float *eng_conv;               /* Engram short conv: normed inputs of the last (kernel-1)*N positions */
     LayerUndo *undo;               /* non-NULL: record the last token's changes (see LayerUndo) */
     double indexer_prefill_s;      /* seconds spent selecting the indexer's picks in prefill (bench) */
+    /* the indexer keys again in panels of 32 ([I][32] each) for the AVX-512 prefill scoring;
+     * the first idx_panels_n entries are current (entries before a chunk never change after it,
+     * a rollback only moves the position back), room for idx_panels_cap */
+    float *idx_panels;
+    int64_t idx_panels_n, idx_panels_cap;
 } LayerCache;
 
 struct dsv4_session {
@@ -493,7 +498,7 @@ void attend_decode(const float *q, int H, int D, const float *const *keys, int64
 int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c,
                      const float *q_idx_t, const float *w_idx_t, int64_t n_visible,
                      int64_t *selected, float *scratch);
-void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
+void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
                             int64_t t0, int ratio, int64_t *sel, int64_t sel_max, int64_t *n_sel);
 /* moe.c */
 void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int32_t *tokens,

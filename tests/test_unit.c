@@ -396,62 +396,75 @@ static void test_decode_split(void) {
 /* The indexer's prefill selection (a block of queries against tiles of entries; AVX-512 panels
  * or sgemm, then a running top-k per query) against scores in double: each query keeps
  * min(k, visible) entries, in increasing order, none of them outscored by more than rounding by
- * an entry left out. Two lengths: one tile of entries, and several with a partial last one. */
+ * an entry left out. Per case three chunks through one cache: the first, the next one (the
+ * panels kept from the first, extended), and one from an earlier position after the keys past
+ * it changed (a rollback: the panels of changed entries rebuilt). */
+static void check_prefill_picks(const char *path, const dsv4_model *m, LayerCache *c, const float *q, const float *w, int64_t T,
+                                int64_t t0, int ratio, int64_t K) {
+    const int HI = m->cfg.index_n_heads, ID = m->cfg.index_head_dim;
+    const int64_t nmax = (t0 + T) / ratio;
+    int64_t *sel = xmalloc(sizeof(int64_t) * T * K), *nsel = xmalloc(sizeof(int64_t) * T);
+    indexer_select_prefill(m, c, q, w, T, t0, ratio, sel, K, nsel);
+    double *ref = xmalloc(sizeof(double) * nmax), worst = 0;
+    char *picked = xmalloc((size_t)nmax);
+    int ok_count = 1, ok_order = 1, ok_best = 1;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t nvis = (t0 + t + 1) / ratio, want = K < nvis ? K : nvis;
+        ok_count &= nsel[t] == want;
+        memset(picked, 0, (size_t)nmax);
+        for (int64_t e = 0; e < nvis; e++) {
+            double sc = 0;
+            for (int h = 0; h < HI; h++) {
+                double d = 0;
+                for (int j = 0; j < ID; j++) d += (double)q[(t * HI + h) * ID + j] * c->idx_keys[e * ID + j];
+                sc += w[t * HI + h] * (d > 0 ? d : 0);
+            }
+            ref[e] = sc;
+        }
+        double low_in = INFINITY, high_out = -INFINITY;
+        for (int64_t j = 0; j < nsel[t] && j < K; j++) {
+            const int64_t e = sel[t * K + j];
+            if (e < 0 || e >= nvis || (j && e <= sel[t * K + j - 1])) { ok_order = 0; break; }
+            picked[e] = 1;
+            low_in = fmin(low_in, ref[e]);
+        }
+        for (int64_t e = 0; e < nvis; e++)
+            if (!picked[e]) high_out = fmax(high_out, ref[e]);
+        worst = fmax(worst, high_out - low_in);
+        ok_best &= high_out <= low_in + 1e-4;
+    }
+    CHECK(ok_count, "%s, chunk at %lld (%lld entries): min(k, visible) picks per query", path, (long long)t0, (long long)nmax);
+    CHECK(ok_order, "%s, chunk at %lld: picks visible and in increasing order", path, (long long)t0);
+    CHECK(ok_best, "%s, chunk at %lld: no entry left out scores above a pick (worst %.2g)", path, (long long)t0, worst);
+    free(sel); free(nsel); free(ref); free(picked);
+}
+
 static void test_indexer_prefill(void) {
     g_test = "indexer prefill";
     const int HI = 2, ID = 32, ratio = 4;
     const int64_t T = 150, K = 40;
-    const int64_t t0s[] = {600, 9000};
+    const int64_t t0s[] = {600, 9000};   /* one tile of entries; several, the last partial */
     dsv4_model m;
     memset(&m, 0, sizeof m);
     m.cfg.index_n_heads = HI; m.cfg.index_head_dim = ID; m.cfg.index_topk = (int)K;
     for (int simd = 2; simd >= 1; simd--)
         for (int li = 0; li < 2; li++) {
             linear_use_simd(simd);
-            const int64_t t0 = t0s[li], nmax = (t0 + T) / ratio;
+            const char *path = simd == 2 && indexer_avx512_usable() ? "AVX-512" : "sgemm";
+            const int64_t t0 = t0s[li], nall = (t0 + 2 * T) / ratio;
             LayerCache c;
             memset(&c, 0, sizeof c);
-            c.idx_keys = xmalloc(sizeof(float) * nmax * ID);
+            c.idx_keys = xmalloc(sizeof(float) * nall * ID);
             float *q = xmalloc(sizeof(float) * T * HI * ID), *w = xmalloc(sizeof(float) * T * HI);
-            for (int64_t i = 0; i < nmax * ID; i++) c.idx_keys[i] = (float)nrand();
+            for (int64_t i = 0; i < nall * ID; i++) c.idx_keys[i] = (float)nrand();
             for (int64_t i = 0; i < T * HI * ID; i++) q[i] = (float)nrand();
             for (int64_t i = 0; i < T * HI; i++) w[i] = (float)nrand();   /* negative weights too: scores below 0 */
-            int64_t *sel = xmalloc(sizeof(int64_t) * T * K), *nsel = xmalloc(sizeof(int64_t) * T);
-            indexer_select_prefill(&m, &c, q, w, T, t0, ratio, sel, K, nsel);
-            double *ref = xmalloc(sizeof(double) * nmax);
-            char *picked = xmalloc((size_t)nmax);
-            int ok_count = 1, ok_order = 1, ok_best = 1;
-            double worst = 0;
-            for (int64_t t = 0; t < T; t++) {
-                const int64_t nvis = (t0 + t + 1) / ratio, want = K < nvis ? K : nvis;
-                ok_count &= nsel[t] == want;
-                memset(picked, 0, (size_t)nmax);
-                for (int64_t e = 0; e < nvis; e++) {
-                    double sc = 0;
-                    for (int h = 0; h < HI; h++) {
-                        double d = 0;
-                        for (int j = 0; j < ID; j++) d += (double)q[(t * HI + h) * ID + j] * c.idx_keys[e * ID + j];
-                        sc += w[t * HI + h] * (d > 0 ? d : 0);
-                    }
-                    ref[e] = sc;
-                }
-                double low_in = INFINITY, high_out = -INFINITY;
-                for (int64_t j = 0; j < nsel[t] && j < K; j++) {
-                    const int64_t e = sel[t * K + j];
-                    if (e < 0 || e >= nvis || (j && e <= sel[t * K + j - 1])) { ok_order = 0; break; }
-                    picked[e] = 1;
-                    low_in = fmin(low_in, ref[e]);
-                }
-                for (int64_t e = 0; e < nvis; e++)
-                    if (!picked[e]) high_out = fmax(high_out, ref[e]);
-                worst = fmax(worst, high_out - low_in);
-                ok_best &= high_out <= low_in + 1e-4;
-            }
-            const char *path = simd == 2 && indexer_avx512_usable() ? "AVX-512" : "sgemm";
-            CHECK(ok_count, "%s, %lld entries: min(k, visible) picks per query", path, (long long)nmax);
-            CHECK(ok_order, "%s, %lld entries: picks visible and in increasing order", path, (long long)nmax);
-            CHECK(ok_best, "%s, %lld entries: no entry left out scores above a pick (worst %.2g)", path, (long long)nmax, worst);
-            free(c.idx_keys); free(q); free(w); free(sel); free(nsel); free(ref); free(picked);
+            check_prefill_picks(path, &m, &c, q, w, T, t0, ratio, K);
+            check_prefill_picks(path, &m, &c, q, w, T, t0 + T, ratio, K);
+            const int64_t back = t0 + T / 2;
+            for (int64_t i = (back / ratio) * ID; i < nall * ID; i++) c.idx_keys[i] = (float)nrand() * 2;
+            check_prefill_picks(path, &m, &c, q, w, T, back, ratio, K);
+            free(c.idx_keys); free(c.idx_panels); free(q); free(w);
         }
     linear_use_simd(2);
 }

@@ -140,9 +140,9 @@ static inline uint32_t order_key(float f) {
  * *ties how many entries equal to τ the k largest take (the rest of them are above τ): radix
  * selection on the order keys, 8 bits a pass from the top. A pass counts the candidates left per
  * byte value, finds the bucket holding the k-th and moves its members to the front; after four
- * passes those left share one key. O(n) whatever the data, and branch-light: quickselect spent
- * most of its time on mispredicted comparisons, and this runs once per cut of every indexer
- * query's running selection. */
+ * passes those left share one key. O(n) whatever the data, with no branch that depends on it
+ * (a quickselect's partitioning mispredicts about every other comparison); it runs once per cut
+ * of every indexer query's running selection. */
 float topk_threshold(float *v, int64_t n, int64_t k, int64_t *ties) {
     int64_t m = n;
     for (int shift = 24; shift >= 0 && m > 1; shift -= 8) {
@@ -161,11 +161,6 @@ float topk_threshold(float *v, int64_t n, int64_t k, int64_t *ties) {
     return v[0];
 }
 
-/* Few of many (k <= n/16): one pass that lets an entry in only when it beats the k-th best seen
- * so far. Candidates gather in index order in a buffer of 4k; when it fills, it is cut to its k
- * best (topk_select on 4k values) and their worst becomes the bar. An entry equal to the bar
- * comes after every kept one, so it loses the tie, as in one selection over everything. Most
- * entries cost one comparison: the indexer picks 256 of 262,144 entries per query at 1M. */
 #if defined(__x86_64__)
 #include <immintrin.h>
 /* The first index >= i whose score beats bar (n if none), eight scores per compare: after the
@@ -181,6 +176,11 @@ __attribute__((target("avx2"))) static int64_t next_above_avx2(const float *s, i
 }
 #endif
 
+/* Few of many (k <= n/16): one pass that lets an entry in only when it beats the k-th best seen
+ * so far. Candidates gather in index order in a buffer of 4k; when it fills, it is cut to its k
+ * best (topk_select on 4k values) and their worst becomes the bar. An entry equal to the bar
+ * comes after every kept one, so it loses the tie, as in one selection over everything. Most
+ * entries cost one comparison: the indexer picks 256 of 262,144 entries per query at 1M. */
 static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
     const int64_t cap = 4 * k;
     float *cv = tmp, *cut_tmp = tmp + cap;   /* 8k of the n >= 16k floats of tmp */

@@ -211,7 +211,7 @@ __attribute__((target("avx512f"))) static void push_scores_avx512(TopkStream *s,
 }
 #endif
 
-void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
+void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
                             int64_t t0, int ratio, int64_t *sel, int64_t sel_max, int64_t *n_sel) {
     const Config *cf = &m->cfg;
     const int HI = cf->index_n_heads, I = cf->index_head_dim;
@@ -220,20 +220,35 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
     const int64_t nblocks = (T + IDX_QBLOCK - 1) / IDX_QBLOCK, cap = 4 * (K > 16 ? K : 16);
     const int avx2 = cpu_has_avx2(), avx512 = indexer_avx512_usable();
     /* AVX-512: the keys in panels of 32, [I][32] each (zero past the last entry), so that the
-     * scoring kernel reads one dimension of 32 keys as two vectors; built once per chunk (a
-     * small cost beside scoring the chunk's queries against every key) */
+     * scoring kernel reads one dimension of 32 keys as two vectors; kept with the cache, each
+     * chunk transposing only its new entries (from the panel holding the first of them) */
     const int64_t npanels = (nmax + 31) / 32;
-    float *panels = avx512 ? xmalloc(sizeof(float) * (size_t)(npanels * 32 * I)) : NULL;
+    int64_t p_first = 0;
+    if (avx512) {
+        if (c->idx_panels_cap < npanels * 32) {
+            const int64_t cap = npanels * 32 > 2 * c->idx_panels_cap ? npanels * 32 : 2 * c->idx_panels_cap;
+            float *grown = xmalloc(sizeof(float) * (size_t)(cap * I));
+            if (c->idx_panels) memcpy(grown, c->idx_panels, sizeof(float) * (size_t)(c->idx_panels_cap * I));
+            free(c->idx_panels);
+            c->idx_panels = grown;
+            c->idx_panels_cap = cap;
+        }
+        const int64_t fixed = t0 / ratio;   /* entries the tokens before this chunk made */
+        p_first = (c->idx_panels_n < fixed ? c->idx_panels_n : fixed) / 32;
+        c->idx_panels_n = nmax;
+    }
+    float *panels = c->idx_panels;
 #pragma omp parallel
     {
         if (avx512) {
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < npanels; p++) {
+            for (int64_t p = p_first; p < npanels; p++) {
                 float *pp = panels + p * 32 * I;
                 for (int j = 0; j < 32; j++) {
                     const int64_t e = 32 * p + j;
+                    if (e >= nmax) { for (int d = 0; d < I; d++) pp[32 * d + j] = 0.0f; continue; }
                     const float *key = c->idx_keys + e * I;
-                    for (int d = 0; d < I; d++) pp[32 * d + j] = e < nmax ? key[d] : 0.0f;
+                    for (int d = 0; d < I; d++) pp[32 * d + j] = key[d];
                 }
             }
         }
@@ -290,6 +305,5 @@ void indexer_select_prefill(const dsv4_model *m, const LayerCache *c, const floa
         }
         free(C); free(vbuf); free(ibuf);
     }
-    free(panels);
     (void)avx2;
 }

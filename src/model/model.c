@@ -121,7 +121,8 @@ int cache_alloc(const dsv4_model *m, const LayerW *L, LayerCache *c, int64_t ctx
 }
 
 void cache_free(LayerCache *c) {
-    free(c->ring); free(c->comp); free(c->comp_a); free(c->comp_z); free(c->idx_keys); free(c->idx_a); free(c->idx_z); free(c->eng_conv);
+    free(c->ring); free(c->comp); free(c->comp_a); free(c->comp_z); free(c->idx_keys); free(c->idx_panels); free(c->idx_a); free(c->idx_z);
+    free(c->eng_conv);
 }
 
 dsv4_session *dsv4_session_new(dsv4_model *m, int64_t max_ctx) {
