@@ -216,7 +216,6 @@ int matvec_avx2_dequant_row(const Mat *W, int64_t r, float *dst);   /* 0: format
 /* The AVX-512 F+BW kernels (kernels/matvec_avx512.c: FP8 with cols % 64 == 0, FP4 and Q4 with
  * cols % 128 == 0), which the two functions above hand such matrices to where the CPU has them
  * and matvec_allow_avx512 allows. */
-int cpu_has_avx512(void);
 void matvec_allow_avx512(int on);
 int matvec_avx512_usable(const Mat *W);
 void matvec_avx512_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp);

@@ -17,7 +17,9 @@
  *         block scale by vcvtph2ps.
  * The hardware prefetcher alone leaves these loops at a third of the bus on the machines we
  * measured; an explicit prefetch a fixed distance ahead in the same row stream brings BF16 to
- * the read bandwidth and FP8/FP4 to their instruction throughput (`dsv4 bench --kernels`). */
+ * the read bandwidth and FP8/FP4 to their instruction throughput (`dsv4 bench --kernels`).
+ * Where the CPU has AVX-512, FP8, FP4 and Q4 matrices go to matvec_avx512.c instead (prepare
+ * and rows below hand them over), with fewer shuffle-port instructions per weight. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,5 +1,6 @@
-/* FP8, FP4 and Q4 decode kernels for AVX-512 (F + BW), chosen at run time over the AVX2 ones
- * where the CPU has it (matvec_avx2.c asks matvec_avx512_usable; DSV4_SIMD=avx2 says no).
+/* FP8, FP4 and Q4 decode kernels and the indexer's prefill scoring for AVX-512 (F + BW), chosen
+ * at run time over the AVX2 / sgemm paths where the CPU has it (matvec_avx2.c asks
+ * matvec_avx512_usable, indexer.c indexer_avx512_usable; DSV4_SIMD=avx2 says no).
  *
  * FP8 e4m3. Why a second kernel: with AVX2 the e4m3 -> float widening is bound by the shuffle port
  * (unpack + extract + vcvtph2ps: 8 port-5 uops per 32 weights), which holds FP8 decode to about
@@ -51,7 +52,6 @@ __attribute__((constructor)) static void cpu_probe_avx512(void) {
 }
 static int allow_avx512 = 1;
 void matvec_allow_avx512(int on) { allow_avx512 = on; }
-int cpu_has_avx512(void) { return cpu_avx512 > 0; }
 
 int matvec_avx512_usable(const Mat *W) {
     if (cpu_avx512 <= 0 || !allow_avx512) return 0;
@@ -243,7 +243,6 @@ void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int
     (void)q; (void)w; (void)nq; (void)HI; (void)I; (void)panels; (void)np; (void)S; (void)lds;
 }
 void matvec_allow_avx512(int on) { (void)on; }
-int cpu_has_avx512(void) { return 0; }
 int matvec_avx512_usable(const Mat *W) { (void)W; return 0; }
 void matvec_avx512_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
     (void)W; (void)x; (void)ldx; (void)T; (void)xp;
