@@ -441,14 +441,18 @@ static void check_prefill_picks(const char *path, const dsv4_model *m, LayerCach
 
 static void test_indexer_prefill(void) {
     g_test = "indexer prefill";
-    const int HI = 2, ID = 32, ratio = 4;
+    const int ratio = 4;
     const int64_t T = 150, K = 40;
-    const int64_t t0s[] = {600, 9000};   /* one tile of entries; several, the last partial */
+    /* one tile of entries, several with the last partial; 5 heads: a query's heads split
+     * between two of the kernel's 12-row groups */
+    const int64_t t0s[] = {600, 9000, 2000};
+    const int his[] = {2, 2, 5}, ids[] = {32, 32, 16};
     dsv4_model m;
     memset(&m, 0, sizeof m);
-    m.cfg.index_n_heads = HI; m.cfg.index_head_dim = ID; m.cfg.index_topk = (int)K;
     for (int simd = 2; simd >= 1; simd--)
-        for (int li = 0; li < 2; li++) {
+        for (int li = 0; li < 3; li++) {
+            const int HI = his[li], ID = ids[li];
+            m.cfg.index_n_heads = HI; m.cfg.index_head_dim = ID; m.cfg.index_topk = (int)K;
             linear_use_simd(simd);
             const char *path = simd == 2 && indexer_avx512_usable() ? "AVX-512" : "sgemm";
             const int64_t t0 = t0s[li], nall = (t0 + 2 * T) / ratio;

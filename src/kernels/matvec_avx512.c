@@ -188,8 +188,8 @@ void matvec_avx512_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, i
  * (query, head) rows × 32 keys is 2R accumulators; per dimension two panel loads serve 2R FMAs
  * whose other operand is a broadcast of the row's q element, so the inner loop runs at the FMA
  * rate (an sgemm with inner dimension 32 spends most of its time packing and writing C).
- * The heads are combined into S as each group finishes: the row of head 0 stores, the others
- * add, in head order. */
+ * The heads are combined into S as each group finishes (a query whose heads span two groups:
+ * the second adds to what the first stored). */
 int indexer_avx512_usable(void) { return cpu_avx512 > 0 && allow_avx512; }
 
 #define IDX_ROWS 12   /* rows per group: 24 accumulators of the 32 registers */
@@ -205,16 +205,31 @@ static inline __attribute__((always_inline)) void idx_group(const float *q, cons
             a1[r] = _mm512_fmadd_ps(qb, k1, a1[r]);
         }
     }
+    /* a query's heads summed in registers while its rows last in this group; stored when the
+     * query changes, added to what an earlier group stored when it began there */
     const __m512 zero = _mm512_setzero_ps();
+    __m512 c0 = zero, c1 = zero;
+    int64_t tq = row0 / HI;
+    int added = (int)(row0 % HI) > 0;
     for (int r = 0; r < R; r++) {
         const int64_t row = row0 + r, t = row / HI;
+        if (t != tq) {
+            float *st = S + tq * lds;
+            if (added) { c0 = _mm512_add_ps(_mm512_loadu_ps(st), c0); c1 = _mm512_add_ps(_mm512_loadu_ps(st + 16), c1); }
+            _mm512_storeu_ps(st, c0);
+            _mm512_storeu_ps(st + 16, c1);
+            c0 = c1 = zero;
+            tq = t;
+            added = 0;
+        }
         const __m512 wv = _mm512_set1_ps(w[row]);
-        float *st = S + t * lds;
-        __m512 s0 = _mm512_mul_ps(wv, _mm512_max_ps(a0[r], zero)), s1 = _mm512_mul_ps(wv, _mm512_max_ps(a1[r], zero));
-        if (row % HI) { s0 = _mm512_add_ps(_mm512_loadu_ps(st), s0); s1 = _mm512_add_ps(_mm512_loadu_ps(st + 16), s1); }
-        _mm512_storeu_ps(st, s0);
-        _mm512_storeu_ps(st + 16, s1);
+        c0 = _mm512_fmadd_ps(wv, _mm512_max_ps(a0[r], zero), c0);
+        c1 = _mm512_fmadd_ps(wv, _mm512_max_ps(a1[r], zero), c1);
     }
+    float *st = S + tq * lds;
+    if (added) { c0 = _mm512_add_ps(_mm512_loadu_ps(st), c0); c1 = _mm512_add_ps(_mm512_loadu_ps(st + 16), c1); }
+    _mm512_storeu_ps(st, c0);
+    _mm512_storeu_ps(st + 16, c1);
 }
 
 void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int HI, int I, const float *panels, int64_t np,
