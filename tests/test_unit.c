@@ -141,7 +141,7 @@ static void test_linear(void) {
     const char *names[] = {"f32", "bf16", "f16", "fp8", "fp4", "fp8 f32-scales", "fp4 f32-scales", "bf16 cols%32", "q8", "q4",
                            "fp4 cols%128", "fp4 f32-scales cols%128", "q4 cols%128"};
     const int nkinds = (int)(sizeof kinds / sizeof kinds[0]);
-    for (int simd = 2; simd >= 0; simd--)   /* all kernels (AVX-512 FP8 where present), AVX2 only, portable */
+    for (int simd = 2; simd >= 0; simd--)   /* all kernels (AVX-512 where present), AVX2 only, portable */
     for (int ki = 0; ki < nkinds; ki++) {
         const int64_t rows = 200, cols = ki == 7 ? 200 : ki >= 10 ? 384 : 320;
         Mat W;

@@ -187,7 +187,7 @@ void matvec_avx512_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, i
  * keys each, stored [I][32]: dimension d of the panel's keys is two vectors). A group of R
  * (query, head) rows × 32 keys is 2R accumulators; per dimension two panel loads serve 2R FMAs
  * whose other operand is a broadcast of the row's q element, so the inner loop runs at the FMA
- * rate (an sgemm with inner dimension 32 spends most of its time packing and writing C).
+ * rate (an sgemm with inner dimension 32 spends much of its time packing operands and writing C).
  * The heads are combined into S as each group finishes (a query whose heads span two groups:
  * the second adds to what the first stored). */
 int indexer_avx512_usable(void) { return cpu_avx512 > 0 && allow_avx512; }
