@@ -612,7 +612,6 @@ void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) { (void)y; (voi
 int matvec_avx2_usable(const Mat *W) { (void)W; return 0; }
 void softmax_sink_avx2(float *row, int64_t n, float sink) { (void)row; (void)n; (void)sink; }
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
-    if (matvec_avx512_usable(W)) { matvec_avx512_prepare(W, x, ldx, T, xp); return; }
     (void)W; (void)x; (void)ldx; (void)T; (void)xp;
 }
 void matvec_avx2_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, int64_t T, float *y, int64_t ldy) {
