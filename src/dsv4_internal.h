@@ -246,6 +246,26 @@ void topk_select(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp)
 /* The k-th largest τ of v[0..n) (NaN mapped to -inf beforehand; 1 <= k <= n; v reordered), and in
  * *ties how many entries equal to τ belong to the k largest */
 float topk_threshold(float *v, int64_t n, int64_t k, int64_t *ties);
+/* The k best of a stream of (score, index) in increasing index order, exactly as topk_select
+ * ranks them (score descending, NaN as -inf, ties to the lower index): candidates are kept
+ * while fewer than `cap`; then they are cut to the k best and only scores above the k-th (the
+ * threshold theta) need be let in — an equal one comes later, so it loses the tie. Cutting in
+ * batches stays cheap even when later entries keep scoring higher (a heap would sift on every
+ * one). Used by topk_select for few of many and by the indexer's prefill, one per query. */
+typedef struct {
+    float *v, *tmp;        /* scores [cap]; scratch [cap] */
+    int64_t *ix;           /* their entries [cap] */
+    int64_t n, cap, k;     /* k <= cap / 2 */
+    float theta;
+    int cut;               /* cut at least once: the threshold applies */
+} TopkStream;
+void topk_stream_reset(TopkStream *s, int64_t k);   /* empty, keeping k (k <= 0: nothing) */
+void topk_stream_cut(TopkStream *s);   /* to the k best, in index order; theta their worst */
+static inline void topk_stream_push(TopkStream *s, float v, int64_t ix) {
+    if (s->n == s->cap) topk_stream_cut(s);
+    s->v[s->n] = v;
+    s->ix[s->n++] = ix;
+}
 /* RoPE frequencies (official precompute_freqs_cis: YaRN ramp when original_seq_len > 0). */
 void rope_freqs(double *freq, int rope_dim, double base, int64_t original_seq_len, double factor,
                 double beta_fast, double beta_slow);

@@ -176,41 +176,52 @@ __attribute__((target("avx2"))) static int64_t next_above_avx2(const float *s, i
 }
 #endif
 
-/* Few of many (k <= n/16): one pass that lets an entry in only when it beats the k-th best seen
- * so far. Candidates gather in index order in a buffer of 4k; when it fills, it is cut to its k
- * best (topk_select on 4k values) and their worst becomes the bar. An entry equal to the bar
- * comes after every kept one, so it loses the tie, as in one selection over everything. Most
- * entries cost one comparison: the indexer picks 256 of 262,144 entries per query at 1M. */
+void topk_stream_reset(TopkStream *s, int64_t k) {
+    s->n = 0;
+    s->k = k > 0 ? k : 0;
+    s->cut = k <= 0;   /* nothing to keep: every score fails the bar */
+    s->theta = k > 0 ? -INFINITY : INFINITY;
+}
+
+void topk_stream_cut(TopkStream *s) {
+    if (s->n <= s->k) return;
+    /* the k-th best τ (on a copy), then one pass keeps, in order, what is above τ and the first
+     * entries equal to it: topk_select's choice, compacted in place */
+    for (int64_t j = 0; j < s->n; j++) s->tmp[j] = isnan(s->v[j]) ? -INFINITY : s->v[j];
+    int64_t ties, m = 0;
+    const float tau = topk_threshold(s->tmp, s->n, s->k, &ties);
+    for (int64_t j = 0; j < s->n; j++) {   /* branch-free: about one in four is kept */
+        const float x = isnan(s->v[j]) ? -INFINITY : s->v[j];
+        const int tie = x == tau && ties > 0;
+        s->v[m] = s->v[j];
+        s->ix[m] = s->ix[j];
+        m += (x > tau) | tie;
+        ties -= tie;
+    }
+    s->n = m;   /* == k */
+    s->theta = tau;
+    s->cut = 1;
+}
+
+/* Few of many (k <= n/16): one pass through a TopkStream with a buffer of 4k candidates. Most
+ * entries cost one comparison with the bar: the indexer picks 256 of 262,144 entries per query
+ * at 1M. */
 static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
     const int64_t cap = 4 * k;
-    float *cv = tmp, *cut_tmp = tmp + cap;   /* 8k of the n >= 16k floats of tmp */
-    int64_t *ci = xmalloc(sizeof(int64_t) * (size_t)(cap + k)), *pick = ci + cap;
-    int64_t m = 0;
-    float bar = -INFINITY;
-    int cut = 0;
+    TopkStream st = {.v = tmp, .tmp = tmp + cap, .ix = xmalloc(sizeof(int64_t) * (size_t)cap), .cap = cap};   /* 8k of the n >= 16k floats of tmp */
+    topk_stream_reset(&st, k);
 #if defined(__x86_64__)
     const int vec = cpu_has_avx2();
 #endif
     for (int64_t i = 0; i < n; i++) {
 #if defined(__x86_64__)
-        if (cut && vec && (i = next_above_avx2(s, i, n, bar)) == n) break;
+        if (st.cut && vec && (i = next_above_avx2(s, i, n, st.theta)) == n) break;
 #endif
-        const float x = isnan(s[i]) ? -INFINITY : s[i];
-        if (cut && !(x > bar)) continue;
-        if (m == cap) {   /* keep the k best, in index order; the worst of them is the bar */
-            topk_select(cv, m, k, pick, cut_tmp);
-            bar = INFINITY;
-            for (int64_t j = 0; j < k; j++) { cv[j] = cv[pick[j]]; ci[j] = ci[pick[j]]; bar = fminf(bar, cv[j]); }
-            m = k;
-            cut = 1;
-            if (!(x > bar)) continue;
-        }
-        cv[m] = x;
-        ci[m++] = i;
+        if (!st.cut || s[i] > st.theta) topk_stream_push(&st, s[i], i);
     }
-    topk_select(cv, m, k < m ? k : m, pick, cut_tmp);
-    for (int64_t j = 0; j < k; j++) idx[j] = ci[pick[j]];
-    free(ci);
+    topk_stream_cut(&st);
+    memcpy(idx, st.ix, sizeof(int64_t) * (size_t)k);
+    free(st.ix);
 }
 
 /* Indices of the k largest of s[0..n) in ascending index order; ties go to the lower index, NaN

@@ -112,45 +112,6 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, 
 #define IDX_QBLOCK 64
 #define IDX_TILE 2048
 
-/* The k best of a stream of (score, index) in increasing index order, exactly as topk_select
- * ranks them (score descending, NaN as -inf, ties to the lower index): candidates are kept
- * while fewer than `cap`; then they are cut to the k best and only scores above the k-th (the
- * threshold) are let in — an equal one comes later, so it loses the tie. Cutting in batches
- * stays cheap even when later entries keep scoring higher (a heap would sift on every one). */
-typedef struct {
-    float *v, *tmp;        /* scores [cap]; scratch [cap] */
-    int64_t *ix;           /* their entries [cap] */
-    int64_t n, cap, k;
-    float theta;
-    int cut;               /* cut at least once: the threshold applies */
-} TopkStream;
-
-static void stream_cut(TopkStream *s) {
-    if (s->n <= s->k) return;
-    /* the k-th best τ (on a copy), then one pass keeps, in order, what is above τ and the first
-     * entries equal to it: topk_select's choice, compacted in place */
-    for (int64_t j = 0; j < s->n; j++) s->tmp[j] = isnan(s->v[j]) ? -INFINITY : s->v[j];
-    int64_t ties, m = 0;
-    const float tau = topk_threshold(s->tmp, s->n, s->k, &ties);
-    for (int64_t j = 0; j < s->n; j++) {   /* branch-free: about one in four is kept */
-        const float x = isnan(s->v[j]) ? -INFINITY : s->v[j];
-        const int tie = x == tau && ties > 0;
-        s->v[m] = s->v[j];
-        s->ix[m] = s->ix[j];
-        m += (x > tau) | tie;
-        ties -= tie;
-    }
-    s->n = m;   /* == k */
-    s->theta = tau;
-    s->cut = 1;
-}
-
-static inline void stream_push(TopkStream *s, float v, int64_t ix) {
-    if (s->n == s->cap) stream_cut(s);
-    s->v[s->n] = v;
-    s->ix[s->n++] = ix;
-}
-
 /* scores of one query for entries e0.. of a tile: the heads' rows of C (row stride ne) */
 static void combine_push_scalar(TopkStream *s, const float *C, int64_t ne, int HI, const float *wt, int64_t e0, int64_t n) {
     for (int64_t w = 0; w < n; w++) {
@@ -159,7 +120,7 @@ static void combine_push_scalar(TopkStream *s, const float *C, int64_t ne, int H
             const float d = C[hh * ne + w];
             if (d > 0) sc += wt[hh] * d;
         }
-        if (!s->cut || sc > s->theta) stream_push(s, sc, e0 + w);
+        if (!s->cut || sc > s->theta) topk_stream_push(s, sc, e0 + w);
     }
 }
 
@@ -180,7 +141,7 @@ __attribute__((target("avx2,fma"))) static void combine_push_avx2(TopkStream *s,
         float v[8];
         _mm256_storeu_ps(v, sc);
         for (int j = 0; j < 8; j++)
-            if (mask >> j & 1 && (!s->cut || v[j] > s->theta)) stream_push(s, v[j], e0 + w + j);
+            if (mask >> j & 1 && (!s->cut || v[j] > s->theta)) topk_stream_push(s, v[j], e0 + w + j);
     }
     if (w < n) combine_push_scalar(s, C + w, ne, HI, wt, e0 + w, n - w);
 }
@@ -191,7 +152,7 @@ __attribute__((target("avx2,fma"))) static void combine_push_avx2(TopkStream *s,
 __attribute__((target("avx512f"))) static void push_scores_avx512(TopkStream *s, const float *S, int64_t e0, int64_t n) {
     int64_t w = 0;
     while (!s->cut && w < n) {
-        if (s->n == s->cap) { stream_cut(s); break; }
+        if (s->n == s->cap) { topk_stream_cut(s); break; }
         const int64_t m = s->cap - s->n < n - w ? s->cap - s->n : n - w;
         memcpy(s->v + s->n, S + w, sizeof(float) * (size_t)m);
         for (int64_t j = 0; j < m; j++) s->ix[s->n + j] = e0 + w + j;
@@ -203,11 +164,11 @@ __attribute__((target("avx512f"))) static void push_scores_avx512(TopkStream *s,
         while (mask) {
             const int j = __builtin_ctz(mask);
             mask &= mask - 1;
-            if (S[w + j] > s->theta) stream_push(s, S[w + j], e0 + w + j);
+            if (S[w + j] > s->theta) topk_stream_push(s, S[w + j], e0 + w + j);
         }
     }
     for (; w < n; w++)
-        if (S[w] > s->theta) stream_push(s, S[w], e0 + w);
+        if (S[w] > s->theta) topk_stream_push(s, S[w], e0 + w);
 }
 #endif
 
@@ -260,7 +221,7 @@ void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_i
         for (int j = 0; j < IDX_QBLOCK; j++) {
             st[j].v = vbuf + 2 * j * cap; st[j].tmp = st[j].v + cap;
             st[j].ix = ibuf + j * cap;
-            st[j].cap = cap;
+            st[j].cap = cap;   /* the buffers are the thread's; each query resets the selection */
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < nblocks; b++) {
@@ -268,9 +229,7 @@ void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_i
             const int64_t nvis_block = (t0 + tb) / ratio;   /* what the block's last query sees */
             for (int64_t t = 0; t < nq; t++) {
                 const int64_t nvis = (t0 + ta + t + 1) / ratio;
-                st[t].n = 0; st[t].cut = 0; st[t].theta = -INFINITY;
-                st[t].k = K < nvis ? K : nvis;
-                if (st[t].k <= 0) { st[t].k = 0; st[t].cut = 1; st[t].theta = INFINITY; }   /* nothing to keep */
+                topk_stream_reset(&st[t], K < nvis ? K : nvis);
             }
             for (int64_t e0 = 0; e0 < nvis_block; e0 += IDX_TILE) {
                 const int64_t ne = e0 + IDX_TILE < nvis_block ? IDX_TILE : nvis_block - e0;
@@ -298,7 +257,7 @@ void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_i
             }
             for (int64_t t = 0; t < nq; t++) {   /* the picks, in increasing entry order */
                 TopkStream *s = &st[t];
-                stream_cut(s);
+                topk_stream_cut(s);
                 memcpy(sel + (ta + t) * sel_max, s->ix, sizeof(int64_t) * (size_t)s->n);
                 n_sel[ta + t] = s->n;
             }
