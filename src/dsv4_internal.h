@@ -225,6 +225,12 @@ void matvec_avx512_rows(const Mat *W, int64_t r0, int64_t nr, const float *xp, i
 int indexer_avx512_usable(void);
 void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int heads, int dim, const float *panels, int64_t np,
                                  float *S, int64_t lds);
+/* Decode attention (AVX-512, D % 16 == 0): one block of nb <= 32 keys for nh <= 4 heads (q rows D
+ * apart): s[4j + h] = q_h · key_j × scale (an odd nb also writes slot nb); acc[h] += Σ_j p[4j + h]
+ * key_j (acc rows D apart). attend_partial_avx2 calls them where attend_avx512_usable(D). */
+int attend_avx512_usable(int D);
+void attend_block_scores_avx512(const float *q, int nh, int D, const float *const *k, int nb, float scale, float *s);
+void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc);
 /* Fast mode (int8 activations against FP4, Q4 or Q8 weights, cols % 64 == 0): x [T, cols] ->
  * xq, xs (T·cols/8 floats) in the layout W's kernel reads; then each thread its rows. */
 int matvec_avx2_i8_usable(const Mat *W);

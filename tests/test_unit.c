@@ -332,36 +332,55 @@ static void test_linear_batch(void) {
 }
 
 /* Decode attention split across threads (flash-decoding) against the one-pass attend_heads,
- * keys from a few to many (one range, several ranges, head groups); the same result at any
- * call (it depends only on the key and thread counts). The indexer's split selection picks
- * exactly what one selection over all scores picks, ties included, at 1..3 threads. */
+ * keys from a few to many (one range, several ranges, head groups), with the AVX-512 block
+ * steps and with AVX2 alone, head counts that fill the four-head groups and ones that do not,
+ * head sizes with and without a 16- or 64-column remainder; the same result at any call (it
+ * depends only on the key and thread counts), and a head's result the same bits when it is
+ * computed in a group of its own (H = 1, one head's q) as beside the others. The indexer's
+ * split selection picks exactly what one selection over all scores picks, ties included, at
+ * 1..3 threads. */
 static void test_decode_split(void) {
     g_test = "decode split";
     if (!cpu_has_avx2()) { CHECK(1, "no AVX2: the portable paths are tested elsewhere"); return; }
-    const int H = 4, D = 64;
-    const int64_t nks[] = {7, 384, 1500, 5000};
+    const int64_t nks[] = {7, 33, 384, 1500, 5000};
+    const int shapes[][2] = {{4, 64}, {6, 40}, {3, 96}, {1, 8}};   /* H, D */
     const int saved = omp_get_max_threads();
-    float *q = xmalloc(sizeof(float) * H * D), sinks[4] = {0.3f, -1.0f, 2.0f, 0.0f};
-    for (int i = 0; i < H * D; i++) q[i] = (float)nrand() * 2;
-    for (int th = 1; th <= 3; th++) {
-        omp_set_num_threads(th);
-        for (int ni = 0; ni < 4; ni++) {
-            const int64_t nk = nks[ni];
-            float *kv = xmalloc(sizeof(float) * nk * D), *scores = xmalloc(sizeof(float) * H * nk);
-            const float **keys = xmalloc(sizeof(float *) * nk);
-            for (int64_t i = 0; i < nk * D; i++) kv[i] = (float)nrand();
-            for (int64_t s = 0; s < nk; s++) keys[s] = kv + ((s * 7919) % nk) * D;   /* any order, as picks are */
-            float o[4 * 64], o2[4 * 64], ref[4 * 64];
-            attend_heads(q, H, keys, nk, D, sinks, scores, ref);
-            attend_decode(q, H, D, keys, nk, sinks, o);
-            attend_decode(q, H, D, keys, nk, sinks, o2);
-            double err = 0, mx = 0;
-            for (int i = 0; i < H * D; i++) { err = fmax(err, fabs((double)o[i] - ref[i])); mx = fmax(mx, fabs((double)ref[i])); }
-            CHECK(err <= 2e-6 * (mx + 1), "%d thread(s), %lld keys: max difference %g from attend_heads (max |o| %g)", th, (long long)nk, err, mx);
-            CHECK(!memcmp(o, o2, sizeof o), "%d thread(s), %lld keys: the same bits twice", th, (long long)nk);
-            free(kv); free(scores); free(keys);
+    float sinks[8] = {0.3f, -1.0f, 2.0f, 0.0f, 1.1f, -0.4f, 0.7f, 0.2f};
+    for (int simd = 2; simd >= 1; simd--) {
+        linear_use_simd(simd);   /* 2: the AVX-512 block steps where the CPU has them; 1: AVX2 */
+        for (int si = 0; si < 4; si++) {
+            const int H = shapes[si][0], D = shapes[si][1];
+            float *q = xmalloc(sizeof(float) * H * D), *o = xmalloc(sizeof(float) * H * D), *o2 = xmalloc(sizeof(float) * H * D);
+            float *ref = xmalloc(sizeof(float) * H * D), o1[96];
+            for (int i = 0; i < H * D; i++) q[i] = (float)nrand() * 2;
+            for (int th = 1; th <= 3; th++) {
+                omp_set_num_threads(th);
+                for (int ni = 0; ni < 5; ni++) {
+                    const int64_t nk = nks[ni];
+                    float *kv = xmalloc(sizeof(float) * nk * D), *scores = xmalloc(sizeof(float) * H * nk);
+                    const float **keys = xmalloc(sizeof(float *) * nk);
+                    for (int64_t i = 0; i < nk * D; i++) kv[i] = (float)nrand();
+                    for (int64_t s = 0; s < nk; s++) keys[s] = kv + ((s * 7919) % nk) * D;   /* any order, as picks are */
+                    attend_heads(q, H, keys, nk, D, sinks, scores, ref);
+                    attend_decode(q, H, D, keys, nk, sinks, o);
+                    attend_decode(q, H, D, keys, nk, sinks, o2);
+                    double err = 0, mx = 0;
+                    for (int i = 0; i < H * D; i++) { err = fmax(err, fabs((double)o[i] - ref[i])); mx = fmax(mx, fabs((double)ref[i])); }
+                    CHECK(err <= 2e-6 * (mx + 1), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: max difference %g from attend_heads (max |o| %g)",
+                          simd, H, D, th, (long long)nk, err, mx);
+                    CHECK(!memcmp(o, o2, sizeof(float) * H * D), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: the same bits twice", simd,
+                          H, D, th, (long long)nk);
+                    const int hl = H - 1;   /* the last head alone: its own group of one */
+                    attend_decode(q + hl * D, 1, D, keys, nk, sinks + hl, o1);
+                    CHECK(!memcmp(o1, o + hl * D, sizeof(float) * D), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: head %d alone gives the same bits",
+                          simd, H, D, th, (long long)nk, hl);
+                    free(kv); free(scores); free(keys);
+                }
+            }
+            free(q); free(o); free(o2); free(ref);
         }
     }
+    linear_use_simd(2);
     /* indexer: 2 heads x 32, many duplicate keys (ties) */
     const int HI = 2, ID = 32;
     const int64_t n = 20000, k = 256;
@@ -390,7 +409,7 @@ static void test_decode_split(void) {
         CHECK(!memcmp(got, want, sizeof(int64_t) * k), "indexer picks at %d thread(s) == one selection over all scores", th);
     }
     omp_set_num_threads(saved);
-    free(q); free(ik); free(iq); free(sc); free(want); free(got);
+    free(ik); free(iq); free(sc); free(want); free(got);
 }
 
 /* The indexer's prefill selection (a block of queries against tiles of entries; AVX-512 panels

@@ -204,79 +204,6 @@ void softmax_sink_avx2(float *row, int64_t n, float sink) {
 
 /* ---- long-context decode: attention and indexer scoring ------------------------------------ */
 
-/* Partial attention of one query (heads 0..H) over keys[0..n) (each key also the value),
- * online softmax in blocks of 32 keys so every key is read from memory once:
- *   m[h] = max score, l[h] = Σ e^{score - m}, acc[h] = Σ e^{score - m} key.
- * D % 8 == 0. Scores are q_h · key × scale. */
-#define ATT_BLK 32
-void attend_partial_avx2(const float *q, int H, int D, const float *const *keys, int64_t n, float scale, float *m, float *l,
-                         float *acc) {
-    float sc[ATT_BLK];
-    for (int h = 0; h < H; h++) { m[h] = -INFINITY; l[h] = 0; }
-    memset(acc, 0, sizeof(float) * (size_t)H * (size_t)D);
-    float *scb = xmalloc(sizeof(float) * (size_t)H * ATT_BLK);
-    for (int64_t b0 = 0; b0 < n; b0 += ATT_BLK) {
-        const int nb = n - b0 < ATT_BLK ? (int)(n - b0) : ATT_BLK;
-        for (int j = 0; j < nb && b0 + ATT_BLK + j < n; j++)   /* the next block's keys on their way */
-            for (int d = 0; d < D; d += 16) _mm_prefetch((const char *)(keys[b0 + ATT_BLK + j] + d), _MM_HINT_T0);
-        for (int j = 0; j < nb; j++) {
-            const float *k = keys[b0 + j];
-            for (int h = 0; h < H; h++) {
-                const float *qh = q + (int64_t)h * D;
-                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-                int d = 0;
-                for (; d + 16 <= D; d += 16) {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(k + d), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d + 8), _mm256_loadu_ps(k + d + 8), a1);
-                }
-                if (d < D) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(k + d), a0);
-                scb[h * ATT_BLK + j] = hsum8(_mm256_add_ps(a0, a1)) * scale;
-            }
-        }
-        for (int h = 0; h < H; h++) {
-            float *s = scb + h * ATT_BLK, bm = -INFINITY;
-            for (int j = 0; j < nb; j++) bm = fmaxf(bm, s[j]);
-            float *ah = acc + (int64_t)h * D;
-            if (bm > m[h]) {   /* a new maximum: what was summed so far shrinks by e^{old - new} */
-                const float f = m[h] == -INFINITY ? 0.0f : expf(m[h] - bm);
-                l[h] *= f;
-                const __m256 fv = _mm256_set1_ps(f);
-                for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ah + d, _mm256_mul_ps(_mm256_loadu_ps(ah + d), fv));
-                m[h] = bm;
-            }
-            const __m256 mv = _mm256_set1_ps(m[h]);
-            int j = 0;
-            __m256 lsum = _mm256_setzero_ps();
-            for (; j + 8 <= nb; j += 8) {
-                const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
-                _mm256_storeu_ps(sc + j, e);
-                lsum = _mm256_add_ps(lsum, e);
-            }
-            float lt = hsum8(lsum);
-            for (; j < nb; j++) { sc[j] = expf(s[j] - m[h]); lt += sc[j]; }
-            l[h] += lt;
-            /* values: 32 columns of the head's output in registers, the block's keys from L1 */
-            for (int d = 0; d < D; d += 32) {
-                const int w = D - d < 32 ? (D - d) / 8 : 4;
-                __m256 o[4];
-                for (int k = 0; k < w; k++) o[k] = _mm256_loadu_ps(ah + d + 8 * k);
-                for (int jj = 0; jj < nb; jj++) {
-                    const __m256 p = _mm256_set1_ps(sc[jj]);
-                    const float *kj = keys[b0 + jj] + d;
-                    for (int k = 0; k < w; k++) o[k] = _mm256_fmadd_ps(p, _mm256_loadu_ps(kj + 8 * k), o[k]);
-                }
-                for (int k = 0; k < w; k++) _mm256_storeu_ps(ah + d + 8 * k, o[k]);
-            }
-        }
-    }
-    free(scb);
-}
-
-/* Indexer scores of one query against n contiguous keys [n, I] (I % 8 == 0):
- *   out[w] = Σ_h wt[h] · ReLU(q_h · key_w),
- * eight keys at a time, their eight dot products per head reduced into one vector. The same
- * arithmetic for every entry wherever a range starts (the caller splits ranges at multiples
- * of 8), so a score does not depend on the thread count. */
 static inline __m256 hsum8x8(__m256 a[8]) {   /* lane e = the sum of a[e] */
     const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
     const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
@@ -284,6 +211,148 @@ static inline __m256 hsum8x8(__m256 a[8]) {   /* lane e = the sum of a[e] */
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+/* Partial attention of one query (heads 0..H) over keys[0..n) (each key also the value),
+ * online softmax in blocks of ATT_BLK keys so every key is read from memory once:
+ *   m[h] = max score, l[h] = Σ e^{score - m}, acc[h] = Σ e^{score - m} key.
+ * D % 8 == 0. Scores are q_h · key × scale.
+ * Every key serves all heads (the KV is shared, spec "Attention"), so up to four heads go
+ * through a block together and each 8 floats of a key are loaded once for all of them. A
+ * block's scores are kept key by key, four head slots each ([j][4]): one vector holds two keys
+ * × four heads, which is what the dot products reduce into (eight accumulators, one reduction
+ * tree, one store) and what the softmax works on (maxima, exponentials and sums eight at a
+ * time, no per-head scalar loops). Values: 16 output columns of each head in registers over the
+ * block's keys, which are in L1 by then. A (key, head) pair gets the same sums in the same
+ * order however the heads are grouped, so a head's result does not depend on which others
+ * share its call. Where the CPU has AVX-512 the two arithmetic steps run 16 lanes wide
+ * (matvec_avx512.c); the softmax between them is this one. */
+#define ATT_BLK 32
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* scores of NH heads (q rows D apart) over a block's nb keys into s[j·4 + h]; an odd nb also
+ * fills key nb's slots (with key nb − 1's scores: the caller masks them) */
+ALWAYS_INLINE void attend_scores_nh(const int NH, const float *q, int D, const float *const *k, int nb, float scale, float *s) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (int j = 0; j < nb; j += 2) {
+        const float *k0 = k[j], *k1 = j + 1 < nb ? k[j + 1] : k[j];
+        __m256 a[8];
+        for (int e = 0; e < 8; e++) a[e] = _mm256_setzero_ps();
+        for (int d = 0; d < D; d += 8) {
+            const __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d);
+            for (int h = 0; h < NH; h++) {
+                const __m256 qv = _mm256_loadu_ps(q + (int64_t)h * D + d);
+                a[h] = _mm256_fmadd_ps(qv, x0, a[h]);
+                a[4 + h] = _mm256_fmadd_ps(qv, x1, a[4 + h]);
+            }
+        }
+        _mm256_storeu_ps(s + 4 * j, _mm256_mul_ps(hsum8x8(a), sv));   /* lane h: key j, lane 4 + h: key j + 1 */
+    }
+}
+
+/* acc[h] += Σ_j p[j·4 + h] key_j for NH heads (acc rows D apart) */
+ALWAYS_INLINE void attend_values_nh(const int NH, const float *p, int D, const float *const *k, int nb, float *acc) {
+    int d = 0;
+    for (; d + 16 <= D; d += 16) {
+        __m256 o[8];
+        for (int h = 0; h < NH; h++) {
+            o[2 * h] = _mm256_loadu_ps(acc + (int64_t)h * D + d);
+            o[2 * h + 1] = _mm256_loadu_ps(acc + (int64_t)h * D + d + 8);
+        }
+        for (int j = 0; j < nb; j++) {
+            const __m256 x0 = _mm256_loadu_ps(k[j] + d), x1 = _mm256_loadu_ps(k[j] + d + 8);
+            for (int h = 0; h < NH; h++) {
+                const __m256 pv = _mm256_broadcast_ss(p + 4 * j + h);
+                o[2 * h] = _mm256_fmadd_ps(pv, x0, o[2 * h]);
+                o[2 * h + 1] = _mm256_fmadd_ps(pv, x1, o[2 * h + 1]);
+            }
+        }
+        for (int h = 0; h < NH; h++) {
+            _mm256_storeu_ps(acc + (int64_t)h * D + d, o[2 * h]);
+            _mm256_storeu_ps(acc + (int64_t)h * D + d + 8, o[2 * h + 1]);
+        }
+    }
+    if (d < D) {   /* D % 16 == 8: the last 8 columns */
+        __m256 o[4];
+        for (int h = 0; h < NH; h++) o[h] = _mm256_loadu_ps(acc + (int64_t)h * D + d);
+        for (int j = 0; j < nb; j++) {
+            const __m256 x0 = _mm256_loadu_ps(k[j] + d);
+            for (int h = 0; h < NH; h++) o[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + 4 * j + h), x0, o[h]);
+        }
+        for (int h = 0; h < NH; h++) _mm256_storeu_ps(acc + (int64_t)h * D + d, o[h]);
+    }
+}
+
+static void attend_block_scores(int wide, const float *q, int nh, int D, const float *const *k, int nb, float scale, float *s) {
+    if (wide) { attend_block_scores_avx512(q, nh, D, k, nb, scale, s); return; }
+    switch (nh) {
+    case 4: attend_scores_nh(4, q, D, k, nb, scale, s); break;
+    case 3: attend_scores_nh(3, q, D, k, nb, scale, s); break;
+    case 2: attend_scores_nh(2, q, D, k, nb, scale, s); break;
+    default: attend_scores_nh(1, q, D, k, nb, scale, s); break;
+    }
+}
+
+static void attend_block_values(int wide, const float *p, int nh, int D, const float *const *k, int nb, float *acc) {
+    if (wide) { attend_block_values_avx512(p, nh, D, k, nb, acc); return; }
+    switch (nh) {
+    case 4: attend_values_nh(4, p, D, k, nb, acc); break;
+    case 3: attend_values_nh(3, p, D, k, nb, acc); break;
+    case 2: attend_values_nh(2, p, D, k, nb, acc); break;
+    default: attend_values_nh(1, p, D, k, nb, acc); break;
+    }
+}
+
+void attend_partial_avx2(const float *q, int H, int D, const float *const *keys, int64_t n, float scale, float *m, float *l,
+                         float *acc) {
+    const int wide = attend_avx512_usable(D);
+    float s[4 * ATT_BLK];
+    for (int h = 0; h < H; h++) { m[h] = -INFINITY; l[h] = 0; }
+    memset(acc, 0, sizeof(float) * (size_t)H * (size_t)D);
+    for (int64_t b0 = 0; b0 < n; b0 += ATT_BLK) {
+        const int nb = n - b0 < ATT_BLK ? (int)(n - b0) : ATT_BLK, npair = (nb + 1) / 2;
+        const float *const *k = keys + b0;
+        for (int h0 = 0; h0 < H; h0 += 4) {
+            const int nh = H - h0 < 4 ? H - h0 : 4;
+            attend_block_scores(wide, q + (int64_t)h0 * D, nh, D, k, nb, scale, s);
+            if (nb % 2) _mm_storeu_ps(s + 4 * nb, _mm_set1_ps(-INFINITY));   /* the slot past an odd block: weight 0 */
+            /* online softmax, lane h of each half = head h0 + h */
+            __m256 mx = _mm256_set1_ps(-INFINITY);
+            for (int i = 0; i < npair; i++) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + 8 * i));
+            float bm[4];
+            _mm_storeu_ps(bm, _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1)));
+            for (int hh = 0; hh < nh; hh++) {
+                const int h = h0 + hh;
+                if (bm[hh] > m[h]) {   /* a new maximum: what was summed so far shrinks by e^{old - new} */
+                    const float f = m[h] == -INFINITY ? 0.0f : expf(m[h] - bm[hh]);
+                    l[h] *= f;
+                    const __m256 fv = _mm256_set1_ps(f);
+                    float *ah = acc + (int64_t)h * D;
+                    for (int d = 0; d < D; d += 8) _mm256_storeu_ps(ah + d, _mm256_mul_ps(_mm256_loadu_ps(ah + d), fv));
+                    m[h] = bm[hh];
+                }
+                bm[hh] = m[h];
+            }
+            for (int hh = nh; hh < 4; hh++) bm[hh] = 0;   /* unused slots: any finite value */
+            const __m128 m4 = _mm_loadu_ps(bm);
+            const __m256 mv = _mm256_insertf128_ps(_mm256_castps128_ps256(m4), m4, 1);
+            __m256 lsum = _mm256_setzero_ps();
+            for (int i = 0; i < npair; i++) {
+                const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + 8 * i), mv));
+                _mm256_storeu_ps(s + 8 * i, e);
+                lsum = _mm256_add_ps(lsum, e);
+            }
+            float ls[4];
+            _mm_storeu_ps(ls, _mm_add_ps(_mm256_castps256_ps128(lsum), _mm256_extractf128_ps(lsum, 1)));
+            for (int hh = 0; hh < nh; hh++) l[h0 + hh] += ls[hh];
+            attend_block_values(wide, s, nh, D, k, nb, acc + (int64_t)h0 * D);
+        }
+    }
+}
+
+/* Indexer scores of one query against n contiguous keys [n, I] (I % 8 == 0):
+ *   out[w] = Σ_h wt[h] · ReLU(q_h · key_w),
+ * eight keys at a time, their eight dot products per head reduced into one vector. The same
+ * arithmetic for every entry wherever a range starts (the caller splits ranges at multiples
+ * of 8), so a score does not depend on the thread count. */
 void indexer_scores_avx2(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, float *out) {
     int64_t w = 0;
     for (; w + 8 <= n; w += 8) {
@@ -338,7 +407,6 @@ void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, f
  * batch of tokens gets bit-identical results to one token at a time: speculative decoding
  * verifies drafts in one pass and still reproduces plain greedy decoding. T is a constant at
  * each call site (see matvec_avx2_rows), so the loops over tokens unroll. */
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 /* F32 and BF16: four accumulators per token keep the FMA latency off the critical path */
 ALWAYS_INLINE void row_wide(const Mat *W, int64_t r, const float *xp, int T, float *out) {

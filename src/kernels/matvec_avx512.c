@@ -1,6 +1,7 @@
-/* FP8, FP4 and Q4 decode kernels and the indexer's prefill scoring for AVX-512 (F + BW), chosen
- * at run time over the AVX2 / sgemm paths where the CPU has it (matvec_avx2.c asks
- * matvec_avx512_usable, indexer.c indexer_avx512_usable; DSV4_SIMD=avx2 says no).
+/* FP8, FP4 and Q4 decode kernels, the indexer's prefill scoring and the decode attention's block
+ * steps for AVX-512 (F + BW), chosen at run time over the AVX2 / sgemm paths where the CPU has it
+ * (matvec_avx2.c asks matvec_avx512_usable and attend_avx512_usable, indexer.c
+ * indexer_avx512_usable; DSV4_SIMD=avx2 says no).
  *
  * FP8 e4m3. Why a second kernel: with AVX2 the e4m3 -> float widening is bound by the shuffle port
  * (unpack + extract + vcvtph2ps: 8 port-5 uops per 32 weights), which holds FP8 decode to about
@@ -249,10 +250,107 @@ void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int
         }
     }
 }
+
+/* ---- decode attention over a block of keys ---------------------------------------------------
+ * The two arithmetic steps of attend_partial_avx2 (matvec_avx2.c) for one block of up to 32
+ * keys and up to 4 heads, 16 lanes wide (D % 16 == 0), scores kept [j][4] as there. The values
+ * of four heads × 64 columns stay in 16 registers over all the block's keys. A (key, head)
+ * pair's sums are the same whatever heads share the call. */
+#define ATT_MAX_HEADS 4
+static inline __attribute__((always_inline)) __m256 fold16(__m512 z) {   /* 16 lanes -> 8: lane i + lane i + 8 */
+    return _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+}
+static inline __attribute__((always_inline)) __m256 hsum8x8_512(__m256 a[8]) {   /* lane e = the sum of a[e] */
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+static inline __attribute__((always_inline)) void att_scores(const int NH, const float *q, int D, const float *const *k, int nb,
+                                                            float scale, float *s) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (int j = 0; j < nb; j += 2) {
+        const float *k0 = k[j], *k1 = j + 1 < nb ? k[j + 1] : k[j];
+        __m512 a[8];
+        for (int e = 0; e < 8; e++) a[e] = _mm512_setzero_ps();
+        for (int d = 0; d < D; d += 16) {
+            const __m512 x0 = _mm512_loadu_ps(k0 + d), x1 = _mm512_loadu_ps(k1 + d);
+            for (int h = 0; h < NH; h++) {
+                const __m512 qv = _mm512_loadu_ps(q + (int64_t)h * D + d);
+                a[h] = _mm512_fmadd_ps(qv, x0, a[h]);
+                a[4 + h] = _mm512_fmadd_ps(qv, x1, a[4 + h]);
+            }
+        }
+        __m256 f[8];
+        for (int e = 0; e < 8; e++) f[e] = fold16(a[e]);
+        _mm256_storeu_ps(s + 4 * j, _mm256_mul_ps(hsum8x8_512(f), sv));   /* lane h: key j, lane 4 + h: key j + 1 */
+    }
+}
+
+static inline __attribute__((always_inline)) void att_values(const int NH, const float *p, int D, const float *const *k, int nb,
+                                                            float *acc) {
+    int d = 0;
+    for (; d + 64 <= D; d += 64) {   /* 64 columns of each head: 4·NH accumulators */
+        __m512 o[4 * ATT_MAX_HEADS];
+        for (int h = 0; h < NH; h++)
+            for (int c = 0; c < 4; c++) o[4 * h + c] = _mm512_loadu_ps(acc + (int64_t)h * D + d + 16 * c);
+        for (int j = 0; j < nb; j++) {
+            const float *kj = k[j] + d;
+            const __m512 x0 = _mm512_loadu_ps(kj), x1 = _mm512_loadu_ps(kj + 16), x2 = _mm512_loadu_ps(kj + 32),
+                         x3 = _mm512_loadu_ps(kj + 48);
+            for (int h = 0; h < NH; h++) {
+                const __m512 pv = _mm512_set1_ps(p[4 * j + h]);
+                o[4 * h] = _mm512_fmadd_ps(pv, x0, o[4 * h]);
+                o[4 * h + 1] = _mm512_fmadd_ps(pv, x1, o[4 * h + 1]);
+                o[4 * h + 2] = _mm512_fmadd_ps(pv, x2, o[4 * h + 2]);
+                o[4 * h + 3] = _mm512_fmadd_ps(pv, x3, o[4 * h + 3]);
+            }
+        }
+        for (int h = 0; h < NH; h++)
+            for (int c = 0; c < 4; c++) _mm512_storeu_ps(acc + (int64_t)h * D + d + 16 * c, o[4 * h + c]);
+    }
+    for (; d < D; d += 16) {   /* the rest, 16 columns at a time */
+        __m512 o[ATT_MAX_HEADS];
+        for (int h = 0; h < NH; h++) o[h] = _mm512_loadu_ps(acc + (int64_t)h * D + d);
+        for (int j = 0; j < nb; j++) {
+            const __m512 x0 = _mm512_loadu_ps(k[j] + d);
+            for (int h = 0; h < NH; h++) o[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[4 * j + h]), x0, o[h]);
+        }
+        for (int h = 0; h < NH; h++) _mm512_storeu_ps(acc + (int64_t)h * D + d, o[h]);
+    }
+}
+
+int attend_avx512_usable(int D) { return cpu_avx512 > 0 && allow_avx512 && D % 16 == 0; }
+
+void attend_block_scores_avx512(const float *q, int nh, int D, const float *const *k, int nb, float scale, float *s) {
+    switch (nh) {
+    case 4: att_scores(4, q, D, k, nb, scale, s); break;
+    case 3: att_scores(3, q, D, k, nb, scale, s); break;
+    case 2: att_scores(2, q, D, k, nb, scale, s); break;
+    default: att_scores(1, q, D, k, nb, scale, s); break;
+    }
+}
+
+void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc) {
+    switch (nh) {
+    case 4: att_values(4, p, D, k, nb, acc); break;
+    case 3: att_values(3, p, D, k, nb, acc); break;
+    case 2: att_values(2, p, D, k, nb, acc); break;
+    default: att_values(1, p, D, k, nb, acc); break;
+    }
+}
 #pragma GCC pop_options
 
 #else   /* not x86-64: never chosen */
 int indexer_avx512_usable(void) { return 0; }
+int attend_avx512_usable(int D) { (void)D; return 0; }
+void attend_block_scores_avx512(const float *q, int nh, int D, const float *const *k, int nb, float scale, float *s) {
+    (void)q; (void)nh; (void)D; (void)k; (void)nb; (void)scale; (void)s;
+}
+void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc) {
+    (void)p; (void)nh; (void)D; (void)k; (void)nb; (void)acc;
+}
 void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int HI, int I, const float *panels, int64_t np,
                                  float *S, int64_t lds) {
     (void)q; (void)w; (void)nq; (void)HI; (void)I; (void)panels; (void)np; (void)S; (void)lds;
