@@ -227,10 +227,12 @@ void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int
                                  float *S, int64_t lds);
 /* Decode attention (AVX-512, D % 16 == 0): one block of nb <= 32 keys for nh <= 4 heads (q rows D
  * apart): s[4j + h] = q_h · key_j × scale (an odd nb also writes slot nb); acc[h] += Σ_j p[4j + h]
- * key_j (acc rows D apart). attend_partial_avx2 calls them where attend_avx512_usable(D). */
+ * key_j (acc rows D apart), prefetching the keys pf[0..npf) on the way. attend_partial_avx2 calls
+ * them where attend_avx512_usable(D). */
 int attend_avx512_usable(int D);
 void attend_block_scores_avx512(const float *q, int nh, int D, const float *const *k, int nb, float scale, float *s);
-void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc);
+void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc, const float *const *pf,
+                                int npf);
 /* Fast mode (int8 activations against FP4, Q4 or Q8 weights, cols % 64 == 0): x [T, cols] ->
  * xq, xs (T·cols/8 floats) in the layout W's kernel reads; then each thread its rows. */
 int matvec_avx2_i8_usable(const Mat *W);
@@ -267,6 +269,7 @@ typedef struct {
 } TopkStream;
 void topk_stream_reset(TopkStream *s, int64_t k);   /* empty, keeping k (k <= 0: nothing) */
 void topk_stream_cut(TopkStream *s);   /* to the k best, in index order; theta their worst */
+void topk_stream_scan(TopkStream *s, const float *v, int64_t n, int64_t base);   /* push v[i] as entry base + i */
 static inline void topk_stream_push(TopkStream *s, float v, int64_t ix) {
     if (s->n == s->cap) topk_stream_cut(s);
     s->v[s->n] = v;

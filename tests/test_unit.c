@@ -334,8 +334,8 @@ static void test_linear_batch(void) {
 /* Decode attention split across threads (flash-decoding) against the one-pass attend_heads,
  * keys from a few to many (one range, several ranges, head groups), with the AVX-512 block
  * steps and with AVX2 alone, head counts that fill the four-head groups and ones that do not,
- * head sizes with and without a 16- or 64-column remainder; the same result at any call (it
- * depends only on the key and thread counts), and a head's result the same bits when it is
+ * head sizes with and without a 16- or 64-column remainder; the same bits at every call and at
+ * 1, 2 and 3 threads (the ranges depend on the key count alone), and a head's result the same bits when it is
  * computed in a group of its own (H = 1, one head's q) as beside the others. The indexer's
  * split selection picks exactly what one selection over all scores picks, ties included, at
  * 1..3 threads. */
@@ -351,7 +351,7 @@ static void test_decode_split(void) {
         for (int si = 0; si < 4; si++) {
             const int H = shapes[si][0], D = shapes[si][1];
             float *q = xmalloc(sizeof(float) * H * D), *o = xmalloc(sizeof(float) * H * D), *o2 = xmalloc(sizeof(float) * H * D);
-            float *ref = xmalloc(sizeof(float) * H * D), o1[96];
+            float *ref = xmalloc(sizeof(float) * H * D), o1[96], *first = xmalloc(sizeof(float) * 5 * H * D);
             for (int i = 0; i < H * D; i++) q[i] = (float)nrand() * 2;
             for (int th = 1; th <= 3; th++) {
                 omp_set_num_threads(th);
@@ -359,7 +359,8 @@ static void test_decode_split(void) {
                     const int64_t nk = nks[ni];
                     float *kv = xmalloc(sizeof(float) * nk * D), *scores = xmalloc(sizeof(float) * H * nk);
                     const float **keys = xmalloc(sizeof(float *) * nk);
-                    for (int64_t i = 0; i < nk * D; i++) kv[i] = (float)nrand();
+                    uint64_t st = 0x5eed + (uint64_t)nk;   /* the same keys at every thread count */
+                    for (int64_t i = 0; i < nk * D; i++) { st = st * 6364136223846793005ull + 1442695040888963407ull; kv[i] = (float)((double)(st >> 11) / 9007199254740992.0 * 4 - 2); }
                     for (int64_t s = 0; s < nk; s++) keys[s] = kv + ((s * 7919) % nk) * D;   /* any order, as picks are */
                     attend_heads(q, H, keys, nk, D, sinks, scores, ref);
                     attend_decode(q, H, D, keys, nk, sinks, o);
@@ -370,6 +371,9 @@ static void test_decode_split(void) {
                           simd, H, D, th, (long long)nk, err, mx);
                     CHECK(!memcmp(o, o2, sizeof(float) * H * D), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: the same bits twice", simd,
                           H, D, th, (long long)nk);
+                    if (th == 1) memcpy(first + ni * H * D, o, sizeof(float) * H * D);
+                    else CHECK(!memcmp(first + ni * H * D, o, sizeof(float) * H * D), "SIMD level %d, H %d D %d, %lld keys: %d threads give the bits of one",
+                               simd, H, D, (long long)nk, th);
                     const int hl = H - 1;   /* the last head alone: its own group of one */
                     attend_decode(q + hl * D, 1, D, keys, nk, sinks + hl, o1);
                     CHECK(!memcmp(o1, o + hl * D, sizeof(float) * D), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: head %d alone gives the same bits",
@@ -377,39 +381,43 @@ static void test_decode_split(void) {
                     free(kv); free(scores); free(keys);
                 }
             }
-            free(q); free(o); free(o2); free(ref);
+            free(q); free(o); free(o2); free(ref); free(first);
         }
     }
     linear_use_simd(2);
-    /* indexer: 2 heads x 32, many duplicate keys (ties) */
+    /* indexer: 2 heads x 32, many duplicate keys (ties); 4 ranges, then 16 with a short last one */
     const int HI = 2, ID = 32;
-    const int64_t n = 20000, k = 256;
-    float *ik = xmalloc(sizeof(float) * n * ID), *iq = xmalloc(sizeof(float) * HI * ID), wt[2] = {0.7f, 0.4f};
-    for (int64_t w = 0; w < n; w++)
-        for (int c = 0; c < ID; c++) ik[w * ID + c] = w > 0 && w % 3 == 0 ? ik[(w / 3) * ID + c] : (float)nrand();   /* copies: tied scores */
-    for (int i = 0; i < HI * ID; i++) iq[i] = (float)nrand();
-    float *sc = xmalloc(sizeof(float) * 2 * n);
-    int64_t *want = xmalloc(sizeof(int64_t) * k), *got = xmalloc(sizeof(int64_t) * k);
-    indexer_scores_avx2(iq, wt, HI, ID, ik, n, sc);
-    double serr = 0;
-    for (int64_t w = 0; w < n; w += 97) {
-        double s = 0;
-        for (int h = 0; h < HI; h++) {
-            double d = 0;
-            for (int c = 0; c < ID; c++) d += (double)iq[h * ID + c] * ik[w * ID + c];
-            s += wt[h] * (d > 0 ? d : 0);
+    const int64_t ns[] = {20000, 70001}, k = 256;
+    for (int ni = 0; ni < 2; ni++) {
+        const int64_t n = ns[ni];
+        float *ik = xmalloc(sizeof(float) * n * ID), *iq = xmalloc(sizeof(float) * HI * ID), wt[2] = {0.7f, 0.4f};
+        for (int64_t w = 0; w < n; w++)
+            for (int c = 0; c < ID; c++) ik[w * ID + c] = w > 0 && w % 3 == 0 ? ik[(w / 3) * ID + c] : (float)nrand();   /* copies: tied scores */
+        for (int i = 0; i < HI * ID; i++) iq[i] = (float)nrand();
+        float *sc = xmalloc(sizeof(float) * 2 * n);
+        int64_t *want = xmalloc(sizeof(int64_t) * k), *got = xmalloc(sizeof(int64_t) * k);
+        indexer_scores_avx2(iq, wt, HI, ID, ik, n, sc);
+        double serr = 0;
+        for (int64_t w = 0; w < n; w += 97) {
+            double s = 0;
+            for (int h = 0; h < HI; h++) {
+                double d = 0;
+                for (int c = 0; c < ID; c++) d += (double)iq[h * ID + c] * ik[w * ID + c];
+                s += wt[h] * (d > 0 ? d : 0);
+            }
+            serr = fmax(serr, fabs(s - sc[w]));
         }
-        serr = fmax(serr, fabs(s - sc[w]));
+        CHECK(serr < 1e-4, "%lld keys: indexer scores against double: max difference %g", (long long)n, serr);
+        topk_select(sc, n, k, want, sc + n);
+        for (int th = 1; th <= 3; th++) {
+            omp_set_num_threads(th);
+            indexer_pick(iq, wt, HI, ID, ik, n, k, got, sc);
+            CHECK(!memcmp(got, want, sizeof(int64_t) * k), "%lld keys: indexer picks at %d thread(s) == one selection over all scores",
+                  (long long)n, th);
+        }
+        omp_set_num_threads(saved);
+        free(ik); free(iq); free(sc); free(want); free(got);
     }
-    CHECK(serr < 1e-4, "indexer scores against double: max difference %g", serr);
-    topk_select(sc, n, k, want, sc + n);
-    for (int th = 1; th <= 3; th++) {
-        omp_set_num_threads(th);
-        indexer_pick(iq, wt, HI, ID, ik, n, k, got, sc);
-        CHECK(!memcmp(got, want, sizeof(int64_t) * k), "indexer picks at %d thread(s) == one selection over all scores", th);
-    }
-    omp_set_num_threads(saved);
-    free(ik); free(iq); free(sc); free(want); free(got);
 }
 
 /* The indexer's prefill selection (a block of queries against tiles of entries; AVX-512 panels

@@ -289,13 +289,17 @@ static inline __attribute__((always_inline)) void att_scores(const int NH, const
 }
 
 static inline __attribute__((always_inline)) void att_values(const int NH, const float *p, int D, const float *const *k, int nb,
-                                                            float *acc) {
+                                                            float *acc, const float *const *pf, int npf) {
     int d = 0;
+    for (int j = 0; j < npf && D < 64; j++)   /* no 64-column pass below to spread them over */
+        for (int c = 0; c < D; c += 16) _mm_prefetch((const char *)(pf[j] + c), _MM_HINT_T0);
     for (; d + 64 <= D; d += 64) {   /* 64 columns of each head: 4·NH accumulators */
         __m512 o[4 * ATT_MAX_HEADS];
         for (int h = 0; h < NH; h++)
             for (int c = 0; c < 4; c++) o[4 * h + c] = _mm512_loadu_ps(acc + (int64_t)h * D + d + 16 * c);
         for (int j = 0; j < nb; j++) {
+            if (d == 0 && j < npf)   /* the next block's key j, while this one's values are summed */
+                for (int c = 0; c < D; c += 16) _mm_prefetch((const char *)(pf[j] + c), _MM_HINT_T0);
             const float *kj = k[j] + d;
             const __m512 x0 = _mm512_loadu_ps(kj), x1 = _mm512_loadu_ps(kj + 16), x2 = _mm512_loadu_ps(kj + 32),
                          x3 = _mm512_loadu_ps(kj + 48);
@@ -332,12 +336,13 @@ void attend_block_scores_avx512(const float *q, int nh, int D, const float *cons
     }
 }
 
-void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc) {
+void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc, const float *const *pf,
+                                int npf) {
     switch (nh) {
-    case 4: att_values(4, p, D, k, nb, acc); break;
-    case 3: att_values(3, p, D, k, nb, acc); break;
-    case 2: att_values(2, p, D, k, nb, acc); break;
-    default: att_values(1, p, D, k, nb, acc); break;
+    case 4: att_values(4, p, D, k, nb, acc, pf, npf); break;
+    case 3: att_values(3, p, D, k, nb, acc, pf, npf); break;
+    case 2: att_values(2, p, D, k, nb, acc, pf, npf); break;
+    default: att_values(1, p, D, k, nb, acc, pf, npf); break;
     }
 }
 #pragma GCC pop_options
@@ -348,8 +353,9 @@ int attend_avx512_usable(int D) { (void)D; return 0; }
 void attend_block_scores_avx512(const float *q, int nh, int D, const float *const *k, int nb, float scale, float *s) {
     (void)q; (void)nh; (void)D; (void)k; (void)nb; (void)scale; (void)s;
 }
-void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc) {
-    (void)p; (void)nh; (void)D; (void)k; (void)nb; (void)acc;
+void attend_block_values_avx512(const float *p, int nh, int D, const float *const *k, int nb, float *acc, const float *const *pf,
+                                int npf) {
+    (void)p; (void)nh; (void)D; (void)k; (void)nb; (void)acc; (void)pf; (void)npf;
 }
 void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int HI, int I, const float *panels, int64_t np,
                                  float *S, int64_t lds) {

@@ -203,22 +203,27 @@ void topk_stream_cut(TopkStream *s) {
     s->cut = 1;
 }
 
-/* Few of many (k <= n/16): one pass through a TopkStream with a buffer of 4k candidates. Most
- * entries cost one comparison with the bar: the indexer picks 256 of 262,144 entries per query
- * at 1M. */
-static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
-    const int64_t cap = 4 * k;
-    TopkStream st = {.v = tmp, .tmp = tmp + cap, .ix = xmalloc(sizeof(int64_t) * (size_t)cap), .cap = cap};   /* 8k of the n >= 16k floats of tmp */
-    topk_stream_reset(&st, k);
+/* v[0..n) as entries base.. into the stream: once cut, the vector scan skips to the next score
+ * over the bar, so most entries cost one comparison */
+void topk_stream_scan(TopkStream *st, const float *v, int64_t n, int64_t base) {
 #if defined(__x86_64__)
     const int vec = cpu_has_avx2();
 #endif
     for (int64_t i = 0; i < n; i++) {
 #if defined(__x86_64__)
-        if (st.cut && vec && (i = next_above_avx2(s, i, n, st.theta)) == n) break;
+        if (st->cut && vec && (i = next_above_avx2(v, i, n, st->theta)) == n) break;
 #endif
-        if (!st.cut || s[i] > st.theta) topk_stream_push(&st, s[i], i);
+        if (!st->cut || v[i] > st->theta) topk_stream_push(st, v[i], base + i);
     }
+}
+
+/* Few of many (k <= n/16): one pass through a TopkStream with a buffer of 4k candidates: the
+ * indexer picks 256 of 262,144 entries per query at 1M. */
+static void topk_stream(const float *s, int64_t n, int64_t k, int64_t *idx, float *tmp) {
+    const int64_t cap = 4 * k;
+    TopkStream st = {.v = tmp, .tmp = tmp + cap, .ix = xmalloc(sizeof(int64_t) * (size_t)cap), .cap = cap};   /* 8k of the n >= 16k floats of tmp */
+    topk_stream_reset(&st, k);
+    topk_stream_scan(&st, s, n, 0);
     topk_stream_cut(&st);
     memcpy(idx, st.ix, sizeof(int64_t) * (size_t)k);
     free(st.ix);

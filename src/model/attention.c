@@ -110,18 +110,22 @@ static int64_t query_keys(const float *kv, const float *ring, const float *comp,
  * (flash-decoding), each key read once for every head of a group; the ranges' partial softmax
  * states (max m, sum l, unnormalised output) merge in range order with the sink:
  *   M = max(sink, max_r m_r), o = Σ_r e^{m_r−M} acc_r / (e^{sink−M} + Σ_r e^{m_r−M} l_r).
- * With few keys the heads are split into groups instead (each head's arithmetic is the same in
- * any group). The ranges depend only on the key count and the thread count, so a query gets the
- * same result alone or beside others (speculative verification compares them bit for bit). */
+ * The ranges (one per DECODE_KEYS_PER_RANGE keys, at most DECODE_RANGES) are taken by the
+ * threads as they come free, so a thread slowed by the rest of the machine does not hold the
+ * step back. With fewer ranges than threads the heads are split into groups too (each head's
+ * arithmetic is the same in any group). The ranges depend only on the key count, so a query gets
+ * the same result alone or beside others and at any thread count (speculative verification
+ * compares them bit for bit). */
 #define DECODE_KEYS_PER_RANGE 512
+#define DECODE_RANGES 16
 void attend_decode(const float *q, int H, int D, const float *const *keys, int64_t nk, const float *sinks, float *o) {
     const int64_t nthr = omp_get_max_threads(), by_keys = nk / DECODE_KEYS_PER_RANGE;
-    const int64_t nr = by_keys < 1 ? 1 : by_keys < nthr ? by_keys : nthr;   /* key ranges */
-    const int64_t ng = (nthr + nr - 1) / nr < H ? (nthr + nr - 1) / nr : H;   /* head groups */
+    const int64_t nr = by_keys < 1 ? 1 : by_keys < DECODE_RANGES ? by_keys : DECODE_RANGES;   /* key ranges */
+    const int64_t ng = nr >= nthr ? 1 : (nthr + nr - 1) / nr < H ? (nthr + nr - 1) / nr : H;   /* head groups */
     const float scale = 1.0f / sqrtf((float)D);
     float *m = xmalloc(sizeof(float) * (size_t)(nr * H)), *l = xmalloc(sizeof(float) * (size_t)(nr * H));
     float *acc = xmalloc(sizeof(float) * (size_t)(nr * H * D));
-#pragma omp parallel for schedule(static) num_threads(nr * ng < nthr ? nr * ng : nthr) if (nr * ng > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nr * ng < nthr ? nr * ng : nthr) if (nr * ng > 1 && nthr > 1)
     for (int64_t u = 0; u < nr * ng; u++) {
         const int64_t r = u / ng, g = u % ng, h0 = H * g / ng, h1 = H * (g + 1) / ng;
         const int64_t a = nk * r / nr, b = nk * (r + 1) / nr;

@@ -38,34 +38,53 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
 
 /* The k best of n contiguous keys [n, I] for one query (I % 8 == 0, the vector kernels present;
  * k <= n), ascending entry order; scratch holds 2n floats.
- * Not inside a parallel region and with many entries, each thread scores a contiguous range and
- * keeps that range's top k; the union of those holds the overall top k (an entry beaten k times
- * inside its range is beaten k times overall), and one more selection over it, in entry order,
- * gives exactly what a single selection would — ties included. Every score is computed the same
- * way in any range, so the picks do not depend on the thread count. */
+ * With many entries and not inside a parallel region, the keys are cut into ranges of at least
+ * PICK_RANGE keys (at most PICK_RANGES of them), handed to the threads as they come free (a
+ * thread slowed by the rest of the machine does not hold the step back) and in increasing order
+ * to each; a thread streams the scores of all its ranges through one running selection
+ * (TopkStream). The union of the threads' top k holds the overall top k (an entry beaten k times
+ * among one thread's entries is beaten k times overall), and one more selection over it, in
+ * entry order, gives exactly what a single selection would — ties included, whichever thread
+ * scored which range. Every score is computed the same way in any range (ranges start at
+ * multiples of 8), so the picks do not depend on the thread count. */
+#define PICK_RANGE 4096
+#define PICK_RANGES 16
+static int cmp_i64(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
 void indexer_pick(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, int64_t k, int64_t *selected,
                   float *scratch) {
-    int64_t nt = omp_in_parallel() || n < 8192 ? 1 : omp_get_max_threads();
-    if (nt > 1 && 4 * nt * k > n) nt = 1;   /* the candidates and their selection fit in scratch */
-    if (nt == 1) {
+    int64_t nr = n / PICK_RANGE < PICK_RANGES ? n / PICK_RANGE : PICK_RANGES;
+    const int64_t nt = omp_get_max_threads() < nr ? omp_get_max_threads() : nr;
+    if (omp_in_parallel() || nt < 2 || 4 * k * nr > n) {
         indexer_scores_avx2(q, wt, HI, I, keys, n, scratch);
         topk_select(scratch, n, k, selected, scratch + n);
         return;
     }
-    int64_t *cand = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), *n_cand = xmalloc(sizeof(int64_t) * (size_t)nt);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t r = 0; r < nt; r++) {
-        const int64_t a = (n * r / nt) & ~(int64_t)7, b = r + 1 == nt ? n : (n * (r + 1) / nt) & ~(int64_t)7;
-        const int64_t kr = k < b - a ? k : b - a;
-        indexer_scores_avx2(q, wt, HI, I, keys + a * I, b - a, scratch + a);
-        topk_select(scratch + a, b - a, kr, cand + r * k, scratch + n + a);
-        for (int64_t j = 0; j < kr; j++) cand[r * k + j] += a;
-        n_cand[r] = kr;
+    int64_t *cand = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), *n_cand = xcalloc((size_t)nt, sizeof(int64_t));
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t cap = 4 * k, id = omp_get_thread_num();
+        float *buf = xmalloc(sizeof(float) * (size_t)(2 * cap));
+        TopkStream st = {.v = buf, .tmp = buf + cap, .ix = xmalloc(sizeof(int64_t) * (size_t)cap), .cap = cap};
+        topk_stream_reset(&st, k);
+#pragma omp for schedule(monotonic : dynamic, 1)
+        for (int64_t r = 0; r < nr; r++) {
+            const int64_t a = (n * r / nr) & ~(int64_t)7, b = r + 1 == nr ? n : (n * (r + 1) / nr) & ~(int64_t)7;
+            indexer_scores_avx2(q, wt, HI, I, keys + a * I, b - a, scratch + a);
+            topk_stream_scan(&st, scratch + a, b - a, a);
+        }
+        topk_stream_cut(&st);
+        n_cand[id] = st.n < k ? st.n : k;
+        memcpy(cand + id * k, st.ix, sizeof(int64_t) * (size_t)n_cand[id]);
+        free(buf); free(st.ix);
     }
     int64_t n_all = 0;   /* the candidates in entry order, then one selection among them */
-    for (int64_t r = 0; r < nt; r++)
-        for (int64_t j = 0; j < n_cand[r]; j++) cand[n_all++] = cand[r * k + j];
-    float *cs = scratch + n;   /* free again: the ranges' selections are done */
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t j = 0; j < n_cand[t]; j++) cand[n_all++] = cand[t * k + j];
+    qsort(cand, (size_t)n_all, sizeof(int64_t), cmp_i64);
+    float *cs = scratch + n;   /* free again: the threads' selections are done */
     for (int64_t j = 0; j < n_all; j++) cs[j] = scratch[cand[j]];
     int64_t *pos = xmalloc(sizeof(int64_t) * (size_t)k);
     topk_select(cs, n_all, k, pos, cs + n_all);
