@@ -99,6 +99,8 @@ typedef struct StFile {
     int fd;
     uint8_t *map;
     uint64_t size;
+    uint64_t map_len;      /* bytes mapped at map (size, or size rounded up to 2 MB when in_ram) */
+    int in_ram;            /* read into anonymous memory in 2 MB pages, not a map of the file */
 } StFile;
 
 typedef struct StSet {
@@ -108,6 +110,7 @@ typedef struct StSet {
     int64_t n_tensors, cap_tensors;
     int64_t *hash;          /* open addressing: index+1, 0 = empty */
     int64_t hash_cap;
+    int in_ram;             /* files opened from now on are read into memory (st_open_dir decides) */
 } StSet;
 
 int st_open_file(StSet *set, const char *path);
@@ -115,6 +118,8 @@ int st_open_file(StSet *set, const char *path);
 int st_open_dir(StSet *set, const char *dir);
 const StTensor *st_find(const StSet *set, const char *name);
 void st_close(StSet *set);
+/* whether a model of this many bytes is read into memory rather than mapped (io/safetensors.c) */
+int st_weights_in_ram(uint64_t size);
 
 /* A writer: tensors are described, then written in one go to a temp file renamed into place. */
 typedef struct StWriteTensor {

@@ -86,6 +86,10 @@ check_logits() {
 for m in tiny-bf16 tiny-fp8 alt-f32; do check_logits "$m" "$F/tokens.txt" 512 "1 64" "150 64" "300 256" "300 7"; done
 # the portable path (no AVX2 kernels: what a CPU without them runs) against the same reference
 DSV4_SIMD=0 check_logits tiny-fp8 "$F/tokens.txt" 512 "150 64"
+# small models are read into memory (2 MB pages); the memory map that larger ones are read from,
+# with the Engram tables' row prefetch that only it uses, against the same references
+DSV4_WEIGHTS=mmap check_logits tiny-fp8 "$F/tokens.txt" 512 "150 64"
+DSV4_WEIGHTS=mmap check_logits engram-tiny "$F/engram-tiny/tokens.txt" 343 "100 64"
 # engram-tiny: Engram in layers 0 and 2 (orders 2-3, 2 heads, short conv with dilation 3) with a
 # tokenizer trained by dsv4; prefill, token-by-token decode and chunks that split the conv's span
 check_logits engram-tiny "$F/engram-tiny/tokens.txt" 343 "1 64" "100 64" "200 256" "200 5"

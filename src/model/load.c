@@ -188,8 +188,10 @@ static int bind_engram(dsv4_model *m, LayerW *L, const char *pre, int li, const 
 #define EM(field, suffix, r, cc) do { snprintf(nm, sizeof nm, "%s.engram.%s", pre, suffix); if (bind_mat(m, &G->field, nm, r, cc)) return -1; } while (0)
 #define EV(field, suffix, a, b) do { snprintf(nm, sizeof nm, "%s.engram.%s", pre, suffix); if (bind_f32(m, &G->field, nm, a, b)) return -1; } while (0)
     EM(table, "embed.weight", rows, c->engram_head_dim);
-    /* rows are read at hashed addresses: no readahead around them (prefetching is explicit) */
-    if (G->table.kind == W_F32 || G->table.kind == W_BF16 || G->table.kind == W_F16) {
+    /* rows are read at hashed addresses: no readahead around them (prefetching is explicit); a
+     * table read into memory needs neither */
+    const StTensor *tt = st_find(&m->st, nm);
+    if (tt && !m->st.files[tt->file].in_ram && (G->table.kind == W_F32 || G->table.kind == W_BF16 || G->table.kind == W_F16)) {
         const long page = sysconf(_SC_PAGESIZE);
         const uintptr_t a = (uintptr_t)G->table.w & ~(uintptr_t)(page - 1);
         const uintptr_t b = (uintptr_t)G->table.w + (uintptr_t)mat_bytes(&G->table);
