@@ -190,6 +190,7 @@ typedef struct LinearJob { const Mat *W; float *y; int64_t ldy; const float *x; 
 void linear_batch(const LinearJob *jobs, int n, int64_t T);
 /* Decodes rows r0..r0+nr of W to f32 (dst row stride = W->cols). */
 void mat_dequant_rows(const Mat *W, int64_t r0, int64_t nr, float *dst);
+double sum_squares(const float *x, int64_t n);   /* Σ x², in double */
 void rmsnorm(float *out, const float *x, const float *w, int64_t n, double eps);
 void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int64_t n, double eps);
 /* dx [T, cols] += dy W; dW (f32, may be NULL) += dyᵀ x, both over rows r0..r0+nr of W. */

@@ -367,7 +367,10 @@ void indexer_scores_avx2(const float *q, const float *wt, int HI, int I, const f
     int64_t w = 0;
     for (; w + 8 <= n; w += 8) {
         const float *k = keys + w * I;
-        _mm_prefetch((const char *)(k + 8 * I * 4), _MM_HINT_T0);
+        /* every line of the group PREFETCH_BYTES ahead: the keys are a long stream read once a
+         * step (67 MB at 1M), and with one prefetch per group, as before, it ran at about 80%
+         * of the bus (1M decode: 4.95 -> 3.4 ms a step) */
+        for (int64_t l = 0; l < 8 * I * (int64_t)sizeof(float); l += 64) _mm_prefetch((const char *)k + PREFETCH_BYTES + l, PF_HINT);
         __m256 s = _mm256_setzero_ps();
         for (int h = 0; h < HI; h++) {
             const float *qh = q + (int64_t)h * I;

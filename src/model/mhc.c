@@ -14,9 +14,7 @@ static void hc_mixes(const Config *c, const Mat *fn, const float *X, int64_t T, 
     const int64_t nd = (int64_t)c->hc_mult * c->dim, nm = fn->rows;
     linear(mixes, nm, X, nd, T, fn, 0, nm);
     for (int64_t t = 0; t < T; t++) {
-        double ss = 0;
-        const float *x = X + t * nd;
-        for (int64_t i = 0; i < nd; i++) ss += (double)x[i] * x[i];
+        const double ss = sum_squares(X + t * nd, nd);
         const float r = (float)(1.0 / sqrt(ss / (double)nd + c->norm_eps));
         for (int64_t i = 0; i < nm; i++) mixes[t * nm + i] *= r;
     }
@@ -99,8 +97,7 @@ static void hc_mixes_backward(const Config *c, const Mat *fn, const float *X, in
     mat_dequant_rows(fn, 0, nm, w);
     for (int64_t t = 0; t < T; t++) {
         const float *v = X + t * nd;
-        double ss = 0;
-        for (int64_t i = 0; i < nd; i++) ss += (double)v[i] * v[i];
+        const double ss = sum_squares(v, nd);   /* as the forward did */
         const double r = 1.0 / sqrt(ss / (double)nd + c->norm_eps);
         double dr = 0;
         for (int64_t k = 0; k < nm; k++) {
