@@ -143,10 +143,10 @@ int st_open_file(StSet *set, const char *path) {
                          path, (unsigned long long)hlen, (unsigned long long)size);
     }
     uint64_t map_len = size;
-    const int in_ram = set->in_ram;
-    uint8_t *map = in_ram ? read_into_huge_pages(fd, size, &map_len) : NULL;
-    if (in_ram && !map) { close(fd); return dsv4_fail("%s: cannot read the file into memory: %s", path, strerror(errno)); }
+    uint8_t *map = set->in_ram ? read_into_huge_pages(fd, size, &map_len) : NULL;
+    const int in_ram = map != NULL;   /* memory refused or the read failed: map the file instead */
     if (!in_ram) {
+        map_len = size;
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) { close(fd); return dsv4_fail("%s: mmap failed: %s", path, strerror(errno)); }
     }

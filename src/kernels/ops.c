@@ -6,7 +6,6 @@
 
 #include "../dsv4_internal.h"
 
-/* RMSNorm(x) = w ⊙ x / sqrt(mean(x²) + eps) (spec, notation); w == NULL means no weight. */
 /* Σ x² in double, in four interleaved partial sums: one chain of dependent adds cost four cycles
  * an element, a microsecond for each 1,024-wide mHC mix and several for each decode step's norms */
 double sum_squares(const float *x, int64_t n) {
@@ -22,6 +21,7 @@ double sum_squares(const float *x, int64_t n) {
     return (s0 + s1) + (s2 + s3);
 }
 
+/* RMSNorm(x) = w ⊙ x / sqrt(mean(x²) + eps) (spec, notation); w == NULL means no weight. */
 void rmsnorm(float *out, const float *x, const float *w, int64_t n, double eps) {
     const double ss = sum_squares(x, n);
     const float r = (float)(1.0 / sqrt(ss / (double)n + eps));
