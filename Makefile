@@ -11,7 +11,7 @@ LDLIBS   = $(BLAS_LIB) -lcjson -lpcre2-8 -lutf8proc -lm -fopenmp
 
 LIB_SRC = $(wildcard src/util/*.c src/io/*.c src/kernels/*.c src/model/*.c src/infer/*.c src/train/*.c)
 CLI_SRC = $(wildcard src/cli/*.c)
-HDRS    = $(wildcard include/*.h src/*.h src/cli/*.h src/io/*.h src/io/*.inc)
+HDRS    = $(wildcard include/*.h src/*.h src/cli/*.h src/io/*.h src/io/*.inc src/kernels/*.h)
 
 BUILD  ?= build
 LIB_OBJ = $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -32,6 +32,8 @@
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
+#include "simd_x86.h"
+
 /* Software prefetch into L2 this far ahead in the row stream (about 16 rows of 1 KB): more
  * misses in flight than the L1 fill buffers allow, and the L1 prefetcher takes it from there. */
 #define PREFETCH_BYTES 16384
@@ -203,13 +205,6 @@ void softmax_sink_avx2(float *row, int64_t n, float sink) {
 }
 
 /* ---- long-context decode: attention and indexer scoring ------------------------------------ */
-
-static inline __m256 hsum8x8(__m256 a[8]) {   /* lane e = the sum of a[e] */
-    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
-    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
 
 /* Partial attention of one query (heads 0..H) over keys[0..n) (each key also the value),
  * online softmax in blocks of ATT_BLK keys so every key is read from memory once:

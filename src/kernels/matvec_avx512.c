@@ -39,6 +39,8 @@
 #pragma GCC target("avx512f,avx512bw,avx2,fma,f16c")
 #include <immintrin.h>
 
+#include "simd_x86.h"
+
 /* the same prefetch distances as the AVX2 kernels (see matvec_avx2.c) */
 #define PREFETCH_BYTES 16384
 #define L1_AHEAD 1024
@@ -260,12 +262,6 @@ void indexer_block_scores_avx512(const float *q, const float *w, int64_t nq, int
 static inline __attribute__((always_inline)) __m256 fold16(__m512 z) {   /* 16 lanes -> 8: lane i + lane i + 8 */
     return _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
 }
-static inline __attribute__((always_inline)) __m256 hsum8x8_512(__m256 a[8]) {   /* lane e = the sum of a[e] */
-    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
-    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
 
 static inline __attribute__((always_inline)) void att_scores(const int NH, const float *q, int D, const float *const *k, int nb,
                                                             float scale, float *s) {
@@ -284,7 +280,7 @@ static inline __attribute__((always_inline)) void att_scores(const int NH, const
         }
         __m256 f[8];
         for (int e = 0; e < 8; e++) f[e] = fold16(a[e]);
-        _mm256_storeu_ps(s + 4 * j, _mm256_mul_ps(hsum8x8_512(f), sv));   /* lane h: key j, lane 4 + h: key j + 1 */
+        _mm256_storeu_ps(s + 4 * j, _mm256_mul_ps(hsum8x8(f), sv));   /* lane h: key j, lane 4 + h: key j + 1 */
     }
 }
 
