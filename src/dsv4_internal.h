@@ -275,7 +275,9 @@ typedef struct {
 } TopkStream;
 void topk_stream_reset(TopkStream *s, int64_t k);   /* empty, keeping k (k <= 0: nothing) */
 void topk_stream_cut(TopkStream *s);   /* to the k best, in index order; theta their worst */
-void topk_stream_scan(TopkStream *s, const float *v, int64_t n, int64_t base);   /* push v[i] as entry base + i */
+/* v[i] as entry base + i, for each above the bar (every one before the first cut) */
+void topk_stream_scan(TopkStream *s, const float *v, int64_t n, int64_t base);
+int cmp_i64(const void *a, const void *b);   /* qsort order of int64_t, ascending */
 static inline void topk_stream_push(TopkStream *s, float v, int64_t ix) {
     if (s->n == s->cap) topk_stream_cut(s);
     s->v[s->n] = v;

@@ -409,12 +409,16 @@ static void test_decode_split(void) {
         }
         CHECK(serr < 1e-4, "%lld keys: indexer scores against double: max difference %g", (long long)n, serr);
         topk_select(sc, n, k, want, sc + n);
-        for (int th = 1; th <= 3; th++) {
-            omp_set_num_threads(th);
-            indexer_pick(iq, wt, HI, ID, ik, n, k, got, sc);
-            CHECK(!memcmp(got, want, sizeof(int64_t) * k), "%lld keys: indexer picks at %d thread(s) == one selection over all scores",
-                  (long long)n, th);
+        for (int simd = 2; simd >= 1; simd--) {   /* the running selection's AVX-512 scan, then its AVX2 one */
+            linear_use_simd(simd);
+            for (int th = 1; th <= 3; th++) {
+                omp_set_num_threads(th);
+                indexer_pick(iq, wt, HI, ID, ik, n, k, got, sc);
+                CHECK(!memcmp(got, want, sizeof(int64_t) * k),
+                      "%lld keys, SIMD level %d: indexer picks at %d thread(s) == one selection over all scores", (long long)n, simd, th);
+            }
         }
+        linear_use_simd(2);
         omp_set_num_threads(saved);
         free(ik); free(iq); free(sc); free(want); free(got);
     }

@@ -127,7 +127,7 @@ static void sift_down(int64_t *h, int64_t n, int64_t i, const float *s) {
         i = w;
     }
 }
-static int cmp_i64(const void *a, const void *b) {
+int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
 }
@@ -217,10 +217,38 @@ void topk_stream_cut(TopkStream *s) {
     s->cut = 1;
 }
 
+#if defined(__x86_64__)
+/* topk_stream_scan with AVX-512: until the first cut every score goes in, copied in bulk; after
+ * it, 16 scores per compare and only the lanes over the bar visited (a push may cut and raise the
+ * bar: each is tested again) */
+__attribute__((target("avx512f"))) static void stream_scan_avx512(TopkStream *s, const float *v, int64_t n, int64_t base) {
+    int64_t w = 0;
+    while (!s->cut && w < n) {
+        if (s->n == s->cap) { topk_stream_cut(s); break; }
+        const int64_t m = s->cap - s->n < n - w ? s->cap - s->n : n - w;
+        memcpy(s->v + s->n, v + w, sizeof(float) * (size_t)m);
+        for (int64_t j = 0; j < m; j++) s->ix[s->n + j] = base + w + j;
+        s->n += m;
+        w += m;
+    }
+    for (; w + 16 <= n; w += 16) {
+        unsigned mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + w), _mm512_set1_ps(s->theta), _CMP_GT_OQ);
+        while (mask) {
+            const int j = __builtin_ctz(mask);
+            mask &= mask - 1;
+            if (v[w + j] > s->theta) topk_stream_push(s, v[w + j], base + w + j);
+        }
+    }
+    for (; w < n; w++)
+        if (v[w] > s->theta) topk_stream_push(s, v[w], base + w);
+}
+#endif
+
 /* v[0..n) as entries base.. into the stream: once cut, the vector scan skips to the next score
  * over the bar, so most entries cost one comparison */
 void topk_stream_scan(TopkStream *st, const float *v, int64_t n, int64_t base) {
 #if defined(__x86_64__)
+    if (indexer_avx512_usable()) { stream_scan_avx512(st, v, n, base); return; }
     const int vec = cpu_has_avx2();
 #endif
     for (int64_t i = 0; i < n; i++) {

@@ -49,10 +49,6 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
  * multiples of 8), so the picks do not depend on the thread count. */
 #define PICK_RANGE 4096
 #define PICK_RANGES 16
-static int cmp_i64(const void *a, const void *b) {
-    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
 void indexer_pick(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, int64_t k, int64_t *selected,
                   float *scratch) {
     int64_t nr = n / PICK_RANGE < PICK_RANGES ? n / PICK_RANGE : PICK_RANGES;
@@ -164,31 +160,6 @@ __attribute__((target("avx2,fma"))) static void combine_push_avx2(TopkStream *s,
     }
     if (w < n) combine_push_scalar(s, C + w, ne, HI, wt, e0 + w, n - w);
 }
-
-/* already combined scores (the AVX-512 path): only the threshold test. Until the first cut
- * every score goes in: copied in bulk. After it, 16 scores per compare, and only the lanes over
- * the threshold visited (a push may cut and raise the threshold: each is tested again). */
-__attribute__((target("avx512f"))) static void push_scores_avx512(TopkStream *s, const float *S, int64_t e0, int64_t n) {
-    int64_t w = 0;
-    while (!s->cut && w < n) {
-        if (s->n == s->cap) { topk_stream_cut(s); break; }
-        const int64_t m = s->cap - s->n < n - w ? s->cap - s->n : n - w;
-        memcpy(s->v + s->n, S + w, sizeof(float) * (size_t)m);
-        for (int64_t j = 0; j < m; j++) s->ix[s->n + j] = e0 + w + j;
-        s->n += m;
-        w += m;
-    }
-    for (; w + 16 <= n; w += 16) {
-        unsigned mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(S + w), _mm512_set1_ps(s->theta), _CMP_GT_OQ);
-        while (mask) {
-            const int j = __builtin_ctz(mask);
-            mask &= mask - 1;
-            if (S[w + j] > s->theta) topk_stream_push(s, S[w + j], e0 + w + j);
-        }
-    }
-    for (; w < n; w++)
-        if (S[w] > s->theta) topk_stream_push(s, S[w], e0 + w);
-}
 #endif
 
 void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_idx, const float *w_idx, int64_t T,
@@ -257,7 +228,7 @@ void indexer_select_prefill(const dsv4_model *m, LayerCache *c, const float *q_i
                     indexer_block_scores_avx512(q_idx + ta * HI * I, w_idx + ta * HI, nq, HI, I, panels + e0 * I, (ne + 31) / 32, C, IDX_TILE);
                     for (int64_t t = 0; t < nq; t++) {
                         const int64_t nvis = (t0 + ta + t + 1) / ratio, n = nvis - e0 < ne ? nvis - e0 : ne;
-                        if (n > 0) push_scores_avx512(&st[t], C + t * IDX_TILE, e0, n);
+                        if (n > 0) topk_stream_scan(&st[t], C + t * IDX_TILE, n, e0);
                     }
                     continue;
                 }
