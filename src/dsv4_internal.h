@@ -183,6 +183,9 @@ double model_decode_bytes(const dsv4_model *m);   /* weight bytes one decode ste
 /* y[t, 0..nr) (row stride ldy) = x[t, 0..cols) (row stride ldx) · W[r0 .. r0+nr)ᵀ, t < T. */
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W,
             int64_t r0, int64_t nr);
+/* Up to this many tokens (decode, speculative verification), each weight row is decoded once
+ * and dotted with every token (linear.c), and a forward pass is one team_step. */
+#define LINEAR_SMALL_T 4
 /* Several products y_i [T, nr_i] (row stride ldy_i) = x_i · W_iᵀ over rows r0_i .. r0_i+nr_i
  * (nr 0: every row from r0) in one parallel region for decode batches; each output
  * bit-identical to linear() of the job alone. */
@@ -684,6 +687,19 @@ char *bpe_train(const char *const *files, int n_files, int64_t vocab_size, const
 /* ---- token shards (io/shards.c) ---- */
 int shard_write(const char *path, const int32_t *ids, int64_t n);
 int32_t *shard_read(const char *path, int64_t *n);   /* malloc'd ids, or NULL with an error */
+
+/* ---- threads of a decode step (util/team.c) ------------------------------------------------ */
+/* fn(arg, id, nt) on each of nt threads, id = 0 .. nt-1 (nt = 1: the caller alone). */
+typedef void (*TeamFn)(void *arg, int id, int nt);
+/* How many threads team_run can use here: a step's team, or the OpenMP threads outside any
+ * parallel region, or 1 inside one. */
+int team_threads(void);
+/* fn on min(nt, team_threads()) threads, returning when all are done: inside team_step the
+ * step's waiting threads take it; elsewhere an OpenMP parallel region. */
+void team_run(TeamFn fn, void *arg, int nt);
+/* body(arg) on this thread inside one parallel region whose other threads serve team_run until
+ * body returns (a decode step); returns body's result. Nested steps run body directly. */
+int team_step(int (*body)(void *), void *arg);
 
 /* ---- utilities ------------------------------------------------------------------------------ */
 void *xmalloc(size_t n);

@@ -119,8 +119,6 @@ static void dequant_block(const Mat *W, int64_t r0, int64_t nb, float *buf) {
     for (int64_t i = 0; i < nb; i++) dequant_row(W, r0 + i, buf + i * W->cols);
 }
 
-/* Up to this many tokens, each weight row is decoded once and dotted with every token. */
-#define LINEAR_SMALL_T 4
 /* Below this many weight bytes the small-batch kernels run on one thread. */
 #define LINEAR_PARALLEL_BYTES 65536
 
@@ -140,33 +138,35 @@ static int64_t job_rows(const LinearJob *j) { return j->nr ? j->nr : j->W->rows 
  * are permuted once per job into the order the kernel widens weights in; the rows of all jobs,
  * laid end to end by their bytes, are split into one contiguous run per thread (each thread
  * streams through its own part of the matrices). Work under LINEAR_PARALLEL_BYTES stays on the
- * calling thread: it is done before a second thread would have woken up. */
+ * calling thread: it is done before a second thread would have started. */
+typedef struct { const LinearJob *jobs; int n; int64_t T; float **xp; uint64_t total; } MatvecWork;
+
+static void matvec_share(void *arg, int id, int nt) {
+    const MatvecWork *w = arg;
+    const uint64_t lo = w->total * (uint64_t)id / (uint64_t)nt, hi = w->total * (uint64_t)(id + 1) / (uint64_t)nt;
+    uint64_t off = 0;
+    for (int i = 0; i < w->n; i++) {
+        const LinearJob *j = &w->jobs[i];
+        const uint64_t rows = (uint64_t)job_rows(j), b = mat_bytes(j->W) / (uint64_t)j->W->rows * rows, start = off;
+        off += b;
+        if (hi <= start || lo >= start + b) continue;   /* this thread's bytes miss the job */
+        const uint64_t s0 = lo > start ? lo - start : 0, s1 = hi < start + b ? hi - start : b;
+        /* row r belongs to the thread whose byte range holds the row's first byte */
+        const int64_t a = (int64_t)((s0 * rows + b - 1) / b), e = (int64_t)((s1 * rows + b - 1) / b);
+        if (e > a) matvec_avx2_rows(j->W, j->r0 + a, e - a, w->xp[i], w->T, j->y + a, j->ldy);
+    }
+}
+
 static void matvec_jobs(const LinearJob *jobs, int n, int64_t T) {
-    float **xp = xmalloc(sizeof(float *) * (size_t)n);
-    uint64_t total = 0;
+    MatvecWork w = {jobs, n, T, xmalloc(sizeof(float *) * (size_t)n), 0};
     for (int i = 0; i < n; i++) {
-        xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
-        matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, xp[i]);
-        total += mat_bytes(jobs[i].W) / (uint64_t)jobs[i].W->rows * (uint64_t)job_rows(&jobs[i]);
+        w.xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
+        matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, w.xp[i]);
+        w.total += mat_bytes(jobs[i].W) / (uint64_t)jobs[i].W->rows * (uint64_t)job_rows(&jobs[i]);
     }
-#pragma omp parallel if (total >= (uint64_t)LINEAR_PARALLEL_BYTES)
-    {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const uint64_t lo = total * (uint64_t)id / (uint64_t)nt, hi = total * (uint64_t)(id + 1) / (uint64_t)nt;
-        uint64_t off = 0;
-        for (int i = 0; i < n; i++) {
-            const Mat *W = jobs[i].W;
-            const uint64_t rows = (uint64_t)job_rows(&jobs[i]), b = mat_bytes(W) / (uint64_t)W->rows * rows, start = off;
-            off += b;
-            if (hi <= start || lo >= start + b) continue;   /* this thread's bytes miss the job */
-            const uint64_t s0 = lo > start ? lo - start : 0, s1 = hi < start + b ? hi - start : b;
-            /* row r belongs to the thread whose byte range holds the row's first byte */
-            const int64_t a = (int64_t)((s0 * rows + b - 1) / b), e = (int64_t)((s1 * rows + b - 1) / b);
-            if (e > a) matvec_avx2_rows(W, jobs[i].r0 + a, e - a, xp[i], T, jobs[i].y + a, jobs[i].ldy);
-        }
-    }
-    for (int i = 0; i < n; i++) free(xp[i]);
-    free(xp);
+    team_run(matvec_share, &w, w.total >= (uint64_t)LINEAR_PARALLEL_BYTES ? team_threads() : 1);
+    for (int i = 0; i < n; i++) free(w.xp[i]);
+    free(w.xp);
 }
 
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {

@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,20 +119,31 @@ static int64_t query_keys(const float *kv, const float *ring, const float *comp,
  * compares them bit for bit). */
 #define DECODE_KEYS_PER_RANGE 512
 #define DECODE_RANGES 16
+typedef struct {
+    const float *q; int H, D; const float *const *keys; int64_t nk, nr, ng; float scale; float *m, *l, *acc;
+    atomic_int_fast64_t next;   /* the next (range, head group) unit to take */
+} DecodeAttn;
+
+static void attend_decode_share(void *arg, int id, int nt) {
+    (void)id; (void)nt;
+    DecodeAttn *w = arg;
+    const int64_t H = w->H, D = w->D;
+    for (int64_t u; (u = atomic_fetch_add_explicit(&w->next, 1, memory_order_relaxed)) < w->nr * w->ng;) {
+        const int64_t r = u / w->ng, g = u % w->ng, h0 = H * g / w->ng, h1 = H * (g + 1) / w->ng;
+        const int64_t a = w->nk * r / w->nr, b = w->nk * (r + 1) / w->nr;
+        attend_partial_avx2(w->q + h0 * D, (int)(h1 - h0), (int)D, w->keys + a, b - a, w->scale, w->m + r * H + h0,
+                            w->l + r * H + h0, w->acc + (r * H + h0) * D);
+    }
+}
+
 void attend_decode(const float *q, int H, int D, const float *const *keys, int64_t nk, const float *sinks, float *o) {
-    const int64_t nthr = omp_get_max_threads(), by_keys = nk / DECODE_KEYS_PER_RANGE;
+    const int64_t nthr = team_threads(), by_keys = nk / DECODE_KEYS_PER_RANGE;
     const int64_t nr = by_keys < 1 ? 1 : by_keys < DECODE_RANGES ? by_keys : DECODE_RANGES;   /* key ranges */
     const int64_t ng = nr >= nthr ? 1 : (nthr + nr - 1) / nr < H ? (nthr + nr - 1) / nr : H;   /* head groups */
-    const float scale = 1.0f / sqrtf((float)D);
     float *m = xmalloc(sizeof(float) * (size_t)(nr * H)), *l = xmalloc(sizeof(float) * (size_t)(nr * H));
     float *acc = xmalloc(sizeof(float) * (size_t)(nr * H * D));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nr * ng < nthr ? nr * ng : nthr) if (nr * ng > 1 && nthr > 1)
-    for (int64_t u = 0; u < nr * ng; u++) {
-        const int64_t r = u / ng, g = u % ng, h0 = H * g / ng, h1 = H * (g + 1) / ng;
-        const int64_t a = nk * r / nr, b = nk * (r + 1) / nr;
-        attend_partial_avx2(q + h0 * D, (int)(h1 - h0), D, keys + a, b - a, scale, m + r * H + h0, l + r * H + h0,
-                            acc + (r * H + h0) * D);
-    }
+    DecodeAttn w = {q, H, D, keys, nk, nr, ng, 1.0f / sqrtf((float)D), m, l, acc, 0};
+    team_run(attend_decode_share, &w, (int)(nr * ng < nthr ? nr * ng : nthr));
     for (int h = 0; h < H; h++) {
         float M = sinks[h];
         for (int64_t r = 0; r < nr; r++) M = fmaxf(M, m[r * H + h]);
@@ -237,6 +249,22 @@ static void attend_blocks(const AttnBlocks *a, float *o) {
     }
 }
 
+/* One token's q heads [H, D] and kv [D] at position pos: each q head RMS-normalised, kv by its
+ * norm, both rotated on the last r dims. */
+static void norm_rope_token(const dsv4_model *m, const LayerW *L, float *q, float *kv, int64_t pos) {
+    const Config *cf = &m->cfg;
+    const int H = cf->n_heads, D = cf->head_dim, r = cf->rope_head_dim;
+    for (int hh = 0; hh < H; hh++) {
+        float *qh = q + (int64_t)hh * D;
+        rmsnorm(qh, qh, NULL, D, cf->norm_eps);
+        rope_rotate(qh + D - r, r, L->rope_freq, pos, 0);
+    }
+    rmsnorm(kv, kv, L->kv_norm, D, cf->norm_eps);
+    rope_rotate(kv + D - r, r, L->rope_freq, pos, 0);
+    /* official QAT: FP8 on the non-RoPE dims; the RoPE dims keep their precision */
+    if (m->quant) fake_quant_fp8(kv, D - r, 64);
+}
+
 /* save (training, t0 = 0): also keep the intermediates the backward needs (AttnSave). */
 int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, int64_t T, int64_t t0,
                       float *out, AttnSave *save) {
@@ -258,18 +286,11 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     model_linear(m, q, qd, cq, cf->q_lora_rank, T, &L->wq_b, 0, qd);
     /* kv = RMSNorm_kv(x·wkv) (projected above), one vector that is both key and value */
     if (save) { save->q_raw = dup_floats(q, T * qd); save->kv_raw = dup_floats(kv, T * D); }
-#pragma omp parallel for schedule(static) if (T > 1)
-    for (int64_t t = 0; t < T; t++) {
-        for (int hh = 0; hh < H; hh++) {
-            float *qh = q + t * qd + (int64_t)hh * D;
-            rmsnorm(qh, qh, NULL, D, cf->norm_eps);
-            rope_rotate(qh + D - r, r, L->rope_freq, t0 + t, 0);
-        }
-        float *k = kv + t * D;
-        rmsnorm(k, k, L->kv_norm, D, cf->norm_eps);
-        rope_rotate(k + D - r, r, L->rope_freq, t0 + t, 0);
-        /* official QAT: FP8 on the non-RoPE dims; the RoPE dims keep their precision */
-        if (m->quant) fake_quant_fp8(k, D - r, 64);
+    if (T == 1) {   /* one token (decode): not worth a parallel region */
+        norm_rope_token(m, L, q, kv, t0);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < T; t++) norm_rope_token(m, L, q + t * qd, kv + t * D, t0 + t);
     }
     if (save) { save->q = dup_floats(q, T * qd); save->kv = dup_floats(kv, T * D); }
 
@@ -369,9 +390,13 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
         }
     }
     /* inverse RoPE on each head's output (spec: the rotation the values carried is undone) */
-#pragma omp parallel for schedule(static) if (T > 1)
-    for (int64_t t = 0; t < T; t++)
-        for (int hh = 0; hh < H; hh++) rope_rotate(o + t * qd + (int64_t)hh * D + D - r, r, L->rope_freq, t0 + t, 1);
+    if (T == 1) {
+        for (int hh = 0; hh < H; hh++) rope_rotate(o + (int64_t)hh * D + D - r, r, L->rope_freq, t0, 1);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            for (int hh = 0; hh < H; hh++) rope_rotate(o + t * qd + (int64_t)hh * D + D - r, r, L->rope_freq, t0 + t, 1);
+    }
     /* the chunk's keys enter the ring once every query of the chunk has read the old ones */
     for (int64_t t = T > W ? T - W : 0; t < T; t++)
         memcpy(c->ring + ((t0 + t) % W) * D, kv + t * D, sizeof(float) * (size_t)D);

@@ -8,6 +8,7 @@
 #undef I   /* complex.h, through cblas.h: I is the indexer head dimension here */
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,33 +50,42 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
  * multiples of 8), so the picks do not depend on the thread count. */
 #define PICK_RANGE 4096
 #define PICK_RANGES 16
+typedef struct {
+    const float *q, *wt, *keys; int HI, I; int64_t n, k, nr; float *scratch; int64_t *cand, *n_cand;
+    atomic_int_fast64_t next;   /* the next range to take */
+} PickWork;
+
+static void indexer_pick_share(void *arg, int id, int nt) {
+    (void)nt;
+    PickWork *w = arg;
+    const int64_t cap = 4 * w->k, n = w->n, nr = w->nr, I = w->I;
+    float *buf = xmalloc(sizeof(float) * (size_t)(2 * cap));
+    TopkStream st = {.v = buf, .tmp = buf + cap, .ix = xmalloc(sizeof(int64_t) * (size_t)cap), .cap = cap};
+    topk_stream_reset(&st, w->k);
+    /* each thread takes ranges in increasing order: its running selection sees its entries in order */
+    for (int64_t r; (r = atomic_fetch_add_explicit(&w->next, 1, memory_order_relaxed)) < nr;) {
+        const int64_t a = (n * r / nr) & ~(int64_t)7, b = r + 1 == nr ? n : (n * (r + 1) / nr) & ~(int64_t)7;
+        indexer_scores_avx2(w->q, w->wt, w->HI, w->I, w->keys + a * I, b - a, w->scratch + a);
+        topk_stream_scan(&st, w->scratch + a, b - a, a);
+    }
+    topk_stream_cut(&st);
+    w->n_cand[id] = st.n < w->k ? st.n : w->k;
+    memcpy(w->cand + id * w->k, st.ix, sizeof(int64_t) * (size_t)w->n_cand[id]);
+    free(buf); free(st.ix);
+}
+
 void indexer_pick(const float *q, const float *wt, int HI, int I, const float *keys, int64_t n, int64_t k, int64_t *selected,
                   float *scratch) {
     int64_t nr = n / PICK_RANGE < PICK_RANGES ? n / PICK_RANGE : PICK_RANGES;
-    const int64_t nt = omp_get_max_threads() < nr ? omp_get_max_threads() : nr;
-    if (omp_in_parallel() || nt < 2 || 4 * k * nr > n) {
+    const int64_t nt = team_threads() < nr ? team_threads() : nr;
+    if (nt < 2 || 4 * k * nr > n) {
         indexer_scores_avx2(q, wt, HI, I, keys, n, scratch);
         topk_select(scratch, n, k, selected, scratch + n);
         return;
     }
     int64_t *cand = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), *n_cand = xcalloc((size_t)nt, sizeof(int64_t));
-#pragma omp parallel num_threads(nt)
-    {
-        const int64_t cap = 4 * k, id = omp_get_thread_num();
-        float *buf = xmalloc(sizeof(float) * (size_t)(2 * cap));
-        TopkStream st = {.v = buf, .tmp = buf + cap, .ix = xmalloc(sizeof(int64_t) * (size_t)cap), .cap = cap};
-        topk_stream_reset(&st, k);
-#pragma omp for schedule(monotonic : dynamic, 1)
-        for (int64_t r = 0; r < nr; r++) {
-            const int64_t a = (n * r / nr) & ~(int64_t)7, b = r + 1 == nr ? n : (n * (r + 1) / nr) & ~(int64_t)7;
-            indexer_scores_avx2(q, wt, HI, I, keys + a * I, b - a, scratch + a);
-            topk_stream_scan(&st, scratch + a, b - a, a);
-        }
-        topk_stream_cut(&st);
-        n_cand[id] = st.n < k ? st.n : k;
-        memcpy(cand + id * k, st.ix, sizeof(int64_t) * (size_t)n_cand[id]);
-        free(buf); free(st.ix);
-    }
+    PickWork w = {q, wt, keys, HI, I, n, k, nr, scratch, cand, n_cand, 0};
+    team_run(indexer_pick_share, &w, (int)nt);
     int64_t n_all = 0;   /* the candidates in entry order, then one selection among them */
     for (int64_t t = 0; t < nt; t++)
         for (int64_t j = 0; j < n_cand[t]; j++) cand[n_all++] = cand[t * k + j];

@@ -20,6 +20,18 @@ static void hc_mixes(const Config *c, const Mat *fn, const float *X, int64_t T, 
     }
 }
 
+/* One token of mhc_pre: its mixes [n(n+2)] -> pre (applied: y [d]), post [n], comb [n*n]. */
+static void mhc_pre_token(const Config *c, const float *mixes, const float *base, const float *scale, const float *xt, float *yt,
+                          float *post, float *comb) {
+    const int n = c->hc_mult;
+    const int64_t d = c->dim;
+    float pre[64];
+    hc_split_sinkhorn(mixes, scale, base, n, c->hc_sinkhorn_iters, c->hc_eps, pre, post, comb);
+    for (int64_t k = 0; k < d; k++) yt[k] = pre[0] * xt[k];
+    for (int i = 1; i < n; i++)
+        for (int64_t k = 0; k < d; k++) yt[k] += pre[i] * xt[i * d + k];
+}
+
 /* X [T, n*d] -> y [T, d] (the sublayer input before its RMSNorm), post [T, n], comb [T, n*n]. */
 void mhc_pre(const Config *c, const Mat *fn, const float *base, const float *scale, const float *X, int64_t T,
              float *y, float *post, float *comb) {
@@ -27,42 +39,47 @@ void mhc_pre(const Config *c, const Mat *fn, const float *base, const float *sca
     const int64_t d = c->dim, nm = (int64_t)n * (n + 2);
     float *mixes = xmalloc(sizeof(float) * (size_t)(T * nm));
     hc_mixes(c, fn, X, T, mixes);
-#pragma omp parallel for schedule(static) if (T > 1)   /* one token: not worth waking a thread */
-    for (int64_t t = 0; t < T; t++) {
-        float pre[64];
-        hc_split_sinkhorn(mixes + t * nm, scale, base, n, c->hc_sinkhorn_iters, c->hc_eps, pre, post + t * n,
-                          comb + t * n * n);
-        float *yt = y + t * d;
-        const float *xt = X + t * n * d;
-        for (int64_t k = 0; k < d; k++) yt[k] = pre[0] * xt[k];
-        for (int i = 1; i < n; i++)
-            for (int64_t k = 0; k < d; k++) yt[k] += pre[i] * xt[i * d + k];
+    if (T == 1) {   /* one token (decode): not worth a parallel region */
+        mhc_pre_token(c, mixes, base, scale, X, y, post, comb);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            mhc_pre_token(c, mixes + t * nm, base, scale, X + t * n * d, y + t * d, post + t * n, comb + t * n * n);
     }
     free(mixes);
+}
+
+/* One token of mhc_post: xt [n*d] in place, old [n*d] scratch. */
+static void mhc_post_token(const Config *c, float *xt, const float *ft, const float *pt, const float *ct, float *old) {
+    const int n = c->hc_mult;
+    const int64_t d = c->dim;
+    memcpy(old, xt, sizeof(float) * (size_t)(n * d));
+    for (int k = 0; k < n; k++) {
+        float *out = xt + k * d;
+        for (int64_t e = 0; e < d; e++) out[e] = pt[k] * ft[e];
+        for (int j = 0; j < n; j++) {
+            const float w = ct[j * n + k];
+            const float *xj = old + j * d;
+            for (int64_t e = 0; e < d; e++) out[e] += w * xj[e];
+        }
+    }
 }
 
 /* X'_k = post_k f + Σ_j C[j,k] X_j (the transposed C acts on the streams). */
 void mhc_post(const Config *c, float *X, const float *f, const float *post, const float *comb, int64_t T) {
     const int n = c->hc_mult;
     const int64_t d = c->dim;
-#pragma omp parallel if (T > 1)
+    if (T == 1) {   /* one token (decode): not worth a parallel region */
+        float *old = xmalloc(sizeof(float) * (size_t)(n * d));
+        mhc_post_token(c, X, f, post, comb, old);
+        free(old);
+        return;
+    }
+#pragma omp parallel
     {
         float *old = xmalloc(sizeof(float) * (size_t)(n * d));
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            float *xt = X + t * n * d;
-            const float *ft = f + t * d, *ct = comb + t * n * n, *pt = post + t * n;
-            memcpy(old, xt, sizeof(float) * (size_t)(n * d));
-            for (int k = 0; k < n; k++) {
-                float *out = xt + k * d;
-                for (int64_t e = 0; e < d; e++) out[e] = pt[k] * ft[e];
-                for (int j = 0; j < n; j++) {
-                    const float w = ct[j * n + k];
-                    const float *xj = old + j * d;
-                    for (int64_t e = 0; e < d; e++) out[e] += w * xj[e];
-                }
-            }
-        }
+        for (int64_t t = 0; t < T; t++) mhc_post_token(c, X + t * n * d, f + t * d, post + t * n, comb + t * n * n, old);
         free(old);
     }
 }

@@ -233,9 +233,21 @@ static int forward_tokens(dsv4_session *s, const int32_t *tokens, int64_t n, flo
     return 0;
 }
 
+typedef struct { dsv4_session *s; const int32_t *tokens; int64_t n; float *logits; int all_logits; float *hidden; } ForwardCall;
+static int forward_call(void *arg) {
+    const ForwardCall *f = arg;
+    return forward_tokens(f->s, f->tokens, f->n, f->logits, f->all_logits, f->hidden);
+}
+/* A few tokens (decode, speculative verification) are ~150 small pieces of parallel work,
+ * handed to the threads of one parallel region (team_step); prefill opens its own regions. */
+static int forward_step(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, int all_logits, float *hidden) {
+    ForwardCall f = {s, tokens, n, logits, all_logits, hidden};
+    return n <= LINEAR_SMALL_T ? team_step(forward_call, &f) : forward_call(&f);
+}
+
 int dsv4_forward(dsv4_session *s, const int32_t *tokens, int64_t n, float *logits, float *hidden) {
     s->undo_ready = 0;
-    return forward_tokens(s, tokens, n, logits, 0, hidden);
+    return forward_step(s, tokens, n, logits, 0, hidden);
 }
 
 /* Speculative decoding's verification pass: up to one chunk of tokens in one pass (up to 4 take
@@ -260,7 +272,7 @@ int dsv4_forward_verify(dsv4_session *s, const int32_t *tokens, int64_t n, float
         s->undo[l].eng_slot_at = -1;
         s->cache[l].undo = &s->undo[l];
     }
-    const int rc = forward_tokens(s, tokens, n, logits, 1, hidden);
+    const int rc = forward_step(s, tokens, n, logits, 1, hidden);
     for (int l = 0; l < cf->n_layers; l++) s->cache[l].undo = NULL;
     s->undo_ready = rc == 0;
     return rc;
