@@ -93,6 +93,16 @@ DSV4_WEIGHTS=mmap check_logits engram-tiny "$F/engram-tiny/tokens.txt" 343 "100 
 # engram-tiny: Engram in layers 0 and 2 (orders 2-3, 2 heads, short conv with dilation 3) with a
 # tokenizer trained by dsv4; prefill, token-by-token decode and chunks that split the conv's span
 check_logits engram-tiny "$F/engram-tiny/tokens.txt" 343 "1 64" "100 64" "200 256" "200 5"
+# decode: every token its own step (one team_step each; the bundled model's matrices are large
+# enough to be split between threads): the same logits, bit for bit, at 1, 2 and 3 threads
+r=ok
+for th in 1 2 3; do
+  OMP_NUM_THREADS=$th "$D" logits -m "$ROOT/models/default" --tokens "$F/tokens.txt" --prefill 1 --out "$TMP/t$th.f32" \
+    --mtp-out "$TMP/tm$th.f32" 2> "$TMP/err.txt" && sanitizer_clean "$TMP/err.txt" || r="thread count $th failed: $(head -c 300 "$TMP/err.txt")"
+done
+if [ "$r" = ok ] && cmp -s "$TMP/t1.f32" "$TMP/t2.f32" && cmp -s "$TMP/t1.f32" "$TMP/t3.f32" && cmp -s "$TMP/tm1.f32" "$TMP/tm2.f32" &&
+   cmp -s "$TMP/tm1.f32" "$TMP/tm3.f32"; then ok "decode of 300 tokens one by one: logits and MTP logits bit-identical at 1, 2 and 3 threads"
+else bad "decode at 1, 2, 3 threads: ${r/ok/logits differ}"; fi
 # gradients: `dsv4 grad` against float64 autograd of the reference, every parameter tensor
 for m in tiny-fp8 alt-f32; do
   if out=$("$D" grad -m "$F/$m" --tokens "$F/tokens.txt" --out "$TMP/g.safetensors" 2> "$TMP/err.txt") && sanitizer_clean "$TMP/err.txt"; then

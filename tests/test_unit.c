@@ -3,6 +3,7 @@
  * Prints one line per failed check and ends with "N passed, M failed". */
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,6 +340,71 @@ static void test_linear_batch(void) {
  * computed in a group of its own (H = 1, one head's q) as beside the others. The indexer's
  * split selection picks exactly what one selection over all scores picks, ties included, at
  * 1..3 threads. */
+/* team_run and team_step (util/team.c): every thread of a step's team takes each piece of work
+ * exactly once, with its own id and the work's thread count; work is really spread over
+ * threads; nested steps and work asked for inside work run on the asking thread. */
+typedef struct { int calls[8][8]; int bad; pthread_t who[8]; int nested_threads; } TeamProbe;
+static void team_probe(void *arg, int id, int nt) {
+    TeamProbe *p = arg;
+    if (id < 0 || id >= nt || nt > 8) { __atomic_fetch_add(&p->bad, 1, __ATOMIC_RELAXED); return; }
+    __atomic_fetch_add(&p->calls[nt - 1][id], 1, __ATOMIC_RELAXED);
+    p->who[id] = pthread_self();
+    if (id == 0) p->nested_threads = team_threads();   /* work inside work: the caller alone */
+}
+static int team_body(void *arg) {
+    TeamProbe *p = arg;
+    const int nt = team_threads();
+    for (int rep = 0; rep < 500; rep++)
+        for (int want = 1; want <= nt + 1; want++) team_run(team_probe, p, want);   /* nt + 1: clamped to nt */
+    return 40 + nt;
+}
+static int team_nested(void *arg) { return team_step(team_body, arg); }
+
+static void test_team(void) {
+    g_test = "team";
+    const int saved = omp_get_max_threads();
+    for (int th = 1; th <= 3; th++) {
+        omp_set_num_threads(th);
+        CHECK(team_threads() == th, "%d threads: team_threads outside a step says %d", th, team_threads());
+        TeamProbe p = {0};
+        const int rc = team_step(team_body, &p);
+        int exact = !p.bad;
+        for (int nt = 1; nt <= th; nt++)
+            for (int id = 0; id < 8; id++) {
+                /* every want <= th asks for min(want, th) threads; want = th + 1 for th too */
+                const int expect = id >= nt ? 0 : nt == th ? 1000 : 500;
+                exact &= p.calls[nt - 1][id] == expect;
+            }
+        for (int nt = th + 1; nt <= 8; nt++)
+            for (int id = 0; id < 8; id++) exact &= p.calls[nt - 1][id] == 0;
+        CHECK(rc == 40 + th && exact, "%d threads: each piece of work taken once by each id below its thread count (rc %d)", th, rc);
+        if (th > 1) CHECK(!pthread_equal(p.who[0], p.who[th - 1]), "%d threads: the work ran on different threads", th);
+        CHECK(p.nested_threads == 1, "%d threads: work asked for inside work gets %d thread(s), 1 expected", th, p.nested_threads);
+        TeamProbe q = {0};
+        CHECK(team_step(team_nested, &q) == 40 + th && !q.bad, "%d threads: a step inside a step runs its body", th);
+        TeamProbe r = {0};   /* outside a step: an ordinary parallel region */
+        team_run(team_probe, &r, th);
+        int once = !r.bad;
+        for (int id = 0; id < th; id++) once &= r.calls[th - 1][id] == 1;
+        CHECK(once, "%d threads: team_run outside a step runs each id once", th);
+    }
+    omp_set_num_threads(saved);
+}
+
+/* attend_decode and indexer_pick as a decode step calls them: inside team_step */
+typedef struct { const float *q; int H, D; const float *const *keys; int64_t nk; const float *sinks; float *o; } AttnCall;
+static int attend_in_step(void *arg) {
+    const AttnCall *c = arg;
+    attend_decode(c->q, c->H, c->D, c->keys, c->nk, c->sinks, c->o);
+    return 0;
+}
+typedef struct { const float *q, *wt; int HI, I; const float *keys; int64_t n, k; int64_t *sel; float *scratch; } PickCall;
+static int pick_in_step(void *arg) {
+    const PickCall *c = arg;
+    indexer_pick(c->q, c->wt, c->HI, c->I, c->keys, c->n, c->k, c->sel, c->scratch);
+    return 0;
+}
+
 static void test_decode_split(void) {
     g_test = "decode split";
     if (!cpu_has_avx2()) { CHECK(1, "no AVX2: the portable paths are tested elsewhere"); return; }
@@ -374,6 +440,10 @@ static void test_decode_split(void) {
                     if (th == 1) memcpy(first + ni * H * D, o, sizeof(float) * H * D);
                     else CHECK(!memcmp(first + ni * H * D, o, sizeof(float) * H * D), "SIMD level %d, H %d D %d, %lld keys: %d threads give the bits of one",
                                simd, H, D, (long long)nk, th);
+                    AttnCall ac = {q, H, D, keys, nk, sinks, o2};   /* inside a decode step: its team's threads */
+                    team_step(attend_in_step, &ac);
+                    CHECK(!memcmp(o, o2, sizeof(float) * H * D), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: the same bits inside a step",
+                          simd, H, D, th, (long long)nk);
                     const int hl = H - 1;   /* the last head alone: its own group of one */
                     attend_decode(q + hl * D, 1, D, keys, nk, sinks + hl, o1);
                     CHECK(!memcmp(o1, o + hl * D, sizeof(float) * D), "SIMD level %d, H %d D %d, %d thread(s), %lld keys: head %d alone gives the same bits",
@@ -416,6 +486,12 @@ static void test_decode_split(void) {
                 indexer_pick(iq, wt, HI, ID, ik, n, k, got, sc);
                 CHECK(!memcmp(got, want, sizeof(int64_t) * k),
                       "%lld keys, SIMD level %d: indexer picks at %d thread(s) == one selection over all scores", (long long)n, simd, th);
+                PickCall pc = {iq, wt, HI, ID, ik, n, k, got, sc};
+                memset(got, 0xff, sizeof(int64_t) * k);
+                team_step(pick_in_step, &pc);
+                CHECK(!memcmp(got, want, sizeof(int64_t) * k),
+                      "%lld keys, SIMD level %d: indexer picks at %d thread(s) inside a step == one selection over all scores", (long long)n,
+                      simd, th);
             }
         }
         linear_use_simd(2);
@@ -1463,6 +1539,7 @@ int main(void) {
     test_linear_fast();
     test_quant_blocks();
     test_linear_batch();
+    test_team();
     test_decode_split();
     test_indexer_prefill();
     test_ops();

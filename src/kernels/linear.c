@@ -169,6 +169,31 @@ static void matvec_jobs(const LinearJob *jobs, int n, int64_t T) {
     free(w.xp);
 }
 
+/* Rows r0 .. r0+nr of W against T tokens, split evenly over the threads of a team_run: the
+ * portable kernel (x as given) or the int8 one (xq, xs prepared). */
+typedef struct {
+    const Mat *W; float *y; int64_t ldy; const float *x; int64_t ldx, T, r0, nr; const int8_t *xq; const float *xs;
+} RowsWork;
+
+static void portable_rows_share(void *arg, int id, int nt) {
+    const RowsWork *w = arg;
+    const int64_t cols = w->W->cols, a = w->nr * id / nt, b = w->nr * (id + 1) / nt;
+    float *row = xmalloc(sizeof(float) * (size_t)cols);
+    for (int64_t i = a; i < b; i++) {
+        const float *wr = row;
+        if (w->W->kind == W_F32 && (uintptr_t)w->W->w % sizeof(float) == 0) wr = (const float *)w->W->w + (w->r0 + i) * cols;
+        else dequant_row(w->W, w->r0 + i, row);
+        for (int64_t t = 0; t < w->T; t++) w->y[t * w->ldy + i] = dot_f32(wr, w->x + t * w->ldx, cols);
+    }
+    free(row);
+}
+
+static void i8_rows_share(void *arg, int id, int nt) {
+    const RowsWork *w = arg;
+    const int64_t a = w->nr * id / nt, b = w->nr * (id + 1) / nt;
+    if (b > a) matvec_avx2_i8_rows(w->W, w->r0 + a, b - a, w->xq, w->xs, w->T, w->y + a, w->ldy);
+}
+
 void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const Mat *W, int64_t r0, int64_t nr) {
     const int64_t cols = W->cols;
     if (T <= 0 || nr <= 0) return;
@@ -186,18 +211,8 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
         return;
     }
     if (T <= LINEAR_SMALL_T) {   /* portable path: decode a row, then dot it with each token */
-#pragma omp parallel
-        {
-            float *row = xmalloc(sizeof(float) * (size_t)cols);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < nr; i++) {
-                const float *wr = row;
-                if (W->kind == W_F32 && (uintptr_t)W->w % sizeof(float) == 0) wr = (const float *)W->w + (r0 + i) * cols;
-                else dequant_row(W, r0 + i, row);
-                for (int64_t t = 0; t < T; t++) y[t * ldy + i] = dot_f32(wr, x + t * ldx, cols);
-            }
-            free(row);
-        }
+        RowsWork w = {W, y, ldy, x, ldx, T, r0, nr, NULL, NULL};
+        team_run(portable_rows_share, &w, team_threads());
         return;
     }
     const int64_t rb = block_rows(cols, nr);
@@ -232,12 +247,8 @@ void linear_fast(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, 
     int8_t *xq = xmalloc((size_t)(T * cols));
     float *xs = xmalloc(sizeof(float) * (size_t)(T * cols / 8));
     matvec_avx2_i8_prepare(W, x, ldx, T, xq, xs);
-#pragma omp parallel if (mat_bytes(W) / (uint64_t)W->rows * (uint64_t)nr >= (uint64_t)LINEAR_PARALLEL_BYTES)
-    {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t a = nr * id / nt, b = nr * (id + 1) / nt;
-        matvec_avx2_i8_rows(W, r0 + a, b - a, xq, xs, T, y + a, ldy);
-    }
+    RowsWork w = {W, y, ldy, x, ldx, T, r0, nr, xq, xs};
+    team_run(i8_rows_share, &w, mat_bytes(W) / (uint64_t)W->rows * (uint64_t)nr >= (uint64_t)LINEAR_PARALLEL_BYTES ? team_threads() : 1);
     free(xq);
     free(xs);
 }

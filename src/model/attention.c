@@ -8,7 +8,6 @@
  * from the chunk itself, so every query of the chunk can run in parallel. */
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +248,48 @@ static void attend_blocks(const AttnBlocks *a, float *o) {
     }
 }
 
+/* The per-query path (training, and decode without the vector kernels): (query, head group)
+ * units taken by the threads as they come free; kl_target (training) also gets the indexer's
+ * target of each query. */
+typedef struct {
+    const float *q, *kv, *ring, *comp, *sinks; const int64_t *sel, *n_sel; float *kl_target;
+    int H, D, W, NG; int64_t T, t0, sel_max, max_keys; float *o;
+    atomic_int_fast64_t next;
+} QueryAttn;
+
+static void attend_queries_share(void *arg, int id, int nt) {
+    (void)id; (void)nt;
+    QueryAttn *w = arg;
+    const int H = w->H, D = w->D, NG = w->NG;
+    const int64_t qd = (int64_t)H * D;
+    const float **keys = xmalloc(sizeof(float *) * (size_t)w->max_keys);
+    float *scores = xmalloc(sizeof(float) * (size_t)(w->max_keys * ((H + NG - 1) / NG)));
+    for (int64_t u; (u = atomic_fetch_add_explicit(&w->next, 1, memory_order_relaxed)) < w->T * NG;) {
+        const int64_t t = u / NG;
+        const int g = (int)(u % NG);
+        const int64_t nk = query_keys(w->kv, w->ring, w->comp, w->W, D, w->t0, w->t0 + t, w->sel ? w->sel + t * w->sel_max : NULL,
+                                      w->n_sel[t], keys);
+        const int h0 = g * H / NG, h1 = (g + 1) * H / NG;
+        attend_heads(w->q + t * qd + (int64_t)h0 * D, h1 - h0, keys, nk, D, w->sinks + h0, scores, w->o + t * qd + (int64_t)h0 * D);
+        if (w->kl_target && w->n_sel[t] > 0) {
+            /* the indexer's training target (V3.2): the attention on each selected entry, summed
+             * over heads and normalised over the selection */
+            const int64_t ns = w->n_sel[t], nw = nk - ns;
+            float *P = w->kl_target + t * w->sel_max;
+            double sum = 0;
+            for (int64_t i = 0; i < ns; i++) {
+                double p = 0;
+                for (int hh = 0; hh < H; hh++) p += scores[(int64_t)hh * nk + nw + i];
+                P[i] = (float)p;
+                sum += p;
+            }
+            for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
+        }
+    }
+    free(keys);
+    free(scores);
+}
+
 /* One token's q heads [H, D] and kv [D] at position pos: each q head RMS-normalised, kv by its
  * norm, both rotated on the last r dims. */
 static void norm_rope_token(const dsv4_model *m, const LayerW *L, float *q, float *kv, int64_t pos) {
@@ -316,9 +357,11 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
         const double ts = now_sec();
         indexer_select_prefill(m, c, q_idx, w_idx, T, t0, ratio, sel, sel_max, n_sel);
         c->indexer_prefill_s += now_sec() - ts;
-    } else if (L->has_indexer && T == 1) {   /* decode: the scoring itself runs in parallel */
+    } else if (L->has_indexer && T <= LINEAR_SMALL_T) {   /* decode, verification: each query's scoring split */
         float *scratch = xmalloc(sizeof(float) * (size_t)(2 * (n_comp_max ? n_comp_max : 1)));
-        n_sel[0] = indexer_topk(m, L, c, q_idx, w_idx, (t0 + 1) / ratio, sel, scratch);
+        for (int64_t t = 0; t < T; t++)
+            n_sel[t] = indexer_topk(m, L, c, q_idx + t * cf->index_n_heads * cf->index_head_dim, w_idx + t * cf->index_n_heads,
+                                    (t0 + t + 1) / ratio, sel + t * sel_max, scratch);
         free(scratch);
     } else if (L->has_indexer) {
 #pragma omp parallel
@@ -340,7 +383,7 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
      * (not when training: the indexer's target sums every head of a query) */
     float *o = xmalloc(sizeof(float) * (size_t)(T * qd));
     const int64_t max_keys = W + sel_max;
-    const int nthr = omp_get_max_threads();
+    const int nthr = team_threads();
     const int NG = T >= nthr || save ? 1 : (H < nthr ? H : nthr);   /* head groups per query */
     float *kl_target = save && save->want_kl && L->has_indexer ? xcalloc((size_t)(T * (sel_max ? sel_max : 1)), sizeof(float)) : NULL;
     /* a prefill chunk: blocks of queries as matrix products; decode (and speculative
@@ -359,35 +402,10 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
         }
         free(keys);
     } else {
-#pragma omp parallel
-        {
-            const float **keys = xmalloc(sizeof(float *) * (size_t)max_keys);
-            float *scores = xmalloc(sizeof(float) * (size_t)(max_keys * ((H + NG - 1) / NG)));
-#pragma omp for collapse(2) schedule(dynamic, 1)
-            for (int64_t t = 0; t < T; t++)
-                for (int g = 0; g < NG; g++) {
-                    const int64_t nk = query_keys(kv, c->ring, c->comp, W, D, t0, t0 + t, L->has_indexer ? sel + t * sel_max : NULL,
-                                                  n_sel[t], keys);
-                    const int h0 = g * H / NG, h1 = (g + 1) * H / NG;
-                    attend_heads(q + t * qd + (int64_t)h0 * D, h1 - h0, keys, nk, D, L->attn_sink + h0, scores, o + t * qd + (int64_t)h0 * D);
-                    if (kl_target && n_sel[t] > 0) {
-                        /* the indexer's training target (V3.2): the attention on each selected entry,
-                         * summed over heads and normalised over the selection */
-                        const int64_t ns = n_sel[t], nw = nk - ns;
-                        float *P = kl_target + t * sel_max;
-                        double sum = 0;
-                        for (int64_t i = 0; i < ns; i++) {
-                            double p = 0;
-                            for (int hh = 0; hh < H; hh++) p += scores[(int64_t)hh * nk + nw + i];
-                            P[i] = (float)p;
-                            sum += p;
-                        }
-                        for (int64_t i = 0; i < ns; i++) P[i] = sum > 0 ? (float)(P[i] / sum) : (float)(1.0 / (double)ns);
-                    }
-                }
-            free(keys);
-            free(scores);
-        }
+        QueryAttn w = {.q = q, .kv = kv, .ring = c->ring, .comp = c->comp, .sinks = L->attn_sink, .sel = L->has_indexer ? sel : NULL,
+                       .n_sel = n_sel, .kl_target = kl_target, .H = H, .D = D, .W = W, .NG = NG, .T = T, .t0 = t0,
+                       .sel_max = sel_max, .max_keys = max_keys, .o = o, .next = 0};
+        team_run(attend_queries_share, &w, team_threads());
     }
     /* inverse RoPE on each head's output (spec: the rotation the values carried is undone) */
     if (T == 1) {

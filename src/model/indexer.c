@@ -39,8 +39,8 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
 
 /* The k best of n contiguous keys [n, I] for one query (I % 8 == 0, the vector kernels present;
  * k <= n), ascending entry order; scratch holds 2n floats.
- * With many entries and not inside a parallel region, the keys are cut into ranges of at least
- * PICK_RANGE keys (at most PICK_RANGES of them), handed to the threads as they come free (a
+ * With many entries and more than one thread to hand (team_threads), the keys are cut into
+ * ranges of at least PICK_RANGE keys (at most PICK_RANGES of them), handed to the threads as they come free (a
  * thread slowed by the rest of the machine does not hold the step back) and in increasing order
  * to each; a thread streams the scores of all its ranges through one running selection
  * (TopkStream). The union of the threads' top k holds the overall top k (an entry beaten k times
@@ -98,6 +98,22 @@ void indexer_pick(const float *q, const float *wt, int HI, int I, const float *k
     free(pos); free(cand); free(n_cand);
 }
 
+/* The portable scores of n entries, an even share per thread. */
+typedef struct { const float *q, *wt, *keys; int HI, I; int64_t n; float *out; } ScalarScores;
+
+static void scalar_scores_share(void *arg, int id, int nt) {
+    const ScalarScores *w = arg;
+    for (int64_t e = w->n * id / nt; e < w->n * (id + 1) / nt; e++) {
+        const float *key = w->keys + e * w->I;
+        float s = 0;
+        for (int hh = 0; hh < w->HI; hh++) {
+            const float d = dot_f32(w->q + (int64_t)hh * w->I, key, w->I);
+            if (d > 0) s += w->wt[hh] * d;
+        }
+        w->out[e] = s;
+    }
+}
+
 /* Top-k of the n_visible entries for one query; returns how many were selected (ascending
  * entry order). scratch holds 2 * n_visible floats. Inside a parallel region (the queries of
  * a small batch in parallel) the same scores are selected serially. */
@@ -112,18 +128,9 @@ int64_t indexer_topk(const dsv4_model *m, const LayerW *L, const LayerCache *c, 
         indexer_pick(q, wt, HI, I, c->idx_keys, n_visible, k, selected, scratch);
         return k;
     }
-    /* portable: each entry's score in turn, in parallel over entries when not already inside a
-     * parallel region */
-#pragma omp parallel for schedule(static) if (n_visible >= 1024 && !omp_in_parallel())
-    for (int64_t w = 0; w < n_visible; w++) {
-        const float *key = c->idx_keys + w * I;
-        float s = 0;
-        for (int hh = 0; hh < HI; hh++) {
-            const float d = dot_f32(q + (int64_t)hh * I, key, I);
-            if (d > 0) s += wt[hh] * d;
-        }
-        scratch[w] = s;
-    }
+    /* portable: each entry's score in turn, split over the threads where there are many */
+    const ScalarScores w = {q, wt, c->idx_keys, HI, I, n_visible, scratch};
+    team_run(scalar_scores_share, (void *)&w, n_visible >= 1024 ? team_threads() : 1);
     topk_select(scratch, n_visible, k, selected, scratch + n_visible);
     return k;
 }

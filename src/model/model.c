@@ -313,7 +313,7 @@ void dsv4_prefetch(dsv4_session *s, const int32_t *tokens, int64_t n, int64_t fr
 
 /* MTP (spec "MTP"): e = enorm(Embed(token_{i+1})); X' = e·e_projᵀ (broadcast to the streams)
  * + hnorm(X_i)·h_projᵀ (per stream); one full block; its own hc head and norm; shared head. */
-int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n, float *logits) {
+static int mtp_forward_tokens(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n, float *logits) {
     const dsv4_model *m = s->m;
     const Config *cf = &m->cfg;
     if (cf->n_mtp_layers < 1) return dsv4_fail("this model has no MTP layer");
@@ -347,4 +347,14 @@ int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_t
         s->mtp_pos += T;
     }
     return 0;
+}
+
+typedef struct { dsv4_session *s; const float *hidden; const int32_t *tokens; int64_t n; float *logits; } MtpCall;
+static int mtp_call(void *arg) {
+    const MtpCall *f = arg;
+    return mtp_forward_tokens(f->s, f->hidden, f->tokens, f->n, f->logits);
+}
+int dsv4_mtp_forward(dsv4_session *s, const float *hidden, const int32_t *next_tokens, int64_t n, float *logits) {
+    MtpCall f = {s, hidden, next_tokens, n, logits};
+    return n <= LINEAR_SMALL_T ? team_step(mtp_call, &f) : mtp_call(&f);   /* drafting: as a decode step */
 }
