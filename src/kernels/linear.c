@@ -157,16 +157,32 @@ static void matvec_share(void *arg, int id, int nt) {
     }
 }
 
+/* whether jobs a and b read the same activations prepared the same way */
+static int same_prepared_input(const LinearJob *a, const LinearJob *b) {
+    return a->x == b->x && a->ldx == b->ldx && a->W->kind == b->W->kind && a->W->cols == b->W->cols &&
+           matvec_avx512_usable(a->W) == matvec_avx512_usable(b->W);
+}
+
 static void matvec_jobs(const LinearJob *jobs, int n, int64_t T) {
     MatvecWork w = {jobs, n, T, xmalloc(sizeof(float *) * (size_t)n), 0};
+    int *owner = xmalloc(sizeof(int) * (size_t)n);   /* the job whose prepared copy job i uses */
     for (int i = 0; i < n; i++) {
-        w.xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
-        matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, w.xp[i]);
+        owner[i] = i;
+        for (int j = 0; j < i && owner[i] == i; j++)   /* jobs reading one input (a step's projections of h) */
+            if (owner[j] == j && same_prepared_input(&jobs[i], &jobs[j])) owner[i] = j;
+        if (owner[i] == i) {
+            w.xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
+            matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, w.xp[i]);
+        } else {
+            w.xp[i] = w.xp[owner[i]];
+        }
         w.total += mat_bytes(jobs[i].W) / (uint64_t)jobs[i].W->rows * (uint64_t)job_rows(&jobs[i]);
     }
     team_run(matvec_share, &w, w.total >= (uint64_t)LINEAR_PARALLEL_BYTES ? team_threads() : 1);
-    for (int i = 0; i < n; i++) free(w.xp[i]);
+    for (int i = 0; i < n; i++)
+        if (owner[i] == i) free(w.xp[i]);
     free(w.xp);
+    free(owner);
 }
 
 /* Rows r0 .. r0+nr of W against T tokens, split evenly over the threads of a team_run: the

@@ -423,7 +423,10 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
      * The official code runs wo_a as a plain bf16 einsum, without activation rounding. */
     float *u = xmalloc(sizeof(float) * (size_t)(T * G * R));
     const int64_t gin = qd / G;
-    for (int g = 0; g < G; g++) linear(u + (int64_t)g * R, (int64_t)G * R, o + g * gin, qd, T, &L->wo_a, (int64_t)g * R, R);
+    LinearJob *wo = xmalloc(sizeof(LinearJob) * (size_t)G);   /* the groups in one pass (decode) */
+    for (int g = 0; g < G; g++) wo[g] = (LinearJob){&L->wo_a, u + (int64_t)g * R, (int64_t)G * R, o + g * gin, qd, (int64_t)g * R, R};
+    linear_batch(wo, G, T);
+    free(wo);
     model_linear(m, out, cf->dim, u, (int64_t)G * R, T, &L->wo_b, 0, cf->dim);
     if (save) {
         save->o = dup_floats(o, T * qd);

@@ -78,13 +78,14 @@ static void experts_forward_batch(const dsv4_model *m, const ExpertCall *ec, int
 }
 
 /* The n tokens routed to expert e, in ascending token order (order/count: the (token, slot)
- * pairs grouped by expert): their inputs into xe [n, d], their weights into we [n]. */
+ * pairs grouped by expert): their inputs into xe [n, d] (NULL: not copied), their weights into
+ * we [n]. */
 static int64_t gather_expert_tokens(const float *h, int64_t d, int K, const int64_t *order, const int64_t *count,
                                     const float *wts, int e, float *xe, float *we) {
     const int64_t n = count[e + 1] - count[e];
     for (int64_t j = 0; j < n; j++) {
         const int64_t pair = order[count[e] + j];
-        memcpy(xe + j * d, h + (pair / K) * d, sizeof(float) * (size_t)d);
+        if (xe) memcpy(xe + j * d, h + (pair / K) * d, sizeof(float) * (size_t)d);
         we[j] = wts[pair];
     }
     return n;
@@ -163,15 +164,19 @@ void moe_forward(const dsv4_model *m, const LayerW *L, const float *h, const int
         ec[ne++] = (ExpertCall){&L->shared, h, NULL, T, 0.0, out, -1};
         for (int e = 0; e < E; e++) {
             if (count[e + 1] == count[e]) continue;
-            float *xe = xmalloc(sizeof(float) * (size_t)(T * d)), *we = xmalloc(sizeof(float) * (size_t)T);
+            /* an expert every token chose reads them as they are (in order: a token picks an
+             * expert once), and the products of all such experts share one prepared input */
+            const int all = count[e + 1] - count[e] == T;
+            float *xe = all ? NULL : xmalloc(sizeof(float) * (size_t)(T * d)), *we = xmalloc(sizeof(float) * (size_t)T);
             const int64_t n = gather_expert_tokens(h, d, K, order, count, wts, e, xe, we);
-            ec[ne++] = (ExpertCall){&L->experts[e], xe, we, n, c->swiglu_limit, xmalloc(sizeof(float) * (size_t)(n * d)), e};
+            ec[ne++] = (ExpertCall){&L->experts[e], all ? h : xe, we, n, c->swiglu_limit, xmalloc(sizeof(float) * (size_t)(n * d)), e};
         }
         experts_forward_batch(m, ec, ne);
         /* summed as below: the shared expert's output, then the routed ones in expert order */
         for (int i = 1; i < ne; i++) {
             add_expert_output(routed, ec[i].y, d, K, order, count, ec[i].e);
-            free((void *)ec[i].x); free((void *)ec[i].wt); free(ec[i].y);
+            if (ec[i].x != h) free((void *)ec[i].x);
+            free((void *)ec[i].wt); free(ec[i].y);
         }
         free(ec);
     } else {   /* shared expert first, then the routed ones added in expert order */
