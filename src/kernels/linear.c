@@ -163,26 +163,35 @@ static int same_prepared_input(const LinearJob *a, const LinearJob *b) {
            matvec_avx512_usable(a->W) == matvec_avx512_usable(b->W);
 }
 
+#define MATVEC_STACK_JOBS 32   /* a decode step's batches are smaller: no allocation for the lists */
 static void matvec_jobs(const LinearJob *jobs, int n, int64_t T) {
-    MatvecWork w = {jobs, n, T, xmalloc(sizeof(float *) * (size_t)n), 0};
-    int *owner = xmalloc(sizeof(int) * (size_t)n);   /* the job whose prepared copy job i uses */
+    float *xp_stack[MATVEC_STACK_JOBS];
+    int owner_stack[MATVEC_STACK_JOBS];   /* the job whose prepared copy job i uses */
+    float **xp = n <= MATVEC_STACK_JOBS ? xp_stack : xmalloc(sizeof(float *) * (size_t)n);
+    int *owner = n <= MATVEC_STACK_JOBS ? owner_stack : xmalloc(sizeof(int) * (size_t)n);
+    int64_t floats = 0;
     for (int i = 0; i < n; i++) {
         owner[i] = i;
         for (int j = 0; j < i && owner[i] == i; j++)   /* jobs reading one input (a step's projections of h) */
             if (owner[j] == j && same_prepared_input(&jobs[i], &jobs[j])) owner[i] = j;
+        if (owner[i] == i) floats += T * jobs[i].W->cols;
+    }
+    float *prepared = xmalloc(sizeof(float) * (size_t)floats);   /* every prepared input, one after another */
+    MatvecWork w = {jobs, n, T, xp, 0};
+    for (int i = 0, at = 0; i < n; i++) {
         if (owner[i] == i) {
-            w.xp[i] = xmalloc(sizeof(float) * (size_t)(T * jobs[i].W->cols));
-            matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, w.xp[i]);
+            xp[i] = prepared + at;
+            at += (int)(T * jobs[i].W->cols);
+            matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, xp[i]);
         } else {
-            w.xp[i] = w.xp[owner[i]];
+            xp[i] = xp[owner[i]];
         }
         w.total += mat_bytes(jobs[i].W) / (uint64_t)jobs[i].W->rows * (uint64_t)job_rows(&jobs[i]);
     }
     team_run(matvec_share, &w, w.total >= (uint64_t)LINEAR_PARALLEL_BYTES ? team_threads() : 1);
-    for (int i = 0; i < n; i++)
-        if (owner[i] == i) free(w.xp[i]);
-    free(w.xp);
-    free(owner);
+    free(prepared);
+    if (xp != xp_stack) free(xp);
+    if (owner != owner_stack) free(owner);
 }
 
 /* Rows r0 .. r0+nr of W against T tokens, split evenly over the threads of a team_run: the

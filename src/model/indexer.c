@@ -86,16 +86,23 @@ void indexer_pick(const float *q, const float *wt, int HI, int I, const float *k
     int64_t *cand = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), *n_cand = xcalloc((size_t)nt, sizeof(int64_t));
     PickWork w = {q, wt, keys, HI, I, n, k, nr, scratch, cand, n_cand, 0};
     team_run(indexer_pick_share, &w, (int)nt);
-    int64_t n_all = 0;   /* the candidates in entry order, then one selection among them */
-    for (int64_t t = 0; t < nt; t++)
-        for (int64_t j = 0; j < n_cand[t]; j++) cand[n_all++] = cand[t * k + j];
-    qsort(cand, (size_t)n_all, sizeof(int64_t), cmp_i64);
+    /* the candidates in entry order, then one selection among them: each thread's list is in
+     * entry order already (its ranges came in increasing order and the running selection
+     * compacts in order), so the lists are merged */
+    int64_t *all = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), n_all = 0, head[PICK_RANGES] = {0};
+    for (;;) {
+        int64_t from = -1;
+        for (int64_t t = 0; t < nt; t++)
+            if (head[t] < n_cand[t] && (from < 0 || cand[t * k + head[t]] < cand[from * k + head[from]])) from = t;
+        if (from < 0) break;
+        all[n_all++] = cand[from * k + head[from]++];
+    }
     float *cs = scratch + n;   /* free again: the threads' selections are done */
-    for (int64_t j = 0; j < n_all; j++) cs[j] = scratch[cand[j]];
+    for (int64_t j = 0; j < n_all; j++) cs[j] = scratch[all[j]];
     int64_t *pos = xmalloc(sizeof(int64_t) * (size_t)k);
     topk_select(cs, n_all, k, pos, cs + n_all);
-    for (int64_t j = 0; j < k; j++) selected[j] = cand[pos[j]];
-    free(pos); free(cand); free(n_cand);
+    for (int64_t j = 0; j < k; j++) selected[j] = all[pos[j]];
+    free(pos); free(all); free(cand); free(n_cand);
 }
 
 /* The portable scores of n entries, an even share per thread. */
