@@ -208,6 +208,8 @@ float dot_f32_avx2(const float *a, const float *b, int64_t n);
 void axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 int matvec_avx2_usable(const Mat *W);
 void softmax_sink_avx2(float *row, int64_t n, float sink);
+/* g <- silu(min(g, L)) · clamp(u, -L, L) · weight over n values (L = 0: no clamp), AVX2 */
+void swiglu_avx2(float *g, const float *u, int64_t n, float limit, float weight);
 /* Decode attention, one query, keys[0..n) (D % 8 == 0): partial softmax state per head —
  * max m[H], sum l[H], unnormalised output acc[H, D] (flash-decoding; see attention.c). */
 void attend_partial_avx2(const float *q, int H, int D, const float *const *keys, int64_t n, float scale, float *m, float *l,
@@ -291,6 +293,10 @@ void rope_freqs(double *freq, int rope_dim, double base, int64_t original_seq_le
                 double beta_fast, double beta_slow);
 /* Rotates interleaved pairs of x[0..rope_dim) by position pos (inverse: by -pos). */
 void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int inverse);
+/* The same rotation for many vectors at one position: cs [rope_dim] = cos, sin of each pair's
+ * angle (rope_table), then rope_apply per vector — the values rope_rotate computes. */
+void rope_table(float *cs, int rope_dim, const double *freq, int64_t pos);
+void rope_apply(float *x, int rope_dim, const float *cs, int inverse);
 /* mHC split + Sinkhorn (spec "Residual stream: mHC"): mixes[n(n+2)] -> pre[n], post[n], comb[n,n]. */
 void hc_split_sinkhorn(const float *mixes, const float *scale, const float *base, int n, int iters,
                        double eps, float *pre, float *post, float *comb);

@@ -179,6 +179,31 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+/* SwiGLU's gate over n values: g <- silu(min(g, L)) · clamp(u, −L, L) · weight (L = 0: no
+ * clamp), silu(x) = x / (1 + e^-x) with e^-x by exp8 — the products in the order of the scalar
+ * form, so only the exponential's last bits differ. A short tail goes through the same vector
+ * steps, so every value of a row gets the same arithmetic wherever it sits. */
+void swiglu_avx2(float *g, const float *u, int64_t n, float limit, float weight) {
+    const __m256 L = _mm256_set1_ps(limit), negL = _mm256_set1_ps(-limit), one = _mm256_set1_ps(1.0f), w = _mm256_set1_ps(weight);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        const int m = n - i < 8 ? (int)(n - i) : 8;
+        float tg[8] = {0}, tu[8] = {0};
+        if (m < 8) {
+            memcpy(tg, g + i, sizeof(float) * (size_t)m);
+            memcpy(tu, u + i, sizeof(float) * (size_t)m);
+        }
+        __m256 gv = _mm256_loadu_ps(m < 8 ? tg : g + i), uv = _mm256_loadu_ps(m < 8 ? tu : u + i);
+        if (limit > 0) {   /* min/max return the bound for a NaN input, as fminf/fmaxf do */
+            gv = _mm256_min_ps(gv, L);
+            uv = _mm256_min_ps(_mm256_max_ps(uv, negL), L);
+        }
+        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_xor_ps(gv, sign))));
+        _mm256_storeu_ps(m < 8 ? tg : g + i, _mm256_mul_ps(_mm256_mul_ps(silu, uv), w));
+        if (m < 8) memcpy(g + i, tg, sizeof(float) * (size_t)m);
+    }
+}
+
 /* row <- softmax over row[0..n) and a sink logit that takes probability but has no value
  * (spec: attention sinks); -inf entries get 0. */
 void softmax_sink_avx2(float *row, int64_t n, float sink) {
@@ -405,9 +430,22 @@ void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, f
     if (matvec_avx512_usable(W)) { matvec_avx512_prepare(W, x, ldx, T, xp); return; }
     const uint8_t *order = W->kind == W_BF16 ? BF16_ORDER : W->kind == W_FP4 || W->kind == W_Q4 ? E2M1_ORDER : NULL;
     const int64_t cols = W->cols;
-    for (int64_t t = 0; t < T; t++)
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * ldx;
+        float *pt = xp + t * cols;
+        if (!order) { memcpy(pt, xt, sizeof(float) * (size_t)cols); continue; }
+        if (W->kind == W_BF16) {   /* BF16_ORDER: the middle two groups of four of every 16 swap */
+            for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+                _mm_storeu_ps(pt + c0, _mm_loadu_ps(xt + c0));
+                _mm_storeu_ps(pt + c0 + 4, _mm_loadu_ps(xt + c0 + 8));
+                _mm_storeu_ps(pt + c0 + 8, _mm_loadu_ps(xt + c0 + 4));
+                _mm_storeu_ps(pt + c0 + 12, _mm_loadu_ps(xt + c0 + 12));
+            }
+            continue;
+        }
         for (int64_t c0 = 0; c0 < cols; c0 += 32)
-            for (int j = 0; j < 32; j++) xp[t * cols + c0 + j] = x[t * ldx + c0 + (order ? order[j] : j)];
+            for (int j = 0; j < 32; j++) pt[c0 + j] = xt[c0 + order[j]];
+    }
 }
 
 /* Each row kernel handles T = 1..4 tokens, widening every 32 weights once for all of them.
@@ -687,6 +725,7 @@ float dot_f32_avx2(const float *a, const float *b, int64_t n) { (void)a; (void)b
 void axpy_f32_avx2(float *y, float a, const float *x, int64_t n) { (void)y; (void)a; (void)x; (void)n; }
 int matvec_avx2_usable(const Mat *W) { (void)W; return 0; }
 void softmax_sink_avx2(float *row, int64_t n, float sink) { (void)row; (void)n; (void)sink; }
+void swiglu_avx2(float *g, const float *u, int64_t n, float limit, float weight) { (void)g; (void)u; (void)n; (void)limit; (void)weight; }
 void matvec_avx2_prepare(const Mat *W, const float *x, int64_t ldx, int64_t T, float *xp) {
     (void)W; (void)x; (void)ldx; (void)T; (void)xp;
 }

@@ -97,15 +97,27 @@ void rope_freqs(double *freq, int dim, double base, int64_t original_seq_len, do
 }
 
 /* angle = float(pos) * freq in float32 (torch.outer on float32), cos/sin of that angle. */
-void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int inverse) {
+void rope_table(float *cs, int rope_dim, const double *freq, int64_t pos) {
     for (int i = 0; i < rope_dim / 2; i++) {
         const float angle = (float)pos * (float)freq[i];
-        float sf, c;
-        sincosf(angle, &sf, &c);   /* torch.polar on float32 angles */
-        const float s = inverse ? -sf : sf;
+        sincosf(angle, &cs[2 * i + 1], &cs[2 * i]);   /* torch.polar on float32 angles */
+    }
+}
+
+void rope_apply(float *x, int rope_dim, const float *cs, int inverse) {
+    for (int i = 0; i < rope_dim / 2; i++) {
+        const float c = cs[2 * i], s = inverse ? -cs[2 * i + 1] : cs[2 * i + 1];
         const float a = x[2 * i], b = x[2 * i + 1];
         x[2 * i] = a * c - b * s;
         x[2 * i + 1] = a * s + b * c;
+    }
+}
+
+void rope_rotate(float *x, int rope_dim, const double *freq, int64_t pos, int inverse) {
+    for (int i = 0; i < rope_dim / 2; i++) {
+        float cs[2];
+        rope_table(cs, 2, freq + i, pos);
+        rope_apply(x + 2 * i, 2, cs, inverse);
     }
 }
 

@@ -290,18 +290,18 @@ static void attend_queries_share(void *arg, int id, int nt) {
     free(scores);
 }
 
-/* One token's q heads [H, D] and kv [D] at position pos: each q head RMS-normalised, kv by its
- * norm, both rotated on the last r dims. */
-static void norm_rope_token(const dsv4_model *m, const LayerW *L, float *q, float *kv, int64_t pos) {
+/* One token's q heads [H, D] and kv [D]: each q head RMS-normalised, kv by its norm, both
+ * rotated on the last r dims by the token's rope_table cs. */
+static void norm_rope_token(const dsv4_model *m, const LayerW *L, float *q, float *kv, const float *cs) {
     const Config *cf = &m->cfg;
     const int H = cf->n_heads, D = cf->head_dim, r = cf->rope_head_dim;
     for (int hh = 0; hh < H; hh++) {
         float *qh = q + (int64_t)hh * D;
         rmsnorm(qh, qh, NULL, D, cf->norm_eps);
-        rope_rotate(qh + D - r, r, L->rope_freq, pos, 0);
+        rope_apply(qh + D - r, r, cs, 0);
     }
     rmsnorm(kv, kv, L->kv_norm, D, cf->norm_eps);
-    rope_rotate(kv + D - r, r, L->rope_freq, pos, 0);
+    rope_apply(kv + D - r, r, cs, 0);
     /* official QAT: FP8 on the non-RoPE dims; the RoPE dims keep their precision */
     if (m->quant) fake_quant_fp8(kv, D - r, 64);
 }
@@ -327,11 +327,16 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     model_linear(m, q, qd, cq, cf->q_lora_rank, T, &L->wq_b, 0, qd);
     /* kv = RMSNorm_kv(x·wkv) (projected above), one vector that is both key and value */
     if (save) { save->q_raw = dup_floats(q, T * qd); save->kv_raw = dup_floats(kv, T * D); }
+    float *cs = xmalloc(sizeof(float) * (size_t)(T * (r ? r : 1)));   /* each token's RoPE cos, sin: for q, kv and o */
     if (T == 1) {   /* one token (decode): not worth a parallel region */
-        norm_rope_token(m, L, q, kv, t0);
+        rope_table(cs, r, L->rope_freq, t0);
+        norm_rope_token(m, L, q, kv, cs);
     } else {
 #pragma omp parallel for schedule(static)
-        for (int64_t t = 0; t < T; t++) norm_rope_token(m, L, q + t * qd, kv + t * D, t0 + t);
+        for (int64_t t = 0; t < T; t++) {
+            rope_table(cs + t * r, r, L->rope_freq, t0 + t);
+            norm_rope_token(m, L, q + t * qd, kv + t * D, cs + t * r);
+        }
     }
     if (save) { save->q = dup_floats(q, T * qd); save->kv = dup_floats(kv, T * D); }
 
@@ -409,12 +414,13 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     }
     /* inverse RoPE on each head's output (spec: the rotation the values carried is undone) */
     if (T == 1) {
-        for (int hh = 0; hh < H; hh++) rope_rotate(o + (int64_t)hh * D + D - r, r, L->rope_freq, t0, 1);
+        for (int hh = 0; hh < H; hh++) rope_apply(o + (int64_t)hh * D + D - r, r, cs, 1);
     } else {
 #pragma omp parallel for schedule(static)
         for (int64_t t = 0; t < T; t++)
-            for (int hh = 0; hh < H; hh++) rope_rotate(o + t * qd + (int64_t)hh * D + D - r, r, L->rope_freq, t0 + t, 1);
+            for (int hh = 0; hh < H; hh++) rope_apply(o + t * qd + (int64_t)hh * D + D - r, r, cs + t * r, 1);
     }
+    free(cs);
     /* the chunk's keys enter the ring once every query of the chunk has read the old ones */
     for (int64_t t = T > W ? T - W : 0; t < T; t++)
         memcpy(c->ring + ((t0 + t) % W) * D, kv + t * D, sizeof(float) * (size_t)D);

@@ -11,6 +11,10 @@
 /* g <- weight · silu(min(g, L)) ⊙ clamp(u, −L, L) over n rows of f; L = 0 means no clamp. */
 static void swiglu_gate(float *g, const float *u, int64_t n, int64_t f, const float *weight, double limit) {
     const float L = (float)limit;
+    if (cpu_has_avx2()) {   /* a row at a time, so a token's values do not depend on the batch */
+        for (int64_t t = 0; t < n; t++) swiglu_avx2(g + t * f, u + t * f, f, L, weight ? weight[t] : 1.0f);
+        return;
+    }
     for (int64_t t = 0; t < n; t++)
         for (int64_t i = 0; i < f; i++) {
             float gv = g[t * f + i], uv = u[t * f + i];
