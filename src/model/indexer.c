@@ -51,7 +51,7 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
 #define PICK_RANGE 4096
 #define PICK_RANGES 16
 typedef struct {
-    const float *q, *wt, *keys; int HI, I; int64_t n, k, nr; float *scratch; int64_t *cand, *n_cand;
+    const float *q, *wt, *keys; int HI, I; int64_t n, k, nr; float *scratch; int64_t *cand, *n_cand; float *cand_v;
     atomic_int_fast64_t next;   /* the next range to take */
 } PickWork;
 
@@ -71,6 +71,7 @@ static void indexer_pick_share(void *arg, int id, int nt) {
     topk_stream_cut(&st);
     w->n_cand[id] = st.n < w->k ? st.n : w->k;
     memcpy(w->cand + id * w->k, st.ix, sizeof(int64_t) * (size_t)w->n_cand[id]);
+    memcpy(w->cand_v + id * w->k, st.v, sizeof(float) * (size_t)w->n_cand[id]);   /* their scores, read in order by the merge */
     free(buf); free(st.ix);
 }
 
@@ -84,25 +85,26 @@ void indexer_pick(const float *q, const float *wt, int HI, int I, const float *k
         return;
     }
     int64_t *cand = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), *n_cand = xcalloc((size_t)nt, sizeof(int64_t));
-    PickWork w = {q, wt, keys, HI, I, n, k, nr, scratch, cand, n_cand, 0};
+    float *cand_v = xmalloc(sizeof(float) * (size_t)(nt * k));
+    PickWork w = {q, wt, keys, HI, I, n, k, nr, scratch, cand, n_cand, cand_v, 0};
     team_run(indexer_pick_share, &w, (int)nt);
     /* the candidates in entry order, then one selection among them: each thread's list is in
      * entry order already (its ranges came in increasing order and the running selection
-     * compacts in order), so the lists are merged */
+     * compacts in order), so the lists are merged, their scores beside them (cs) */
     int64_t *all = xmalloc(sizeof(int64_t) * (size_t)(nt * k)), n_all = 0, head[PICK_RANGES] = {0};
+    float *cs = scratch + n;   /* free again: the threads' selections are done */
     for (;;) {
         int64_t from = -1;
         for (int64_t t = 0; t < nt; t++)
             if (head[t] < n_cand[t] && (from < 0 || cand[t * k + head[t]] < cand[from * k + head[from]])) from = t;
         if (from < 0) break;
+        cs[n_all] = cand_v[from * k + head[from]];
         all[n_all++] = cand[from * k + head[from]++];
     }
-    float *cs = scratch + n;   /* free again: the threads' selections are done */
-    for (int64_t j = 0; j < n_all; j++) cs[j] = scratch[all[j]];
     int64_t *pos = xmalloc(sizeof(int64_t) * (size_t)k);
     topk_select(cs, n_all, k, pos, cs + n_all);
     for (int64_t j = 0; j < k; j++) selected[j] = all[pos[j]];
-    free(pos); free(all); free(cand); free(n_cand);
+    free(pos); free(all); free(cand); free(cand_v); free(n_cand);
 }
 
 /* The portable scores of n entries, an even share per thread. */
