@@ -178,10 +178,11 @@ static void matvec_jobs(const LinearJob *jobs, int n, int64_t T) {
     }
     float *prepared = xmalloc(sizeof(float) * (size_t)floats);   /* every prepared input, one after another */
     MatvecWork w = {jobs, n, T, xp, 0};
-    for (int i = 0, at = 0; i < n; i++) {
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) {
         if (owner[i] == i) {
             xp[i] = prepared + at;
-            at += (int)(T * jobs[i].W->cols);
+            at += T * jobs[i].W->cols;
             matvec_avx2_prepare(jobs[i].W, jobs[i].x, jobs[i].ldx, T, xp[i]);
         } else {
             xp[i] = xp[owner[i]];
