@@ -7,7 +7,6 @@
 #include <cblas.h>
 #undef I   /* complex.h, through cblas.h: I is the indexer head dimension here */
 #include <math.h>
-#include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,14 +39,14 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
 /* The k best of n contiguous keys [n, I] for one query (I % 8 == 0, the vector kernels present;
  * k <= n), ascending entry order; scratch holds 2n floats.
  * With many entries and more than one thread to hand (team_threads), the keys are cut into
- * ranges of at least PICK_RANGE keys (at most PICK_RANGES of them), handed to the threads as they come free (a
- * thread slowed by the rest of the machine does not hold the step back) and in increasing order
- * to each; a thread streams the scores of all its ranges through one running selection
- * (TopkStream). The union of the threads' top k holds the overall top k (an entry beaten k times
- * among one thread's entries is beaten k times overall), and one more selection over it, in
- * entry order, gives exactly what a single selection would — ties included, whichever thread
- * scored which range. Every score is computed the same way in any range (ranges start at
- * multiples of 8), so the picks do not depend on the thread count. */
+ * ranges of at least PICK_RANGE keys (at most PICK_RANGES of them), handed to the threads as
+ * they come free (a thread slowed by the rest of the machine does not hold the step back) and
+ * in increasing order to each; a thread streams the scores of all its ranges through one
+ * running selection (TopkStream). The union of the threads' top k holds the overall top k (an
+ * entry beaten k times among one thread's entries is beaten k times overall), and one more
+ * selection over it, in entry order, gives exactly what a single selection would — ties
+ * included, whichever thread scored which range. Every score is computed the same way in any
+ * range (ranges start at multiples of 8), so the picks do not depend on the thread count. */
 #define PICK_RANGE 4096
 #define PICK_RANGES 16
 typedef struct {
