@@ -187,7 +187,7 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
  * and dotted with every token (linear.c), and a forward pass is one team_step. */
 #define LINEAR_SMALL_T 4
 /* Several products y_i [T, nr_i] (row stride ldy_i) = x_i · W_iᵀ over rows r0_i .. r0_i+nr_i
- * (nr 0: every row from r0) in one parallel region for decode batches; each output
+ * (nr 0: every row from r0) as one piece of parallel work for decode batches; each output
  * bit-identical to linear() of the job alone. */
 typedef struct LinearJob { const Mat *W; float *y; int64_t ldy; const float *x; int64_t ldx; int64_t r0, nr; } LinearJob;
 void linear_batch(const LinearJob *jobs, int n, int64_t T);

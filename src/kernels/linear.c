@@ -252,10 +252,11 @@ void linear(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t T, const
     free(buf);
 }
 
-/* Several products in one parallel region (decode): what linear() does for one matrix, over all
- * the jobs at once (a step that needs a few small matrices — w1 and w3 of an expert, a
- * compressor's two projections — wakes the threads once and splits the work evenly). Every
- * output is bit-identical to linear() job by job; other cases are linear() job by job. */
+/* Several products as one piece of parallel work (decode): what linear() does for one matrix,
+ * over all the jobs at once (a step that needs a few small matrices — w1 and w3 of an expert, a
+ * compressor's two projections — hands them to the threads once and splits the work evenly; jobs
+ * reading the same input prepare it once). Every output is bit-identical to linear() job by
+ * job; other cases are linear() job by job. */
 void linear_batch(const LinearJob *jobs, int n, int64_t T) {
     int vector = T >= 1 && T <= LINEAR_SMALL_T && linear_simd_enabled();
     for (int i = 0; i < n; i++) vector &= matvec_avx2_usable(jobs[i].W);

@@ -26,7 +26,7 @@ void model_linear(const dsv4_model *m, float *y, int64_t ldy, const float *x, in
     free(xq);
 }
 
-/* model_linear for several jobs: one parallel region in exact decode (linear_batch); with the
+/* model_linear for several jobs: one piece of parallel work in exact decode (linear_batch); with the
  * official activation rounding or int8 activations, job by job. */
 void model_linear_batch(const dsv4_model *m, const LinearJob *jobs, int n, int64_t T) {
     if (!m->quant && !m->int8_activations) { linear_batch(jobs, n, T); return; }
