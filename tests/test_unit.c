@@ -332,14 +332,6 @@ static void test_linear_batch(void) {
     free(x);
 }
 
-/* Decode attention split across threads (flash-decoding) against the one-pass attend_heads,
- * keys from a few to many (one range, several ranges, head groups), with the AVX-512 block
- * steps and with AVX2 alone, head counts that fill the four-head groups and ones that do not,
- * head sizes with and without a 16- or 64-column remainder; the same bits at every call and at
- * 1, 2 and 3 threads (the ranges depend on the key count alone), and a head's result the same bits when it is
- * computed in a group of its own (H = 1, one head's q) as beside the others. The indexer's
- * split selection picks exactly what one selection over all scores picks, ties included, at
- * 1..3 threads. */
 /* team_run and team_step (util/team.c): every thread of a step's team takes each piece of work
  * exactly once, with its own id and the work's thread count; work is really spread over
  * threads; nested steps and work asked for inside work run on the asking thread. */
@@ -405,6 +397,14 @@ static int pick_in_step(void *arg) {
     return 0;
 }
 
+/* Decode attention split across threads (flash-decoding) against the one-pass attend_heads,
+ * keys from a few to many (one range, several ranges, head groups), with the AVX-512 block
+ * steps and with AVX2 alone, head counts that fill the four-head groups and ones that do not,
+ * head sizes with and without a 16- or 64-column remainder; the same bits at every call and at
+ * 1, 2 and 3 threads (the ranges depend on the key count alone), and a head's result the same bits when it is
+ * computed in a group of its own (H = 1, one head's q) as beside the others. The indexer's
+ * split selection picks exactly what one selection over all scores picks, ties included, at
+ * 1..3 threads; both also inside a decode step (team_step), with the same bits. */
 static void test_decode_split(void) {
     g_test = "decode split";
     if (!cpu_has_avx2()) { CHECK(1, "no AVX2: the portable paths are tested elsewhere"); return; }
