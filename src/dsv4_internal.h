@@ -530,9 +530,10 @@ void compressor_pool(const CompressorW *cw, const float *sa, const float *sz, fl
  * in compressor.c): dentry -> dsa, dsz (added). */
 void compressor_pool_backward(const CompressorW *cw, const float *sa, const float *sz, const float *dentry, float *dsa,
                               float *dsz);
-/* indexer.c */
+/* indexer.c; rope_cs: each token's rope_table [T, rope_head_dim] (attention's own) */
 void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h,
-                     const float *cq, int64_t T, int64_t t0, float *q_idx, float *w_idx, AttnSave *save);
+                     const float *cq, const float *rope_cs, int64_t T, int64_t t0, float *q_idx, float *w_idx,
+                     AttnSave *save);
 /* The k best of n contiguous indexer keys for one query, threads splitting the entries when
  * there are many; the same picks at any thread count (needs the AVX2 kernels, I % 8 == 0). */
 void indexer_pick(const float *q, const float *wt, int heads, int dim, const float *keys, int64_t n, int64_t k,

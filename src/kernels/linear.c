@@ -157,10 +157,10 @@ static void matvec_share(void *arg, int id, int nt) {
     }
 }
 
-/* whether jobs a and b read the same activations prepared the same way */
+/* whether jobs a and b read the same activations prepared the same way (the preparation, and the
+ * choice of AVX-512 kernel behind it, depend on the format and width alone) */
 static int same_prepared_input(const LinearJob *a, const LinearJob *b) {
-    return a->x == b->x && a->ldx == b->ldx && a->W->kind == b->W->kind && a->W->cols == b->W->cols &&
-           matvec_avx512_usable(a->W) == matvec_avx512_usable(b->W);
+    return a->x == b->x && a->ldx == b->ldx && a->W->kind == b->W->kind && a->W->cols == b->W->cols;
 }
 
 #define MATVEC_STACK_JOBS 32   /* a decode step's batches are smaller: no allocation for the lists */

@@ -327,7 +327,7 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     model_linear(m, q, qd, cq, cf->q_lora_rank, T, &L->wq_b, 0, qd);
     /* kv = RMSNorm_kv(x·wkv) (projected above), one vector that is both key and value */
     if (save) { save->q_raw = dup_floats(q, T * qd); save->kv_raw = dup_floats(kv, T * D); }
-    float *cs = xmalloc(sizeof(float) * (size_t)(T * (r ? r : 1)));   /* each token's RoPE cos, sin: for q, kv and o */
+    float *cs = xmalloc(sizeof(float) * (size_t)(T * (r ? r : 1)));   /* each token's RoPE cos, sin: q, kv, the indexer's q, o */
     if (T == 1) {   /* one token (decode): not worth a parallel region */
         rope_table(cs, r, L->rope_freq, t0);
         norm_rope_token(m, L, q, kv, cs);
@@ -350,7 +350,7 @@ int attention_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const
     if (L->has_indexer) {
         q_idx = xmalloc(sizeof(float) * (size_t)(T * cf->index_n_heads * cf->index_head_dim));
         w_idx = xmalloc(sizeof(float) * (size_t)(T * cf->index_n_heads));
-        indexer_forward(m, L, c, h, cq, T, t0, q_idx, w_idx, save);
+        indexer_forward(m, L, c, h, cq, cs, T, t0, q_idx, w_idx, save);
     }
 
     /* per query: the window keys, then the compressed entries it may see */

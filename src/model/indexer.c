@@ -13,7 +13,7 @@
 
 #include "../dsv4_internal.h"
 
-void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, const float *cq,
+void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const float *h, const float *cq, const float *rope_cs,
                      int64_t T, int64_t t0, float *q_idx, float *w_idx, AttnSave *save) {
     const Config *cf = &m->cfg;
     const int HI = cf->index_n_heads, I = cf->index_head_dim, r = cf->rope_head_dim;
@@ -21,7 +21,7 @@ void indexer_forward(const dsv4_model *m, const LayerW *L, LayerCache *c, const 
     for (int64_t t = 0; t < T; t++)
         for (int hh = 0; hh < HI; hh++) {
             float *q = q_idx + (t * HI + hh) * I;
-            rope_rotate(q + I - r, r, L->rope_freq, t0 + t, 0);
+            rope_apply(q + I - r, r, rope_cs + t * r, 0);
             if (m->quant) { hadamard_f32(q, I); fake_quant_fp4(q, I, 32); }
         }
     compressor_forward(m, &L->idx.comp, L->rope_freq, 1, h, T, t0, c->idx_a, c->idx_z, c->idx_keys, save ? &save->icomp : NULL,
